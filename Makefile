@@ -1,0 +1,25 @@
+# Two commands on a fresh machine: `make demo` (pretrain on Fashion-MNIST, then k-NN) and `make test`.
+VENV ?= .venv
+BIN := $(VENV)/bin
+MINUTES ?= 10
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: setup demo test bench clean
+setup: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml scripts/setup.sh
+	VENV=$(VENV) scripts/setup.sh
+
+demo: setup
+	rm -rf runs/demo
+	$(BIN)/freelabel pretrain simclr --data fashion-mnist --minutes $(MINUTES) --out runs/demo
+	$(BIN)/freelabel eval knn runs/demo --baselines
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/pip install -q "lightly>=1.5"
+	$(BIN)/python benchmarks/simclr_throughput.py
+
+clean:
+	rm -rf runs .pytest_cache

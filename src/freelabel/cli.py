@@ -1,0 +1,159 @@
+"""The ``freelabel`` command: a thin layer over the library; each sub-command calls one function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+EXAMPLES = """examples:
+  freelabel pretrain simclr --data fashion-mnist --minutes 10 --out runs/x
+  freelabel eval knn runs/x --baselines
+  freelabel pretrain --resume runs/x
+  freelabel pretrain simclr --data ~/photos --backbone resnet18 --set views.size=96 --epochs 100
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="freelabel", description="Learn visual representations without labels.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pt = sub.add_parser("pretrain", help="pretrain a backbone without labels",
+                        description="Pretrain a backbone with a self-supervised METHOD. The recipe gives every "
+                        "setting; the flags below and --set override it.")  # fmt: skip
+    pt.add_argument("method", nargs="?", help="method name (see `freelabel methods`); omit with --resume")
+    pt.add_argument("--data", help="fashion-mnist (default) or a folder of images (class sub-folders or flat)")
+    pt.add_argument("--recipe", help="recipe name (see `freelabel recipes`) or YAML file; "
+                    "default: METHOD-DATA if it exists, else the method's paper recipe")  # fmt: skip
+    pt.add_argument("--backbone", help="backbone name (see `freelabel backbones`)")
+    budget = pt.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=float, help="training budget in epochs")
+    budget.add_argument("--steps", type=int, help="training budget in optimiser steps")
+    budget.add_argument("--minutes", type=float, help="training budget in minutes of training")
+    pt.add_argument("--batch-size", type=int, help="images per process per step")
+    pt.add_argument("--lr", type=float, help="peak learning rate for a global batch of 256 (scaled linearly)")
+    pt.add_argument("--seed", type=int)
+    pt.add_argument("--accelerator", help="cpu, cuda, mps or auto")
+    pt.add_argument("--devices", help="number of devices (processes), or auto")
+    pt.add_argument("--precision", help="auto, 32-true, bf16-mixed, 16-mixed")
+    pt.add_argument("--eval-every", type=float, metavar="MINUTES", help="online k-NN every MINUTES of training")
+    pt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any recipe key, e.g. --set optim.weight_decay=1e-5 (repeatable)")  # fmt: skip
+    pt.add_argument("--out", help="run directory (default: runs/METHOD-DATA-TIME)")
+    pt.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+
+    ev = sub.add_parser("eval", help="evaluate a run's backbone")
+    evsub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
+    knn = evsub.add_parser("knn", help="weighted k-NN top-1 on frozen features (k=20, 200)")
+    knn.add_argument("run", help="run directory")
+    knn.add_argument("--data", help="labelled data (default: the run's data); a folder uses train/ and val/ or a 20%% hold-out")
+    knn.add_argument("--baselines", action="store_true", help="also score the random-init backbone and raw pixels")
+    knn.add_argument("-k", type=int, nargs="+", default=[20, 200], help="numbers of neighbours")
+    knn.add_argument("--temperature", type=float, default=0.07)
+
+    sub.add_parser("methods", help="list the methods")
+    sub.add_parser("backbones", help="list the backbones")
+    sub.add_parser("recipes", help="list the recipes")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    from .config import parse_override
+
+    o: dict = {}
+    if args.data:
+        o["data.name"] = args.data
+    if args.backbone:
+        o["backbone.name"] = args.backbone
+    if any(v is not None for v in (args.epochs, args.steps, args.minutes)):
+        o.update({"budget.epochs": args.epochs, "budget.steps": args.steps, "budget.minutes": args.minutes})
+    if args.devices is not None:
+        o["devices"] = int(args.devices) if args.devices.isdigit() else args.devices
+    for flag, key in [("batch_size", "optim.batch_size"), ("lr", "optim.lr"), ("seed", "seed"),
+                      ("accelerator", "accelerator"), ("precision", "precision"), ("eval_every", "eval_every_minutes")]:  # fmt: skip
+        if getattr(args, flag) is not None:
+            o[key] = getattr(args, flag)
+    o.update(parse_override(s) for s in args.set)
+    return o
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from .config import ConfigError, default_recipe, load_recipe, resolve, to_dict
+    from .engine import pretrain
+    from .run import load_config
+
+    if args.resume:
+        out = Path(args.resume)
+        cfg = resolve(to_dict(load_config(out)), _overrides(args))
+        pretrain(cfg, out, resume=True)
+        return
+    if not args.method:
+        raise ConfigError("name a method (see `freelabel methods`), or give --resume RUN_DIR")
+    from .methods import METHODS
+
+    if args.method not in METHODS:
+        raise ConfigError(f"unknown method {args.method!r}; valid: {', '.join(METHODS)}")
+    data = args.data or "fashion-mnist"
+    recipe = load_recipe(args.recipe or default_recipe(args.method, data))
+    recipe["recipe"] = args.recipe or default_recipe(args.method, data)
+    cfg = resolve(recipe, {"method": args.method, **_overrides(args)})
+    out = Path(args.out or f"runs/{args.method}-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    pretrain(cfg, out)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .evaluate.knn import evaluate_run
+
+    results = evaluate_run(args.run, args.data, args.baselines, tuple(args.k), args.temperature)
+    rows = [(name, results[name]) for name in ("trained", "random_init", "raw_pixels") if name in results]
+    print(f"k-NN top-1 on {results['data']} (test {results['test_images']}, features of train {results['train_images']})")
+    for name, acc in rows:
+        print(f"  {name:12s} " + "  ".join(f"k={k}: {acc[f'top1_k{k}']:.2f}%" for k in args.k))
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    if args.command == "methods":
+        from .methods import DESCRIPTIONS
+
+        for name, text in DESCRIPTIONS.items():
+            print(f"{name:12s} {text}")
+    elif args.command == "backbones":
+        import timm
+
+        from .backbones import NAMED
+
+        for name, text in NAMED.items():
+            print(f"{name:12s} {text}")
+        print(f"timm:NAME    any of timm's {len(timm.list_models())} models, e.g. timm:resnet26d, timm:convnext_atto")
+    else:
+        from .config import list_recipes, load_recipe
+
+        for name in list_recipes():
+            r = load_recipe(name)
+            print(f"{name:24s} {r.get('method', '?')} on {r.get('data', {}).get('name', '?')}: {r.get('about', '')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .backbones import BackboneError
+    from .config import ConfigError
+    from .data.sources import DataError
+    from .engine import TrainingError, setup_logging
+    from .run import RunError
+
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        {"pretrain": cmd_pretrain, "eval": cmd_eval}.get(args.command, cmd_list)(args)
+    except (ConfigError, DataError, BackboneError, RunError, TrainingError) as e:
+        print(f"freelabel: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

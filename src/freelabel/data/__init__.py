@@ -1,0 +1,1 @@
+"""Image sources, the seeded batch order, and batched random views."""

@@ -1,0 +1,67 @@
+"""Batches of ``uint8`` images in a seeded order that a run can resume from any step.
+
+The order of epoch ``e`` is a permutation seeded by ``(seed, e)``; with ``world`` processes each
+global batch is cut into ``world`` contiguous slices, so that ``world`` processes see together
+exactly the batches one process would see with the global batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .sources import TensorImages
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # uint8 [B, C, H, W]
+    labels: torch.Tensor  # int64 [B], -1 where unknown
+    skipped: list[str]  # paths that failed to decode in this batch
+
+
+def collate(items: list) -> Batch:
+    """Stack decoded items; drop (and report) the ones that failed to decode."""
+    good = [it for it in items if it[0] is not None]
+    skipped = [it[1] for it in items if it[0] is None]
+    if not good:
+        return Batch(torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped)
+    return Batch(torch.stack([it[0] for it in good]), torch.tensor([it[1] for it in good]), skipped)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    return n // (batch_size * world)
+
+
+def batches(ds: Dataset, batch_size: int, *, seed: int, epoch: int, start: int = 0, rank: int = 0,
+            world: int = 1, workers: int = 0) -> Iterator[Batch]:  # fmt: skip
+    """Yield this rank's batches of ``epoch`` from step ``start`` on (the last partial batch is dropped)."""
+    order = epoch_order(len(ds), seed, epoch)
+    global_batch = batch_size * world
+    index_lists = [
+        order[s * global_batch + rank * batch_size : s * global_batch + (rank + 1) * batch_size]
+        for s in range(start, steps_per_epoch(len(ds), batch_size, world))
+    ]
+    if isinstance(ds, TensorImages):  # in memory: slicing beats any worker pool
+        for idx in index_lists:
+            yield Batch(ds.images[idx], ds.labels[idx], [])
+        return
+    loader = DataLoader(ds, batch_sampler=[i.tolist() for i in index_lists], num_workers=workers,
+                        collate_fn=collate, persistent_workers=False, prefetch_factor=4 if workers else None)  # fmt: skip
+    yield from loader
+
+
+def sequential(ds: Dataset, batch_size: int, workers: int = 0) -> Iterator[Batch]:
+    """Every item once, in order (for feature extraction)."""
+    if isinstance(ds, TensorImages):
+        for s in range(0, len(ds), batch_size):
+            yield Batch(ds.images[s : s + batch_size], ds.labels[s : s + batch_size], [])
+        return
+    yield from DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)

@@ -1,0 +1,166 @@
+"""Batched random views: every augmentation of SimCLR-style recipes on a whole batch at once.
+
+One :class:`Views` call turns ``uint8 [B, C, H, W]`` images into normalised ``float [B, C, S, S]``
+views on the images' device. Each sample gets its own random parameters, drawn on the CPU from a
+``torch.Generator``, so a seed fixes the result on any device. Random-resized-crop and flip are a
+single ``grid_sample`` with a per-sample affine grid; colour jitter, grey, blur and solarize are
+per-sample blends, so the cost is a few batched tensor ops rather than a Python loop per image.
+
+The jitter order is fixed (brightness, contrast, saturation, hue) where torchvision draws a random
+order per image; hue is rotated in YIQ space, a linear approximation of the HSV hue shift.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# ITU-R 601 luma and the YIQ transform used for the hue rotation
+_LUMA = (0.299, 0.587, 0.114)
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
+
+
+@dataclass
+class ViewConfig:
+    """One kind of view (SimCLR uses two of the same kind; DINO's local crops are another kind)."""
+
+    size: int = 224
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    jitter: float = 0.8  # probability of colour jitter
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale: float = 0.2
+    blur: float = 0.5  # probability of Gaussian blur
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # in pixels of a 224-pixel view; scaled with size
+    solarize: float = 0.0
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+
+
+def _uniform(g: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g)
+
+
+def _coin(g: torch.Generator, n: int, p: float) -> torch.Tensor:
+    return torch.rand(n, generator=g) < p
+
+
+def crop_boxes(g: torch.Generator, n: int, scale: tuple[float, float], ratio: tuple[float, float]) -> torch.Tensor:
+    """Per-sample crop boxes ``[n, 4]`` as (centre x, centre y, width, height), fractions of the image."""
+    area = _uniform(g, n, *scale)
+    log_r = _uniform(g, n, math.log(ratio[0]), math.log(ratio[1]))
+    w = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)
+    h = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
+    cx = w / 2 + (1 - w) * torch.rand(n, generator=g)
+    cy = h / 2 + (1 - h) * torch.rand(n, generator=g)
+    return torch.stack([cx, cy, w, h], 1)
+
+
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop each image to its box, mirror where ``flip``, and resample to ``size`` (bilinear)."""
+    b = x.shape[0]
+    cx, cy, w, h = boxes.to(x.device, x.dtype).unbind(1)
+    sign = 1.0 - 2.0 * flip.to(x.device, x.dtype)
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 2] = w * sign, 2 * cx - 1
+    theta[:, 1, 1], theta[:, 1, 2] = h, 2 * cy - 1
+    grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    return (x * torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.to(x.device, x.dtype).view(-1, 1, 1, 1)
+
+
+def colour_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
+                  saturation: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Per-sample jitter of images in [0, 1]; factors of 1 (and hue 0) leave an image unchanged."""
+    x = (x * _per_sample(brightness, x)).clamp(0, 1)
+    mean = _grey(x).mean((1, 2, 3), keepdim=True)
+    x = (mean + (x - mean) * _per_sample(contrast, x)).clamp(0, 1)
+    if x.shape[1] == 3:
+        grey = _grey(x)
+        x = (grey + (x - grey) * _per_sample(saturation, x)).clamp(0, 1)
+        angle = 2 * math.pi * hue
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        rot = torch.zeros(len(hue), 3, 3)
+        rot[:, 0, 0], rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = 1, cos, -sin, sin, cos
+        m = (_YIQ2RGB @ rot @ _RGB2YIQ).to(x.device, x.dtype)  # [B, 3, 3]
+        x = torch.einsum("bij,bjhw->bihw", m, x).clamp(0, 1)
+    return x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-sample separable Gaussian blur; ``sigma`` in pixels, 0 means no blur."""
+    b, c, h, w = x.shape
+    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(t[None] ** 2) / (2 * sigma.clamp(min=1e-3)[:, None] ** 2))
+    k = (k / k.sum(1, keepdim=True)).to(x.device, x.dtype)
+    k = k.repeat_interleave(c, 0)  # one kernel per (sample, channel)
+    y = F.pad(x.reshape(1, b * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k.view(b * c, 1, 1, -1), groups=b * c)
+    y = F.conv2d(y, k.view(b * c, 1, -1, 1), groups=b * c)
+    return y.view(b, c, h, w)
+
+
+class Views:
+    """Callable that makes one random view of every image in a batch."""
+
+    def __init__(self, cfg: ViewConfig):
+        self.cfg = cfg
+
+    def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        c, n = self.cfg, images.shape[0]
+        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+        x = resized_crop(x, crop_boxes(g, n, c.scale, c.ratio), _coin(g, n, c.hflip), c.size)
+        # Every random number is drawn whether or not it is used, so the stream never depends on data.
+        on = _coin(g, n, c.jitter)
+        factors = [_uniform(g, n, 1 - s, 1 + s) for s in (c.brightness, c.contrast, c.saturation)]
+        hue = _uniform(g, n, -c.hue, c.hue)
+        if c.jitter > 0:
+            b_, c_, s_ = (torch.where(on, f, torch.ones_like(f)) for f in factors)
+            x = colour_jitter(x, b_, c_, s_, torch.where(on, hue, torch.zeros_like(hue)))
+        grey = _coin(g, n, c.grayscale)
+        if c.grayscale > 0 and x.shape[1] == 3:
+            x = torch.where(_per_sample(grey, x).bool(), _grey(x).expand_as(x), x)
+        blur_on = _coin(g, n, c.blur)
+        sigma = _uniform(g, n, *c.blur_sigma) * (c.size / 224)
+        if c.blur > 0 and bool(blur_on.any()):
+            x = gaussian_blur(x, torch.where(blur_on, sigma, torch.zeros_like(sigma)))
+        sol = _coin(g, n, c.solarize)
+        if c.solarize > 0:
+            x = torch.where(_per_sample(sol, x).bool() & (x >= 0.5), 1 - x, x)
+        mean = torch.tensor(c.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(c.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images as floats in [0, 1], resized (antialiased) to ``size`` if they are not that size."""
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+def normalise(images: torch.Tensor, cfg: ViewConfig) -> torch.Tensor:
+    """The evaluation view: :func:`resize` to ``cfg.size``, then normalise (no randomness)."""
+    x = resize(images, cfg.size)
+    mean = torch.tensor(cfg.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.std, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std

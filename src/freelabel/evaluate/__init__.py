@@ -1,0 +1,1 @@
+"""Evaluation protocols on a backbone's frozen or fine-tuned features."""

@@ -1,0 +1,135 @@
+"""Loss functions, pure and distribution-aware.
+
+Each loss takes this process's tensors. Where a loss looks across the batch it says so, and it
+gathers with :func:`gather`, whose backward all-reduces, so that N processes each holding a slice
+of the batch get the same loss (averaged over processes) and the same gradients (after DDP's
+gradient averaging) as one process holding the whole batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside a distributed run."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every process's loss depends on every slice: sum their gradients
+        rank, n = dist.get_rank(), grad.shape[0] // dist.get_world_size()
+        return grad[rank * n : (rank + 1) * n]
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from all processes along dim 0, with gradients flowing back to each slice."""
+    return _GatherWithGrad.apply(x) if world()[1] > 1 else x
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """SimCLR's normalised-temperature cross-entropy (NT-Xent) over two views.
+
+    Every one of the 2N embeddings (N = global batch) is an anchor whose positive is the other view
+    of its image and whose negatives are the other 2N - 2 embeddings. Gathers across processes;
+    returns the mean over this process's 2B anchors.
+    """
+    rank = world()[0]
+    z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+    candidates = torch.cat([gather(z1), gather(z2)])  # [2N, D]: all first views, then all second views
+    anchors = torch.cat([z1, z2])  # [2B, D]
+    logits = anchors @ candidates.T / temperature
+    b, n = z1.shape[0], candidates.shape[0] // 2
+    own = rank * b + torch.arange(b, device=z1.device)
+    self_index = torch.cat([own, own + n])  # where each anchor sits among the candidates
+    positive = torch.cat([own + n, own])
+    logits[torch.arange(2 * b, device=z1.device), self_index] = float("-inf")
+    return F.cross_entropy(logits, positive)
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2, queue: torch.Tensor | None = None) -> torch.Tensor:
+    """MoCo's InfoNCE: each query's positive is the key of the same image.
+
+    With a ``queue`` [K, D] of past keys (MoCo v2) the negatives are the queue and nothing is
+    gathered. Without one (MoCo v3) the negatives are the keys of every other image in the global
+    batch: keys are gathered across processes. Returns the mean over this process's queries.
+    """
+    q, k = F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1)
+    if queue is not None:
+        logits = torch.cat([(q * k).sum(1, keepdim=True), q @ F.normalize(queue.float(), dim=1).T], 1)
+        target = torch.zeros(len(q), dtype=torch.long, device=q.device)
+    else:
+        logits = q @ gather(k).T
+        target = world()[0] * len(q) + torch.arange(len(q), device=q.device)
+    return F.cross_entropy(logits / temperature, target)
+
+
+def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL's regression loss ``2 - 2 cos(p, z)``, averaged over this process's rows (no gather)."""
+    return 2 - 2 * F.cosine_similarity(p.float(), z.float(), dim=1).mean()
+
+
+def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor,
+              student_temp: float = 0.1, teacher_temp: float = 0.04) -> torch.Tensor:  # fmt: skip
+    """DINO's cross-entropy between the centred, sharpened teacher distribution of each global view
+    and the student distribution of every other view. ``student`` holds logits of all views (the
+    global ones first, in the teacher's order), ``teacher`` those of the global views. No gather:
+    the mean over this process's images (the centre is all-reduced by :func:`update_center`)."""
+    targets = [F.softmax((t.float() - center) / teacher_temp, dim=-1).detach() for t in teacher]
+    log_probs = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student]
+    terms = [-(t * lp).sum(-1).mean() for i, t in enumerate(targets) for j, lp in enumerate(log_probs) if i != j]
+    return sum(terms) / len(terms)
+
+
+@torch.no_grad()
+def update_center(center: torch.Tensor, teacher: torch.Tensor, momentum: float = 0.9) -> torch.Tensor:
+    """DINO's centre: an EMA of the mean teacher logits over the global batch (all-reduced)."""
+    total = teacher.float().sum(0)
+    count = torch.tensor(float(len(teacher)), device=teacher.device)
+    if world()[1] > 1:
+        dist.all_reduce(total)
+        dist.all_reduce(count)
+    return center * momentum + (total / count) * (1 - momentum)
+
+
+def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -> torch.Tensor:
+    """Barlow Twins: the cross-correlation of the two views' batch-standardised embeddings should be
+    the identity. Statistics over the global batch (gathered); every process gets the whole loss."""
+    z1, z2 = gather(z1.float()), gather(z2.float())
+    n = len(z1)
+    z1 = (z1 - z1.mean(0)) / z1.std(0, unbiased=False).clamp(min=1e-6)
+    z2 = (z2 - z2.mean(0)) / z2.std(0, unbiased=False).clamp(min=1e-6)
+    c = z1.T @ z2 / n
+    on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+    off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
+    return on_diag + lambd * off_diag
+
+
+def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
+                cov_weight: float = 1.0, eps: float = 1e-4) -> torch.Tensor:  # fmt: skip
+    """VICReg: invariance (MSE between views) + variance (hinge on each dimension's std, target 1) +
+    covariance (off-diagonal covariances squared, over the dimension). Statistics over the global
+    batch (gathered); every process gets the whole loss."""
+    z1, z2 = gather(z1.float()), gather(z2.float())
+    n, d = z1.shape
+    invariance = F.mse_loss(z1, z2)
+    variance, covariance = 0.0, 0.0
+    for z in (z1, z2):
+        z = z - z.mean(0)
+        variance = variance + F.relu(1 - torch.sqrt(z.var(0) + eps)).mean() / 2
+        cov = z.T @ z / (n - 1)
+        covariance = covariance + (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
+    return sim_weight * invariance + var_weight * variance + cov_weight * covariance

@@ -1,0 +1,30 @@
+"""The method registry: a name for each method file."""
+
+from .barlow_twins import BarlowTwins
+from .base import Method
+from .byol import BYOL
+from .dino import DINO
+from .moco import MoCoV2, MoCoV3
+from .simclr import SimCLR
+from .vicreg import VICReg
+
+METHODS: dict[str, type[Method]] = {
+    "simclr": SimCLR,
+    "mocov2": MoCoV2,
+    "mocov3": MoCoV3,
+    "byol": BYOL,
+    "dino": DINO,
+    "barlowtwins": BarlowTwins,
+    "vicreg": VICReg,
+}
+DESCRIPTIONS = {
+    "simclr": "contrastive: two views of an image find each other among the batch (NT-Xent) [Chen et al. 2020]",
+    "mocov2": "contrastive: query vs momentum key, negatives from a queue [Chen et al. 2020]",
+    "mocov3": "contrastive: momentum encoder, predictor, in-batch negatives, for ViTs [Chen, Xie & He 2021]",
+    "byol": "self-distillation: predict an EMA target's embedding of the other view [Grill et al. 2020]",
+    "dino": "self-distillation: multi-crop student matches a centred EMA teacher [Caron et al. 2021]",
+    "barlowtwins": "redundancy reduction: cross-correlation of two views -> identity [Zbontar et al. 2021]",
+    "vicreg": "variance-invariance-covariance regularisation [Bardes, Ponce & LeCun 2022]",
+}
+
+__all__ = ["METHODS", "DESCRIPTIONS", "Method"]

@@ -1,0 +1,38 @@
+"""What every method is: an ``nn.Module`` holding a backbone, naming the views it needs, and
+turning a batch into a loss. Methods know no trainer; the engine knows no method by name."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..data.views import ViewConfig
+
+
+class Method(nn.Module):
+    """Base of all methods.
+
+    Subclasses set ``backbone`` and ``views`` (one :class:`ViewConfig` per view the engine must
+    make from each image) and implement :meth:`training_step`. The engine calls the module with a
+    batch ``{"images": uint8 [B,C,H,W], "labels": [B], "views": [float [B,C,S,S], ...]}``; around
+    it, the hooks below with the run's progress (0 to 1).
+    """
+
+    backbone: nn.Module
+    views: list[ViewConfig]
+
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Return ``{"loss": scalar, ...other scalars to log}``."""
+        raise NotImplementedError
+
+    def on_step(self, progress: float) -> None:
+        """Before the step: per-step schedules (EMA momentum, temperatures)."""
+
+    def after_backward(self, progress: float) -> None:
+        """Between backward and the optimiser step: edit gradients (DINO freezes its last layer)."""
+
+    def after_step(self, progress: float) -> None:
+        """After the optimiser step: update momentum encoders and teachers."""
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.training_step(batch)

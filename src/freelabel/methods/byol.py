@@ -1,0 +1,49 @@
+"""BYOL (Grill et al., 2020): predict, from one view, a slowly moving target network's embedding of
+the other view; no negatives.
+
+    p1, p2 = q(g(f(x1))), q(g(f(x2)))               # online: backbone f, projector g, predictor q
+    z1, z2 = g'(f'(x1)), g'(f'(x2))                 # target: EMA of f, g (no gradient)
+    loss = mse(p1, z2) + mse(p2, z1)                # mse(p, z) = 2 - 2 cos(p, z)
+    f', g' <- m f' + (1 - m) (f, g);  m: 0.996 -> 1 along a cosine
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn as nn
+
+from ..data.views import ViewConfig
+from ..ema import cosine_schedule, ema_update, frozen_copy
+from ..heads import mlp
+from ..losses import normalized_mse
+from .base import Method
+
+
+class BYOL(Method):
+    def __init__(self, backbone: nn.Module, views: ViewConfig, momentum: float = 0.996, hidden_dim: int = 4096,
+                 proj_dim: int = 256, asymmetric: bool = True):  # fmt: skip
+        super().__init__()
+        self.backbone = backbone
+        # The paper's views differ: blur always in the first, rarely in the second, which solarizes.
+        second = dataclasses.replace(views, blur=0.1 * (views.blur > 0), solarize=0.2) if asymmetric else views
+        self.views = [dataclasses.replace(views, blur=1.0 * (views.blur > 0)) if asymmetric else views, second]
+        self.projector = mlp(backbone.embed_dim, hidden_dim, proj_dim, 2)
+        self.predictor = mlp(proj_dim, hidden_dim, proj_dim, 2)
+        self.online = nn.Sequential(self.backbone, self.projector)
+        self.target = frozen_copy(self.online)
+        self.base_momentum, self.momentum = momentum, momentum
+
+    def on_step(self, progress: float) -> None:
+        self.momentum = cosine_schedule(progress, self.base_momentum, 1.0)
+
+    def training_step(self, batch: dict) -> dict:
+        x1, x2 = batch["views"]
+        p1, p2 = self.predictor(self.online(torch.cat([x1, x2]))).chunk(2)
+        with torch.no_grad():
+            z1, z2 = self.target(torch.cat([x1, x2])).chunk(2)
+        return {"loss": normalized_mse(p1, z2) + normalized_mse(p2, z1), "momentum": torch.tensor(self.momentum)}
+
+    def after_step(self, progress: float) -> None:
+        ema_update(self.target, self.online, self.momentum)

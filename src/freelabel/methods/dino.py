@@ -1,0 +1,72 @@
+"""DINO (Caron et al., 2021): self-distillation with no labels. A student matches, from every view,
+the output distribution a momentum teacher gives to the *other* global views.
+
+    t1, t2 = teacher(g1), teacher(g2)                       # global views only; EMA of the student
+    s = [student(v) for v in (g1, g2, *locals)]             # multi-crop: 2 global + N local views
+    loss = mean over pairs i != j of  H(softmax((t_i - C) / tau_t), softmax(s_j / tau_s))
+    C <- m C + (1 - m) mean(t)                              # centring (all-reduced) avoids collapse
+    teacher <- lambda teacher + (1 - lambda) student;  lambda: 0.996 -> 1 along a cosine
+    tau_t warms up linearly; the last layer is frozen for the first part of training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn as nn
+
+from ..data.views import ViewConfig
+from ..ema import cosine_schedule, ema_update, frozen_copy
+from ..heads import DINOHead
+from ..losses import dino_loss, update_center
+from .base import Method
+
+
+class DINO(Method):
+    def __init__(self, backbone: nn.Module, views: ViewConfig, out_dim: int = 65536, hidden_dim: int = 2048,
+                 bottleneck_dim: int = 256, student_temp: float = 0.1, teacher_temp: float = 0.04,
+                 warmup_teacher_temp: float = 0.04, teacher_temp_warmup: float = 0.1, momentum: float = 0.996,
+                 center_momentum: float = 0.9, local_crops: int = 8, local_size: int = 96,
+                 local_scale: tuple[float, float] = (0.05, 0.4), freeze_last_layer: float = 0.01,
+                 norm_last_layer: bool = True):  # fmt: skip
+        super().__init__()
+        self.backbone = backbone
+        blur = views.blur > 0
+        self.views = [
+            dataclasses.replace(views, blur=1.0 * blur),
+            dataclasses.replace(views, blur=0.1 * blur, solarize=0.2),
+            *[dataclasses.replace(views, size=local_size, scale=tuple(local_scale), blur=0.5 * blur)] * local_crops,
+        ]
+        self.head = DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer)
+        self.student = nn.Sequential(self.backbone, self.head)
+        self.teacher = frozen_copy(self.student)
+        self.register_buffer("center", torch.zeros(out_dim))
+        self.temps = (student_temp, warmup_teacher_temp, teacher_temp, teacher_temp_warmup)
+        self.teacher_temp = warmup_teacher_temp
+        self.base_momentum, self.momentum = momentum, momentum
+        self.center_momentum, self.freeze_last_layer = center_momentum, freeze_last_layer
+
+    def on_step(self, progress: float) -> None:
+        _, start, end, warmup = self.temps
+        self.teacher_temp = end if progress >= warmup else start + (end - start) * progress / warmup
+        self.momentum = cosine_schedule(progress, self.base_momentum, 1.0)
+
+    def training_step(self, batch: dict) -> dict:
+        views = batch["views"]
+        with torch.no_grad():
+            teacher = self.teacher(torch.cat(views[:2])).chunk(2)
+        student = list(self.student(torch.cat(views[:2])).chunk(2))
+        if len(views) > 2:
+            student += self.student(torch.cat(views[2:])).chunk(len(views) - 2)
+        loss = dino_loss(student, list(teacher), self.center, self.temps[0], self.teacher_temp)
+        self.center.copy_(update_center(self.center, torch.cat(teacher), self.center_momentum))
+        return {"loss": loss, "teacher_temp": torch.tensor(self.teacher_temp), "momentum": torch.tensor(self.momentum)}
+
+    def after_backward(self, progress: float) -> None:
+        if progress < self.freeze_last_layer:
+            for p in self.head.last_layer.parameters():
+                p.grad = None
+
+    def after_step(self, progress: float) -> None:
+        ema_update(self.teacher, self.student, self.momentum)

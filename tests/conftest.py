@@ -1,0 +1,56 @@
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@pytest.fixture(scope="session")
+def fmnist():
+    from freelabel.data.sources import fashion_mnist
+
+    return fashion_mnist("train")
+
+
+@pytest.fixture(scope="session")
+def fmnist_folder(tmp_path_factory, fmnist):
+    """A labelled folder of real images: 40 Fashion-MNIST PNGs in each of the 10 class folders."""
+    root = tmp_path_factory.mktemp("fmnist_folder")
+    counts = {c: 0 for c in range(10)}
+    for img, label in zip(fmnist.images, fmnist.labels.tolist()):
+        if counts[label] == 40:
+            continue
+        folder = root / f"class_{label}"
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(img[0].numpy()).save(folder / f"{counts[label]:03d}.png")
+        counts[label] += 1
+        if all(v == 40 for v in counts.values()):
+            break
+    return root
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    """Images in every supported format and mode, plus broken and non-image files."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    good = tmp_path / "good"
+    good.mkdir()
+    Image.fromarray(rgb).save(good / "rgb.png")
+    Image.fromarray(rgb).save(good / "rgb.jpg", quality=90)
+    Image.fromarray(rgb).save(good / "rgb.webp")
+    Image.fromarray(rgb).save(good / "rgb.bmp")
+    Image.fromarray(rgb[:, :, 0]).save(good / "grey.png")
+    Image.fromarray(np.dstack([rgb, np.full((20, 30), 128, np.uint8)])).save(good / "rgba.png")
+    Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE).save(good / "palette.png")
+    Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257).save(good / "grey16.png")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    full = (good / "rgb.jpg").read_bytes()
+    (bad / "truncated.jpg").write_bytes(full[: len(full) // 2])
+    (bad / "not_an_image.png").write_text("this is text, not a PNG")
+    (bad / "empty.webp").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("ignored: not an image extension")
+    return tmp_path

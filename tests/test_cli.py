@@ -1,0 +1,47 @@
+import subprocess
+import sys
+
+import pytest
+
+from freelabel.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "freelabel.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["pretrain", "simclrr"], "unknown method 'simclrr'; valid: simclr"),
+        (["pretrain", "simclr", "--backbone", "resnet9000", "--steps", "1"], "unknown backbone 'resnet9000'; valid: convnet"),
+        (["pretrain", "simclr", "--data", "imagenet-42", "--steps", "1"], "unknown dataset 'imagenet-42'; valid: fashion-mnist"),
+        (["pretrain", "simclr", "--set", "optim.lr=fast", "--steps", "1"], "optim.lr must be a number"),
+        (["pretrain", "simclr", "--set", "optim.nope=1", "--steps", "1"], "unknown key optim.nope; valid: name, lr"),
+        (["pretrain", "simclr", "--set", "method_args.tau=1", "--steps", "1"], "simclr has no option 'tau'; valid:"),
+        (["pretrain", "simclr", "--steps", "0"], "--steps must be positive"),
+        (["pretrain", "simclr", "--recipe", "nope", "--steps", "1"], "unknown recipe 'nope'; valid:"),
+        (["eval", "knn", "/nonexistent/run"], "is not a freelabel run directory"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_no_traceback(args, says, tmp_path):
+    r = run_cli(*args, "--out", str(tmp_path / "run")) if args[0] == "pretrain" else run_cli(*args)
+    assert r.returncode == 2, r.stderr
+    assert says in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_listings_and_help(capsys):
+    assert main(["methods"]) == 0
+    assert "simclr" in capsys.readouterr().out
+    assert main(["backbones"]) == 0
+    out = capsys.readouterr().out
+    assert "convnet" in out and "resnet18" in out and "vit_small" in out and "timm:NAME" in out
+    assert main(["recipes"]) == 0
+    assert "simclr-fashion-mnist" in capsys.readouterr().out
+    for cmd in (["--help"], ["pretrain", "--help"], ["eval", "knn", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(cmd)
+        assert e.value.code == 0
+    assert "--minutes" in capsys.readouterr().out

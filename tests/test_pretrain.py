@@ -1,0 +1,107 @@
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import freelabel.engine as engine
+from freelabel.cli import main
+
+TINY = ["--batch-size", "32", "--set", "method_args.hidden_dim=64", "--set", "backbone.args.widths=[16,32]"]
+
+
+def losses(run) -> list[float]:
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    return [e.value for e in acc.Scalars("train/loss")]
+
+
+def test_tiny_pretrain_then_knn_on_an_image_folder(fmnist_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["pretrain", "simclr", "--data", str(fmnist_folder), "--steps", "6", "--out", str(run),
+                 "--set", "log_every=1", *TINY]) == 0  # fmt: skip
+    for name in ("config.yaml", "metrics.json", "backbone.safetensors", "log.txt"):
+        assert (run / name).is_file(), name
+    assert len(losses(run)) == 6
+    assert main(["eval", "knn", str(run), "--baselines"]) == 0
+    printed = capsys.readouterr().out
+    assert "trained" in printed and "random_init" in printed and "raw_pixels" in printed
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["pretrain"]["steps"] == 6 and metrics["pretrain"]["skipped_files"] == 0
+    knn = metrics["knn"]
+    assert knn["test_images"] == 80
+    for name in ("trained", "random_init", "raw_pixels"):
+        assert 10 < knn[name]["top1_k20"] <= 100  # 10 classes: far above chance on real images
+
+
+def test_resume_continues_with_the_same_losses_and_weights(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    args = ["pretrain", "simclr", "--steps", "6", "--set", "checkpoint_every=3", "--set", "log_every=1", *TINY]
+    assert main([*args, "--out", str(full)]) == 0
+    shutil.copytree(full, part)
+    # Make `part` look like a run stopped after its step-3 checkpoint.
+    shutil.rmtree(part / "checkpoints" / "step-00000006")
+    (part / "backbone.safetensors").unlink()
+    shutil.rmtree(part / "tb")
+    assert main(["pretrain", "--resume", str(part)]) == 0
+    assert losses(part) == pytest.approx(losses(full)[3:], abs=1e-6)
+    a, b = load_file(str(full / "backbone.safetensors")), load_file(str(part / "backbone.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real = engine.step_generator
+
+    def interrupt_at_step_4(seed, step, rank):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real(seed, step, rank)
+
+    monkeypatch.setattr(engine, "step_generator", interrupt_at_step_4)
+    assert main(["pretrain", "simclr", "--steps", "8", "--out", str(run), *TINY]) == 130
+    assert (run / "checkpoints" / "step-00000004").is_dir()
+    monkeypatch.setattr(engine, "step_generator", real)
+    assert main(["pretrain", "--resume", str(run)]) == 0
+    assert json.loads((run / "metrics.json").read_text())["pretrain"]["steps"] == 8
+
+
+def test_nan_loss_stops_with_advice_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    from freelabel.methods.simclr import SimCLR
+
+    real = SimCLR.training_step
+
+    def nan_after_3(self, batch):
+        out = real(self, batch)
+        self.calls = getattr(self, "calls", 0) + 1
+        return {"loss": out["loss"] * float("nan")} if self.calls > 3 else out
+
+    monkeypatch.setattr(SimCLR, "training_step", nan_after_3)
+    assert main(["pretrain", "simclr", "--steps", "8", "--out", str(run), "--set", "checkpoint_every=2", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "loss became nan at step 3" in err and "--lr" in err and "Traceback" not in err
+    ckpt = load_file(str(run / "checkpoints" / "step-00000002" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in ckpt.values())
+
+
+def test_paper_recipe_trains_with_lars_on_a_folder(fmnist_folder, tmp_path):
+    run = tmp_path / "run"
+    assert main(["pretrain", "simclr", "--recipe", "simclr", "--data", str(fmnist_folder), "--backbone", "resnet18",
+                 "--steps", "2", "--batch-size", "8", "--set", "views.size=32", "--set", "data.workers=0",
+                 "--out", str(run)]) == 0  # fmt: skip
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["optim"]["name"] == "lars" and cfg["backbone"]["name"] == "resnet18" and cfg["data"]["channels"] == 3
+
+
+def test_a_finished_run_is_not_overwritten(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["pretrain", "simclr", "--steps", "1", "--out", str(run), *TINY]) == 0
+    before = (run / "backbone.safetensors").read_bytes()
+    assert main(["pretrain", "simclr", "--steps", "1", "--out", str(run), *TINY]) == 2
+    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+    assert (run / "backbone.safetensors").read_bytes() == before
