@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 
 demo: setup
 	rm -rf runs/demo
-	$(BIN)/freelabel pretrain simclr --data fashion-mnist --minutes $(MINUTES) --out runs/demo
+	$(BIN)/freelabel pretrain simclr --data fashion-mnist --minutes $(MINUTES) --eval-every 2.5 --out runs/demo
 	$(BIN)/freelabel eval knn runs/demo --baselines
 
 test: setup

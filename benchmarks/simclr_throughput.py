@@ -141,19 +141,22 @@ def main() -> None:
 
     freelabel_steps(cfg, method, optimizer, data, 2, autocast)  # warm-up both
     lightly_steps(model, loss_fn, l_opt, loader, 2, autocast)
-    aug_f, aug_l, e2e_f, e2e_l = [], [], [], []
+    aug_f, aug_l, e2e_f, e2e_l, e2e_l32 = [], [], [], [], []
     for r in range(args.rounds):
         aug_f.append(views_rate(cfg, data.images, 4096))
         aug_l.append(lightly_views_rate(transform, data.images, 1024))
         e2e_f.append(freelabel_steps(cfg, method, optimizer, data, args.steps, autocast))
         e2e_l.append(lightly_steps(model, loss_fn, l_opt, loader, args.steps, autocast))
-        print(f"round {r + 1}: augmentation {aug_f[-1]:,.0f} vs {aug_l[-1]:,.0f} img/s; "
-              f"training {e2e_f[-1]:,.0f} vs {e2e_l[-1]:,.0f} img/s")  # fmt: skip
+        e2e_l32.append(lightly_steps(model, loss_fn, l_opt, loader, args.steps, False) if autocast else e2e_l[-1])
+        print(f"round {r + 1}: augmentation {aug_f[-1]:,.0f} vs {aug_l[-1]:,.0f} img/s; training {e2e_f[-1]:,.0f} "
+              f"vs {e2e_l[-1]:,.0f} img/s (lightly in fp32 as in its examples: {e2e_l32[-1]:,.0f})")  # fmt: skip
     med = statistics.median
     print(f"augmentation (2 views per image): freelabel {med(aug_f):,.0f} img/s, lightly {med(aug_l):,.0f} img/s, "
           f"ratio {med(aug_f) / med(aug_l):.1f}x")  # fmt: skip
     print(f"end-to-end training:              freelabel {med(e2e_f):,.0f} img/s, lightly {med(e2e_l):,.0f} img/s, "
           f"ratio {med(e2e_f) / med(e2e_l):.2f}x")  # fmt: skip
+    print(f"  against lightly in fp32 (its examples' default): {med(e2e_l32):,.0f} img/s, "
+          f"ratio {med(e2e_f) / med(e2e_l32):.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":
