@@ -23,7 +23,7 @@ def test_every_format_and_mode_decodes_to_the_asked_size(mixed_folder):
 
 
 def test_broken_files_are_skipped_counted_and_reported(mixed_folder):
-    ds = open_dataset(str(mixed_folder), "train", size=16)
+    ds = image_folder(mixed_folder, "all", size=16)
     assert len(ds) == 11  # 8 good + 3 broken with image extensions; notes.txt ignored
     assert ds.ignored == 1
     seen, skipped = 0, []

@@ -10,7 +10,7 @@ def test_weighted_votes_by_hand():
     train = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.6, -0.8]])
     labels = torch.tensor([0, 1, 1])
     test = torch.tensor([[1.0, 0.0]])
-    t = 0.5
+    t = 1.0
     w0, w1 = torch.exp(torch.tensor(1.0 / t)), 2 * torch.exp(torch.tensor(0.6 / t))
     assert w1 > w0  # so k=3 must flip the vote
     preds = knn_predict(train, labels, test, ks=(1, 3), temperature=t)

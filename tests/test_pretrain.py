@@ -21,7 +21,8 @@ def losses(run) -> list[float]:
 
 def test_tiny_pretrain_then_knn_on_an_image_folder(fmnist_folder, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["pretrain", "simclr", "--data", str(fmnist_folder), "--steps", "6", "--out", str(run),
+    assert main(["pretrain", "simclr", "--data", str(fmnist_folder), "--recipe", "simclr-fashion-mnist",
+                 "--steps", "6", "--out", str(run),
                  "--set", "log_every=1", *TINY]) == 0  # fmt: skip
     for name in ("config.yaml", "metrics.json", "backbone.safetensors", "log.txt"):
         assert (run / name).is_file(), name

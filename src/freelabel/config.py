@@ -118,13 +118,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls, d: dict, where: str = "config"):
+def from_dict(cls, d: dict, where: str = ""):
     """Build dataclass ``cls`` from a dict, refusing unknown keys with the list of valid ones."""
     hints = _hints(cls)
+    prefix = f"{where}." if where else ""
     unknown = set(d) - set(hints)
     if unknown:
-        raise ConfigError(f"unknown key {where}.{sorted(unknown)[0]}; valid: {', '.join(hints)}")
-    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in d.items()})
+        raise ConfigError(f"unknown key {prefix}{sorted(unknown)[0]}; valid: {', '.join(hints)}")
+    return cls(**{k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in d.items()})
 
 
 def to_dict(cfg) -> dict:

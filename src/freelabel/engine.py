@@ -94,19 +94,30 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
     out = Path(out)
     if not resume and (out / rundir.CONFIG).exists():
         raise rundir.RunError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    handler = rundir.file_logger(out)
+    log.addHandler(handler)
+    try:
+        return _pretrain(cfg, out, resume)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
+    data = open_dataset(cfg.data.name, "train", size=cfg.data.image_size or cfg.views.size)
+    cfg.data.channels = data.channels
+    torch.manual_seed(cfg.seed)  # the same initial weights on every process
+    method = build_method(cfg, data.channels)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
     fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, precision=precision)
     fabric.launch()
     main = fabric.is_global_zero
-    data = open_dataset(cfg.data.name, "train", size=cfg.data.image_size or cfg.views.size)
-    cfg.data.channels = data.channels
     if main:
-        out.mkdir(parents=True, exist_ok=True)
         rundir.save_config(out, cfg)
-        log.addHandler(rundir.file_logger(out))
+        log.info("%s on %s: %d images, %s backbone, %s, %d device(s)", cfg.method, cfg.data.name, len(data),
+                 cfg.backbone.name, precision, fabric.world_size)  # fmt: skip
     fabric.barrier()
-    torch.manual_seed(cfg.seed)  # the same initial weights on every process
-    method = build_method(cfg, data.channels)
     if cfg.sync_bn and fabric.world_size > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     if cfg.channels_last:
@@ -116,6 +127,7 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
     if cfg.compile:
         model = torch.compile(model)
 
+    peak_lrs = [g["lr"] for g in optimizer.param_groups]  # before a resumed optimiser brings its last lr
     state = TrainState()
     if resume:
         ckpt = rundir.latest_checkpoint(out)
@@ -139,11 +151,11 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
             return state.step / total_steps
         return state.train_seconds / (budget.minutes * 60)
 
-    peak_lrs = [g["lr"] for g in optimizer.param_groups]
     views = [Views(v) for v in method.views]
     writer = _tensorboard(out) if main else None
     evaluator = _online_knn(cfg, method, fabric.device, precision) if cfg.eval_every_minutes and main else None
-    next_eval = cfg.eval_every_minutes * 60 if evaluator else math.inf
+    interval = (cfg.eval_every_minutes or 0) * 60
+    next_eval = (state.train_seconds // interval + 1) * interval if evaluator else math.inf
     curve: list[dict] = []
 
     def checkpoint() -> None:
@@ -219,7 +231,7 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
                     if state.train_seconds >= next_eval:
                         curve.append(evaluator(state))
                         writer.add_scalar("knn/top1_k20", curve[-1]["top1_k20"], state.step)
-                        next_eval += cfg.eval_every_minutes * 60
+                        next_eval += interval
                         window_start, window_images = time.perf_counter(), 0
                         tick = window_start
                 else:
@@ -291,3 +303,5 @@ def _online_knn(cfg: RunConfig, method: Method, device: torch.device, precision:
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(message)s")  # fmt: skip
+    for name in ("lightning.fabric", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)

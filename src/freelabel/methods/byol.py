@@ -31,8 +31,7 @@ class BYOL(Method):
         self.views = [dataclasses.replace(views, blur=1.0 * (views.blur > 0)) if asymmetric else views, second]
         self.projector = mlp(backbone.embed_dim, hidden_dim, proj_dim, 2)
         self.predictor = mlp(proj_dim, hidden_dim, proj_dim, 2)
-        self.online = nn.Sequential(self.backbone, self.projector)
-        self.target = frozen_copy(self.online)
+        self.target = frozen_copy(self.online())
         self.base_momentum, self.momentum = momentum, momentum
 
     def on_step(self, progress: float) -> None:
@@ -40,10 +39,14 @@ class BYOL(Method):
 
     def training_step(self, batch: dict) -> dict:
         x1, x2 = batch["views"]
-        p1, p2 = self.predictor(self.online(torch.cat([x1, x2]))).chunk(2)
+        p1, p2 = self.predictor(self.projector(self.backbone(torch.cat([x1, x2])))).chunk(2)
         with torch.no_grad():
             z1, z2 = self.target(torch.cat([x1, x2])).chunk(2)
         return {"loss": normalized_mse(p1, z2) + normalized_mse(p2, z1), "momentum": torch.tensor(self.momentum)}
 
+    def online(self) -> nn.Sequential:
+        """Backbone and projector as one network (a view of them, not a copy)."""
+        return nn.Sequential(self.backbone, self.projector)
+
     def after_step(self, progress: float) -> None:
-        ema_update(self.target, self.online, self.momentum)
+        ema_update(self.target, self.online(), self.momentum)

@@ -39,8 +39,7 @@ class DINO(Method):
             *[dataclasses.replace(views, size=local_size, scale=tuple(local_scale), blur=0.5 * blur)] * local_crops,
         ]
         self.head = DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer)
-        self.student = nn.Sequential(self.backbone, self.head)
-        self.teacher = frozen_copy(self.student)
+        self.teacher = frozen_copy(self.student())
         self.register_buffer("center", torch.zeros(out_dim))
         self.temps = (student_temp, warmup_teacher_temp, teacher_temp, teacher_temp_warmup)
         self.teacher_temp = warmup_teacher_temp
@@ -56,9 +55,9 @@ class DINO(Method):
         views = batch["views"]
         with torch.no_grad():
             teacher = self.teacher(torch.cat(views[:2])).chunk(2)
-        student = list(self.student(torch.cat(views[:2])).chunk(2))
+        student = list(self.head(self.backbone(torch.cat(views[:2]))).chunk(2))
         if len(views) > 2:
-            student += self.student(torch.cat(views[2:])).chunk(len(views) - 2)
+            student += self.head(self.backbone(torch.cat(views[2:]))).chunk(len(views) - 2)
         loss = dino_loss(student, list(teacher), self.center, self.temps[0], self.teacher_temp)
         self.center.copy_(update_center(self.center, torch.cat(teacher), self.center_momentum))
         return {"loss": loss, "teacher_temp": torch.tensor(self.teacher_temp), "momentum": torch.tensor(self.momentum)}
@@ -68,5 +67,9 @@ class DINO(Method):
             for p in self.head.last_layer.parameters():
                 p.grad = None
 
+    def student(self) -> nn.Sequential:
+        """Backbone and head as one network (a view of them, not a copy)."""
+        return nn.Sequential(self.backbone, self.head)
+
     def after_step(self, progress: float) -> None:
-        ema_update(self.teacher, self.student, self.momentum)
+        ema_update(self.teacher, self.student(), self.momentum)

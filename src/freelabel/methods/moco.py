@@ -41,14 +41,13 @@ class MoCoV2(Method):
         super().__init__()
         self.backbone, self.views = backbone, [views, views]
         self.projector = mlp(backbone.embed_dim, hidden_dim, proj_dim, 2, norm=False)
-        self.encoder = nn.Sequential(self.backbone, self.projector)
-        self.key_encoder = frozen_copy(self.encoder)
+        self.key_encoder = frozen_copy(self.encoder())
         self.queue = Queue(queue_size, proj_dim)
         self.temperature, self.momentum, self.bn_splits = temperature, momentum, bn_splits
 
     def training_step(self, batch: dict) -> dict:
         x1, x2 = batch["views"]
-        q = in_splits(self.encoder, x1, self.bn_splits)
+        q = in_splits(self.encoder(), x1, self.bn_splits)
         with torch.no_grad():
             order = torch.randperm(len(x2), device=x2.device)
             k = torch.empty(len(x2), q.shape[1], device=x2.device)
@@ -57,8 +56,12 @@ class MoCoV2(Method):
         self.queue.enqueue(F.normalize(k, dim=1))
         return {"loss": loss}
 
+    def encoder(self) -> nn.Sequential:
+        """Backbone and projector as one network (a view of them, not a copy)."""
+        return nn.Sequential(self.backbone, self.projector)
+
     def after_step(self, progress: float) -> None:
-        ema_update(self.key_encoder, self.encoder, self.momentum)
+        ema_update(self.key_encoder, self.encoder(), self.momentum)
 
 
 class MoCoV3(Method):
@@ -68,8 +71,7 @@ class MoCoV3(Method):
         self.backbone, self.views = backbone, [views, views]
         self.projector = mlp(backbone.embed_dim, hidden_dim, proj_dim, 3, last_bn=True)
         self.predictor = mlp(proj_dim, hidden_dim, proj_dim, 2, last_bn=True)
-        self.encoder = nn.Sequential(self.backbone, self.projector)
-        self.momentum_encoder = frozen_copy(self.encoder)
+        self.momentum_encoder = frozen_copy(self.encoder())
         self.temperature, self.base_momentum, self.momentum = temperature, momentum, momentum
 
     def on_step(self, progress: float) -> None:
@@ -77,11 +79,13 @@ class MoCoV3(Method):
 
     def training_step(self, batch: dict) -> dict:
         x1, x2 = batch["views"]
-        q1, q2 = self.predictor(self.encoder(torch.cat([x1, x2]))).chunk(2)
+        q1, q2 = self.predictor(self.projector(self.backbone(torch.cat([x1, x2])))).chunk(2)
         with torch.no_grad():
             k1, k2 = self.momentum_encoder(torch.cat([x1, x2])).chunk(2)
         loss = 2 * self.temperature * (info_nce(q1, k2, self.temperature) + info_nce(q2, k1, self.temperature))
         return {"loss": loss, "momentum": torch.tensor(self.momentum)}
 
+    encoder = MoCoV2.encoder
+
     def after_step(self, progress: float) -> None:
-        ema_update(self.momentum_encoder, self.encoder, self.momentum)
+        ema_update(self.momentum_encoder, self.encoder(), self.momentum)
