@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -133,7 +134,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
         for name in list_recipes():
             r = load_recipe(name)
-            print(f"{name:24s} {r.get('method', '?')} on {r.get('data', {}).get('name', '?')}: {r.get('about', '')}")
+            print(f"{name:26s} {r.get('about', '')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
