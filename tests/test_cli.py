@@ -10,6 +10,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "freelabel.cli", *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # each case starts a fresh interpreter
 @pytest.mark.parametrize(
     "args, says",
     [

@@ -179,6 +179,7 @@ def two_process_results():
     return z1, z2, dict(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(GLOBAL_LOSSES))
 def test_two_processes_give_the_loss_and_gradients_of_one(name, two_process_results):
     z1, z2, out = two_process_results
@@ -190,6 +191,7 @@ def test_two_processes_give_the_loss_and_gradients_of_one(name, two_process_resu
     torch.testing.assert_close(torch.cat([out[0][name][2], out[1][name][2]]), w2.grad, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_dino_centre_and_the_queue(two_process_results):
     z1, _, out = two_process_results
     torch.testing.assert_close(out[0]["center"], 0.5 * z1.mean(0))

@@ -24,6 +24,7 @@ def test_every_registered_method_has_a_tiny_run():
     assert set(TINY_ARGS) == set(METHODS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(TINY_ARGS))
 def test_tiny_end_to_end(method, tmp_path):
     run = tmp_path / method

@@ -10,6 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import freelabel.engine as engine
 from freelabel.cli import main
 
+pytestmark = pytest.mark.slow  # every test here trains
+
 TINY = ["--batch-size", "32", "--set", "method_args.hidden_dim=64", "--set", "backbone.args.widths=[16,32]"]
 
 
