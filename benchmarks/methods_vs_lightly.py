@@ -2,8 +2,9 @@
 
 For each method, freelabel's engine trains its ``<method>-fashion-mnist`` recipe for ``--minutes``; then, in
 the same process, lightly's implementation trains as long on the CPU with the same backbone and initial
-weights, data, batch size, AdamW settings (no weight decay on biases and norms), warm-up and cosine schedules
-(on elapsed training time, data waits included, as freelabel's budget), head sizes and loss hyper-parameters.
+weights, data, batch size, optimiser (the recipe's AdamW, or SGD with Nesterov momentum as timm's "sgd"; no
+weight decay on biases and norms), warm-up and cosine schedules (on elapsed training time, data waits
+included, as freelabel's budget), head sizes and loss hyper-parameters.
 Both backbones are scored by the same k-NN evaluation on Fashion-MNIST.
 
 lightly runs as its examples do: its multi-view transforms on PIL images (mode 'L') in DataLoader workers,
@@ -247,8 +248,11 @@ def train_lightly(m: LightlyMethod, cfg: RunConfig, images: torch.Tensor, minute
     o = cfg.optim
     m.nets.to(memory_format=torch.channels_last)
     decay, no_decay = ([p for p in group if p.requires_grad] for group in get_weight_decay_parameters([m.nets]))
-    optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=o.lr * o.batch_size / 256, weight_decay=o.weight_decay)  # fmt: skip
+    groups, lr = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], o.lr * o.batch_size / 256
+    if o.name not in ("adamw", "sgd"):
+        raise SystemExit(f"the benchmark's lightly side knows adamw and sgd, not the recipe's {o.name!r}")
+    optimizer = (torch.optim.AdamW(groups, lr=lr, weight_decay=o.weight_decay) if o.name == "adamw" else
+                 torch.optim.SGD(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=True))  # fmt: skip
     peak = optimizer.param_groups[0]["lr"]
     loader = DataLoader(PilImages(images, m.transform), batch_size=o.batch_size, shuffle=True, drop_last=True,
                         num_workers=workers, persistent_workers=workers > 0)  # fmt: skip

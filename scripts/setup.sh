@@ -16,4 +16,13 @@ fi
 # The tested versions; any torch >= 2.4 with its matching torchvision works.
 "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
 "$VENV/bin/pip" install -q -e ".[test]"
+
+# Colour images for colorization: the emoji set, fetched with `npm pack emoji-datasource-google` into
+# ~/.cache/freelabel (freelabel.data.emoji.install). Without npm it is skipped; any colour folder works too.
+if command -v npm >/dev/null; then
+  "$VENV/bin/python" -c "from freelabel.data.emoji import emoji_records; emoji_records()" \
+    || echo "setup: the emoji set could not be fetched; colorization can use any folder of colour images" >&2
+else
+  echo "setup: npm not found, so the emoji set is not installed; colorization can use any folder of colour images" >&2
+fi
 touch "$VENV/.installed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -142,12 +143,28 @@ def set_dotted(d: dict, dotted: str, value: Any) -> None:
     d[leaf] = value
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's numbers: ``1e-3`` is a float, not the string PyYAML's 1.1 rules make it."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.inf|\.Inf|\.INF|\.nan|\.NaN|\.NAN)$"),  # fmt: skip
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"optim.lr=0.1"`` -> ``("optim.lr", 0.1)``; the value is read as YAML."""
     if "=" not in text:
         raise ConfigError(f"--set takes KEY=VALUE (for example optim.lr=0.1), got {text!r}")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    return key.strip(), read_yaml(raw)
 
 
 def recipe_dir() -> Path:
@@ -170,7 +187,7 @@ def load_recipe(name_or_path: str) -> dict:
         path = recipe_dir() / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown recipe {name_or_path!r}; valid: {', '.join(list_recipes())}, or a YAML file")
-    return yaml.safe_load(path.read_text()) or {}
+    return read_yaml(path.read_text()) or {}
 
 
 def resolve(recipe: dict, overrides: dict[str, Any]) -> RunConfig:

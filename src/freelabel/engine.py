@@ -21,7 +21,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import run as rundir
-from .backbones import build_backbone
 from .config import ConfigError, RunConfig
 from .data.loader import batches, steps_per_epoch
 from .data.sources import open_dataset
@@ -61,8 +60,8 @@ def lr_at(progress: float, warmup: float, min_lr: float = 0.0) -> float:
 def build_method(cfg: RunConfig, in_chans: int) -> Method:
     if cfg.method not in METHODS:
         raise ConfigError(f"unknown method {cfg.method!r}; valid: {', '.join(METHODS)}")
-    backbone = build_backbone(cfg.backbone.name, in_chans, cfg.views.size, **cfg.backbone.args)
     cls = METHODS[cfg.method]
+    backbone = cls.make_backbone(cfg.backbone.name, in_chans, cfg.views, **cfg.backbone.args)
     accepted = set(inspect.signature(cls).parameters) - {"backbone", "views"}
     bad = set(cfg.method_args) - accepted
     if bad:
@@ -157,6 +156,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     interval = (cfg.eval_every_minutes or 0) * 60
     next_eval = (state.train_seconds // interval + 1) * interval if evaluator else math.inf
     curve: list[dict] = []
+    last: dict | None = None  # the last batch, for the method's artefacts
 
     def checkpoint() -> None:
         if main:
@@ -188,7 +188,8 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                     g = step_generator(cfg.seed, state.step, fabric.global_rank)
                     images = batch.images.to(fabric.device, non_blocking=True)
                     made = [v(images, g).contiguous(memory_format=torch.channels_last) for v in views]
-                    outputs = model({"images": images, "labels": batch.labels, "views": made})
+                    last = {"images": images, "labels": batch.labels, "views": made}
+                    outputs = model(last)
                     loss = outputs["loss"]
                     if not torch.isfinite(loss):
                         raise TrainingError(
@@ -257,6 +258,8 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
         result["knn_curve"] = curve
     if main:
         rundir.save_backbone(out, method.backbone.state_dict())
+        for name, data in (method.artefacts(last) if last else {}).items():
+            rundir.save_artefact(out, name, data)
         rundir.update_metrics(out, "pretrain", result)
         if writer:
             writer.close()

@@ -133,3 +133,30 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, va
         cov = z.T @ z / (n - 1)
         covariance = covariance + (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
     return sim_weight * invariance + var_weight * variance + cov_weight * covariance
+
+
+def rebalancing_weights(prior: torch.Tensor, lam: float = 0.5) -> torch.Tensor:
+    """Colorization's class rebalancing (Zhang et al. 2016): ``w ∝ ((1 - lam) p + lam / Q)^-1`` for a
+    prior ``p`` over Q bins (counts, normalised here), scaled so that ``E_p[w] = sum_q p_q w_q = 1``.
+    ``lam = 1`` gives no rebalancing; ``lam = 0`` makes every bin count equally."""
+    p = prior.double() / prior.double().sum().clamp(min=1e-12)
+    w = 1 / ((1 - lam) * p + lam / len(p))
+    return (w / (p * w).sum()).to(prior.dtype)
+
+
+def rebalanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Colorization's multinomial cross-entropy: scores ``[B, Q, H, W]`` against soft targets of the
+    same shape, each place weighted by ``weights [Q]`` of its target's most likely bin. The mean over
+    this process's places (no gather)."""
+    ce = -(target * F.log_softmax(logits.float(), dim=1)).sum(1)
+    return (weights[target.argmax(1)] * ce).mean()
+
+
+@torch.no_grad()
+def update_histogram(counts: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``counts [Q]`` plus the soft targets ``[B, Q, H, W]`` of the global batch summed per bin
+    (all-reduced), so that every process rebalances with the same prior."""
+    batch = target.float().sum((0, 2, 3))
+    if world()[1] > 1:
+        dist.all_reduce(batch)
+    return counts + batch

@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from .config import RunConfig, from_dict, to_dict
+from .config import RunConfig, from_dict, read_yaml, to_dict
 
 CONFIG, METRICS, CHECKPOINTS, BACKBONE = "config.yaml", "metrics.json", "checkpoints", "backbone.safetensors"
 
@@ -37,7 +37,7 @@ def load_config(run: Path) -> RunConfig:
     path = Path(run) / CONFIG
     if not path.is_file():
         raise RunError(f"{run} is not a freelabel run directory (no {CONFIG}); give the --out of a pretrain run")
-    d = yaml.safe_load(path.read_text())
+    d = read_yaml(path.read_text())
     return from_dict(RunConfig, d)
 
 
@@ -85,6 +85,11 @@ def load_checkpoint(path: Path) -> tuple[dict, dict]:
     return load_file(str(path / "model.safetensors")), torch.load(path / "state.pt", weights_only=True)
 
 
+def save_artefact(run: Path, name: str, data: bytes) -> None:
+    """A file a method leaves in the run directory (colorization's image grid, jigsaw's permutations)."""
+    _atomic_write(Path(run) / name, data)
+
+
 def save_backbone(run: Path, state: dict) -> None:
     tmp = Path(run) / f".{BACKBONE}.tmp"
     save_file(_contiguous(state), str(tmp))
@@ -106,11 +111,12 @@ def load_backbone_state(run: Path) -> dict[str, torch.Tensor]:
 def load_backbone(run: Path, trained: bool = True) -> tuple[torch.nn.Module, RunConfig]:
     """The run's backbone with its trained weights (``trained=False``: the same architecture with the
     run's seeded random initialisation), in eval mode, and the run's config."""
-    from .backbones import build_backbone
+    from .methods import METHODS
 
     cfg = load_config(run)
     torch.manual_seed(cfg.seed)
-    backbone = build_backbone(cfg.backbone.name, cfg.data.channels or 3, cfg.views.size, **cfg.backbone.args)
+    backbone = METHODS[cfg.method].make_backbone(cfg.backbone.name, cfg.data.channels or 3, cfg.views,
+                                                 **cfg.backbone.args)  # fmt: skip
     if trained:
         backbone.load_state_dict(load_backbone_state(run))
     return backbone.eval(), cfg

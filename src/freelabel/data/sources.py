@@ -1,4 +1,4 @@
-"""Image sources: the embedded Fashion-MNIST set and any folder of images.
+"""Image sources: the embedded Fashion-MNIST and emoji (:mod:`.emoji`) sets and any folder of images.
 
 Every source is a map-style ``torch.utils.data.Dataset`` whose items are ``(image, label)`` with
 ``image`` a ``uint8`` tensor ``[C, H, W]`` of a fixed size and ``label`` an ``int`` (``-1`` when
@@ -27,7 +27,10 @@ FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
-EMBEDDED = {"fashion-mnist": "Fashion-MNIST, 70k 28x28 grey images of clothes in 10 classes"}
+EMBEDDED = {
+    "fashion-mnist": "Fashion-MNIST, 70k 28x28 grey images of clothes in 10 classes",
+    "emoji": "Google's Noto emoji (npm emoji-datasource-google), 1.9k 64x64 colour images in 10 categories",
+}
 
 
 class DataError(ValueError):
@@ -215,12 +218,15 @@ def image_folder(root: str | Path, split: str, size: int, channels: int = 3, hol
 
 
 def open_dataset(spec: str, split: str = "train", size: int | None = None, channels: int = 3) -> Dataset:
-    """``spec`` is an embedded name (``fashion-mnist``) or a folder path; ``split`` is ``train``,
+    """``spec`` is an embedded name (``fashion-mnist``, ``emoji``) or a folder path; ``split`` is ``train``,
     ``test`` or ``all`` (pretraining on a folder uses every image)."""
-    if spec == "fashion-mnist":
-        if split == "all":
-            split = "train"
-        ds = fashion_mnist(split)
+    if spec in EMBEDDED:
+        if spec == "emoji":
+            from .emoji import emoji
+
+            ds = emoji(split)
+        else:
+            ds = fashion_mnist("train" if split == "all" else split)
         if size is not None and size != ds.images.shape[-1]:
             ds.images = torch.nn.functional.interpolate(ds.images.float(), size=size, mode="bilinear",
                                                         antialias=True).round().clamp(0, 255).to(torch.uint8)

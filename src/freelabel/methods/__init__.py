@@ -3,8 +3,11 @@
 from .barlow_twins import BarlowTwins
 from .base import Method
 from .byol import BYOL
+from .colorization import Colorization
 from .dino import DINO
+from .jigsaw import Jigsaw
 from .moco import MoCoV2, MoCoV3
+from .rotation import Rotation
 from .simclr import SimCLR
 from .vicreg import VICReg
 
@@ -16,6 +19,9 @@ METHODS: dict[str, type[Method]] = {
     "dino": DINO,
     "barlowtwins": BarlowTwins,
     "vicreg": VICReg,
+    "rotation": Rotation,
+    "jigsaw": Jigsaw,
+    "colorization": Colorization,
 }
 DESCRIPTIONS = {
     "simclr": "contrastive: two views of an image find each other among the batch (NT-Xent) [Chen et al. 2020]",
@@ -25,6 +31,9 @@ DESCRIPTIONS = {
     "dino": "self-distillation: multi-crop student matches a centred EMA teacher [Caron et al. 2021]",
     "barlowtwins": "redundancy reduction: cross-correlation of two views -> identity [Zbontar et al. 2021]",
     "vicreg": "variance-invariance-covariance regularisation [Bardes, Ponce & LeCun 2022]",
+    "rotation": "pretext: which of 4 rotations was applied (RotNet) [Gidaris, Singh & Komodakis 2018]",
+    "jigsaw": "pretext: which permutation shuffled 3x3 tiles (max-Hamming set) [Noroozi & Favaro 2016]",
+    "colorization": "pretext: colour (ab bins, rebalanced) from lightness; colour data [Zhang, Isola & Efros 2016]",
 }
 
 __all__ = ["METHODS", "DESCRIPTIONS", "Method"]

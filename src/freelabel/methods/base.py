@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..backbones import build_backbone
 from ..data.views import ViewConfig
 
 
@@ -21,6 +22,13 @@ class Method(nn.Module):
     backbone: nn.Module
     views: list[ViewConfig]
 
+    @classmethod
+    def make_backbone(cls, name: str, in_chans: int, views: ViewConfig, **args) -> nn.Module:
+        """The backbone this method trains, taking the evaluation view of the data (``normalise(images,
+        views)``). The engine and ``load_backbone`` both build it here, so trained weights always fit;
+        a method whose backbone sees only part of the image (colorization: lightness) wraps it."""
+        return build_backbone(name, in_chans, views.size, **args)
+
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         """Return ``{"loss": scalar, ...other scalars to log}``."""
         raise NotImplementedError
@@ -33,6 +41,10 @@ class Method(nn.Module):
 
     def after_step(self, progress: float) -> None:
         """After the optimiser step: update momentum encoders and teachers."""
+
+    def artefacts(self, batch: dict) -> dict[str, bytes]:
+        """After training, with the last batch: files to keep in the run directory, by name."""
+        return {}
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         return self.training_step(batch)
