@@ -108,3 +108,46 @@ def test_a_finished_run_is_not_overwritten(tmp_path, capsys):
     assert main(["pretrain", "simclr", "--steps", "1", "--out", str(run), *TINY]) == 2
     assert "already holds a run; continue it with --resume" in capsys.readouterr().err
     assert (run / "backbone.safetensors").read_bytes() == before
+
+
+def test_two_processes_train_exactly_as_one(fmnist_folder, tmp_path):
+    """torchrun with 2 CPU processes of batch 16 (``--batch-size`` is per process), against 1 process holding all of it:
+    with fixed views, fp32 and no BatchNorm (a one-block ViT, a linear projector: per-process batch
+    statistics are the one thing DDP does not make global) and SGD (Adam would blow float noise in
+    null gradients, e.g. of the key biases, up to whole steps), the loss curves and the trained weights
+    agree, and only rank 0 writes the run directory's log."""
+    import subprocess
+    import sys
+
+    fixed = ["--set", "views.scale=[1.0,1.0]", "--set", "views.ratio=[1.0,1.0]", "--set", "views.hflip=0.0",
+             "--set", "views.jitter=0.0", "--precision", "32-true", "--accelerator", "cpu", "--steps", "3",
+             "--recipe", "simclr-fashion-mnist", "--data", str(fmnist_folder), "--set", "log_every=1",
+             "--backbone", "vit_tiny", "--set", "backbone.args.depth=1",
+             "--set", "backbone.args.patch_size=7", "--set", "method_args.proj_layers=1",
+             "--set", "optim.name=sgd", "--set", "optim.lr=0.5"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["pretrain", "simclr", "--out", str(one), "--batch-size", "32", *fixed]) == 0
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                           "freelabel.cli", "pretrain", "simclr", "--devices", "2", "--batch-size", "16",
+                           "--out", str(two), *fixed],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert losses(two) == pytest.approx(losses(one), abs=1e-5)
+    a, b = load_file(str(one / "backbone.safetensors")), load_file(str(two / "backbone.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    log = (two / "log.txt").read_text()
+    assert log.count("simclr on ") == 1 and "2 device(s)" in log
+
+
+def test_sync_bn_on_cpu_processes_is_refused_clearly(fmnist_folder, tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                           "freelabel.cli", "pretrain", "simclr", "--devices", "2", "--accelerator", "cpu",
+                           "--data", str(fmnist_folder), "--recipe", "simclr-fashion-mnist", "--steps", "1",
+                           "--set", "sync_bn=true",
+                           "--out", str(tmp_path / "run"), *TINY],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode != 0 and "sync_bn needs CUDA devices" in done.stderr

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from lightning.fabric import Fabric
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -95,6 +96,7 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
         raise rundir.RunError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     handler = rundir.file_logger(out)
+    handler.addFilter(lambda record: not dist.is_initialized() or dist.get_rank() == 0)  # one log.txt writer
     log.addHandler(handler)
     try:
         return _pretrain(cfg, out, resume)
@@ -118,6 +120,9 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                  cfg.backbone.name, precision, fabric.world_size)  # fmt: skip
     fabric.barrier()
     if cfg.sync_bn and fabric.world_size > 1:
+        if fabric.device.type != "cuda":
+            raise ConfigError("sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); "
+                              "leave it off on the CPU")  # fmt: skip
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     if cfg.channels_last:
         method = method.to(memory_format=torch.channels_last)
