@@ -123,6 +123,6 @@ def load_backbone(run: Path, trained: bool = True) -> tuple[torch.nn.Module, Run
 
 
 def file_logger(run: Path) -> logging.Handler:
-    handler = logging.FileHandler(Path(run) / "log.txt", delay=True)  # opened by the first record
+    handler = logging.FileHandler(Path(run) / "log.txt")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     return handler
