@@ -151,3 +151,4 @@ def test_sync_bn_on_cpu_processes_is_refused_clearly(fmnist_folder, tmp_path):
                            "--out", str(tmp_path / "run"), *TINY],
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode != 0 and "sync_bn needs CUDA devices" in done.stderr
+    assert not (tmp_path / "run" / "config.yaml").exists()  # nothing written: the same command runs once fixed

@@ -114,15 +114,14 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, precision=precision)
     fabric.launch()
     main = fabric.is_global_zero
+    if cfg.sync_bn and fabric.world_size > 1 and fabric.device.type != "cuda":  # before anything is written
+        raise ConfigError("sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); leave it off on the CPU")
     if main:
         rundir.save_config(out, cfg)
         log.info("%s on %s: %d images, %s backbone, %s, %d device(s)", cfg.method, cfg.data.name, len(data),
                  cfg.backbone.name, precision, fabric.world_size)  # fmt: skip
     fabric.barrier()
     if cfg.sync_bn and fabric.world_size > 1:
-        if fabric.device.type != "cuda":
-            raise ConfigError("sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); "
-                              "leave it off on the CPU")  # fmt: skip
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     if cfg.channels_last:
         method = method.to(memory_format=torch.channels_last)
