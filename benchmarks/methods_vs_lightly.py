@@ -51,7 +51,8 @@ Tensors = list[torch.Tensor]
 Transform = Callable[[Image.Image], Tensors]  # a lightly multi-view transform
 GENERAL_NOTE = ("all methods: torchvision crops stay inside the image (freelabel pads by reflection) and jitters "
                 "brightness and contrast in random order; lightly passes each view through the network alone, so "
-                "BatchNorm statistics are per view (freelabel batches the views of one size together)")  # fmt: skip
+                "BatchNorm statistics are per view (so are freelabel's MoCo v3 and BYOL; its others batch the views of "
+                "one size together)")  # fmt: skip
 
 
 @dataclass

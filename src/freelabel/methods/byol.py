@@ -38,10 +38,10 @@ class BYOL(Method):
         self.momentum = cosine_schedule(progress, self.base_momentum, 1.0)
 
     def training_step(self, batch: dict) -> dict:
-        x1, x2 = batch["views"]
-        p1, p2 = self.predictor(self.projector(self.backbone(torch.cat([x1, x2])))).chunk(2)
+        x1, x2 = batch["views"]  # each view through the networks on its own: batch statistics per view
+        p1, p2 = (self.predictor(self.projector(self.backbone(x))) for x in (x1, x2))
         with torch.no_grad():
-            z1, z2 = self.target(torch.cat([x1, x2])).chunk(2)
+            z1, z2 = (self.target(x) for x in (x1, x2))
         return {"loss": normalized_mse(p1, z2) + normalized_mse(p2, z1), "momentum": torch.tensor(self.momentum)}
 
     def online(self) -> nn.Sequential:

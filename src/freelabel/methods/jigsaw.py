@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..backbones import build_backbone
 from ..config import ConfigError
 from ..data.views import ViewConfig
 from ..heads import mlp
@@ -57,6 +58,26 @@ def maximal_hamming_permutations(n: int, tiles: int = 9, min_distance: int = 1,
     return every[chosen].long()
 
 
+def standardise(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """``x`` shifted and scaled to mean 0, std 1 over ``dims``."""
+    return (x - x.mean(dims, keepdim=True)) / (x.std(dims, keepdim=True) + 1e-5)
+
+
+class Standardised(nn.Module):
+    """A backbone that standardises each input on its own, as every jigsaw tile is in training, so that
+    whole images in evaluation meet the statistics the network learned on."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.embed_dim = net, net.embed_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(standardise(x, (1, 2, 3)))
+
+    def forward_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net.forward_tokens(standardise(x, (1, 2, 3)), mask)
+
+
 def puzzle_tiles(x: torch.Tensor, grid: int = 3, tile: float = 64 / 75, channel_jitter: int = 0) -> torch.Tensor:
     """Cut ``x [B, C, S, S]`` into ``grid x grid`` cells and take from each, at a random place, a tile
     of ``tile`` times the cell's side (random gaps); every channel of a tile moves by up to
@@ -75,12 +96,14 @@ def puzzle_tiles(x: torch.Tensor, grid: int = 3, tile: float = 64 / 75, channel_
     rows = (start[..., 0, None] + offsets)[..., :, None]  # [B, T, C, t, 1]
     cols = (start[..., 1, None] + offsets)[..., None, :]  # [B, T, C, 1, t]
     images, channels = torch.arange(b, device=dev).view(b, 1, 1, 1, 1), torch.arange(c, device=dev).view(1, 1, c, 1, 1)
-    tiles = x[images, channels, rows, cols]
-    mean, std = tiles.mean((2, 3, 4), keepdim=True), tiles.std((2, 3, 4), keepdim=True)
-    return (tiles - mean) / (std + 1e-5)
+    return standardise(x[images, channels, rows, cols], (2, 3, 4))
 
 
 class Jigsaw(Method):
+    @classmethod
+    def make_backbone(cls, name: str, in_chans: int, views: ViewConfig, **args) -> nn.Module:
+        return Standardised(build_backbone(name, in_chans, views.size, **args))
+
     def __init__(self, backbone: nn.Module, views: ViewConfig, permutations: int = 100, min_distance: int = 1,
                  grid: int = 3, tile: float = 64 / 75, channel_jitter: int = 2, tile_dim: int = 512,
                  hidden_dim: int = 4096):  # fmt: skip

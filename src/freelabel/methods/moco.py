@@ -78,10 +78,10 @@ class MoCoV3(Method):
         self.momentum = cosine_schedule(progress, self.base_momentum, 1.0)
 
     def training_step(self, batch: dict) -> dict:
-        x1, x2 = batch["views"]
-        q1, q2 = self.predictor(self.projector(self.backbone(torch.cat([x1, x2])))).chunk(2)
+        x1, x2 = batch["views"]  # each view through the networks on its own: batch statistics per view
+        q1, q2 = (self.predictor(self.projector(self.backbone(x))) for x in (x1, x2))
         with torch.no_grad():
-            k1, k2 = self.momentum_encoder(torch.cat([x1, x2])).chunk(2)
+            k1, k2 = (self.momentum_encoder(x) for x in (x1, x2))
         loss = 2 * self.temperature * (info_nce(q1, k2, self.temperature) + info_nce(q2, k1, self.temperature))
         return {"loss": loss, "momentum": torch.tensor(self.momentum)}
 
