@@ -75,8 +75,10 @@ def load_model(spec: str | Path, device: torch.device | str | None = None) -> Im
     device = torch.device(device) if device is not None else default_device()
     run = Path(spec).expanduser()
     if not (run / CONFIG).is_file():
-        from ..pretrained import load
-
+        try:
+            from ..pretrained import load
+        except ImportError:
+            raise RunError(f"{spec} is not a run directory, and pretrained models need freelabel.pretrained") from None
         model = load(str(spec))
         if not hasattr(model, "encode_text"):
             raise RunError(f"{spec} is not an image-text model (it has no text tower); give a CLIP or SigLIP")
