@@ -142,13 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data.sources import DataError
     from .engine import TrainingError, setup_logging
+    from .pretrained import PretrainedError
     from .run import RunError
 
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
         {"pretrain": cmd_pretrain, "eval": cmd_eval}.get(args.command, cmd_list)(args)
-    except (ConfigError, DataError, BackboneError, RunError, TrainingError) as e:
+    except (ConfigError, DataError, BackboneError, RunError, TrainingError, PretrainedError) as e:
         print(f"freelabel: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
