@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data.sources import DataError
     from .engine import TrainingError, setup_logging
+    from .pretrained import PretrainedError
     from .run import RunError
 
     args = _parser().parse_args(argv)
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "zeroshot": cmd_zeroshot, "shards": cmd_shards}
         commands.get(args.command, cmd_list)(args)
-    except (ConfigError, DataError, BackboneError, RunError, TrainingError) as e:
+    except (ConfigError, DataError, BackboneError, RunError, TrainingError, PretrainedError) as e:
         print(f"freelabel: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
