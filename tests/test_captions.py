@@ -1,6 +1,3 @@
-import csv
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -16,29 +13,6 @@ from freelabel.data.captions import (
 )
 from freelabel.data.loader import batches, collate
 from freelabel.data.sources import DataError, load_image, open_dataset
-
-
-@pytest.fixture(scope="module")
-def captioned(tmp_path_factory, fmnist):
-    """A captioned folder of real images: 10 Fashion-MNIST images of each of 3 classes (class
-    sub-folders), "a photo of a <class>, number <i>" in a .txt beside each, plus a CSV and a JSONL
-    listing the same pairs."""
-    root = tmp_path_factory.mktemp("captioned")
-    rows = []
-    for c, name in ((1, "trouser"), (7, "sneaker"), (8, "bag")):
-        (root / name).mkdir()
-        for i, idx in enumerate((fmnist.labels == c).nonzero()[:10, 0].tolist()):
-            path = root / name / f"{name}{i}.png"
-            Image.fromarray(fmnist.images[idx, 0].numpy()).save(path)
-            text = f"a photo of a {name}, number {i}"
-            path.with_suffix(".txt").write_text(text + "\n")
-            rows.append({"image": f"{name}/{path.name}", "caption": text})
-    with open(root / "pairs.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, ["image", "caption"])
-        writer.writeheader()
-        writer.writerows(rows)
-    (root / "pairs.jsonl").write_text("".join(json.dumps({"file": r["image"], "text": r["caption"]}) + "\n" for r in rows))
-    return root
 
 
 def test_csv_jsonl_and_folder_readers_give_the_same_pairs(captioned):
@@ -95,6 +69,7 @@ def test_batches_carry_captions_with_their_images(captioned):
     assert batch.texts == [files.texts[0], files.texts[5]] and batch.images.shape == (2, 3, 16, 16)
 
 
+@pytest.mark.slow  # decodes the emoji set twice
 def test_emoji_captions_name_each_emoji_and_hold_out_whole_emoji():
     test = emoji_captions("test")
     assert len(test) == len(test.texts) == 376
