@@ -156,7 +156,7 @@ def read_shards(spec: str, split: str, size: int, channels: int = 3) -> CaptionI
     images, texts = [], []
     for sample in wds.WebDataset(shard_urls(spec), shardshuffle=False, empty_check=False):
         key = sample["__key__"]
-        ext = next((e for e in sample if "." + e in IMAGE_EXTENSIONS or e == "jpg"), None)
+        ext = next((e for e in sample if "." + e in IMAGE_EXTENSIONS), None)
         if ext is None or "txt" not in sample:
             raise DataError(f"shard sample {key} needs an image (png/jpg/webp/bmp) and a txt caption; has {sorted(sample)}")
         if _keep(key, split):

@@ -148,6 +148,8 @@ def classify_folder(folder: str | Path, names: Sequence[str], spec: str | Path, 
     from ..run import save_artefact
 
     names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise DataError('zero-shot classification needs class names: --labels "cat,dog,bird"')
     model = load_model(spec)
     paths = scan_folder(Path(folder).expanduser())[0]
     ds = ImageFiles(paths, list(range(len(paths))), [], _image_size(spec))  # label = index, to map rows back

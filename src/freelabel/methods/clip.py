@@ -54,7 +54,7 @@ class CLIP(Method):
 
     def train(self, mode: bool = True) -> CLIP:
         super().train(mode)
-        for m in getattr(self, "locked", []):
+        for m in self.locked:
             m.eval()  # locked towers keep their BatchNorm statistics and drop no units
         return self
 
