@@ -194,3 +194,30 @@ def test_two_processes_give_the_loss_and_gradients_of_one(name, two_processes):
     torch.testing.assert_close(torch.cat([out[0][name][2], out[1][name][2]]), y.grad, atol=1e-5, rtol=0)
     expected = torch.stack([t.grad, b.grad if b.grad is not None else torch.zeros(())])
     torch.testing.assert_close(out[0][name][3], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow  # builds text towers through transformers
+@pytest.mark.parametrize("name", ["clip", "siglip"])
+def test_a_few_steps_on_one_batch_learn_to_match_its_captions(name, fmnist):
+    from freelabel.backbones import build_backbone
+    from freelabel.methods import METHODS
+
+    classes = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker"]
+    images = torch.stack([fmnist.images[(fmnist.labels == c).nonzero()[0, 0]] for c in range(8)])
+    view = ViewConfig(size=28, mean=(0.5,), std=(0.5,))
+    torch.manual_seed(0)
+    method = METHODS[name](build_backbone("convnet", 1, 28, widths=(8, 16)), view, embed_dim=16,
+                           text_args={"width": 32, "layers": 1, "heads": 2})  # fmt: skip
+    batch = {"views": [(images.float() / 255 - 0.5) / 0.5], "texts": [f"a photo of a {c}" for c in classes]}
+    opt = torch.optim.Adam(method.parameters(), lr=3e-3)
+    first = None
+    for _ in range(40):
+        loss = method(batch)["loss"]
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    method.eval()
+    assert loss.item() < 0.5 * first
+    logits = zeroshot_logits(method, images, class_embeddings(method, classes, ("a photo of a {}",)))
+    assert (logits.argmax(1) == torch.arange(8)).float().mean() >= 0.75  # it names the images it was taught

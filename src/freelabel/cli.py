@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
                         description="Pretrain a backbone with a self-supervised METHOD. The recipe gives every "
                         "setting; the flags below and --set override it.")  # fmt: skip
     pt.add_argument("method", nargs="?", help="method name (see `freelabel methods`); omit with --resume")
-    pt.add_argument("--data", help="fashion-mnist (default), emoji, or a folder of images (class sub-folders or flat)")
+    pt.add_argument("--data", help="fashion-mnist (default), emoji, or a folder of images (class sub-folders or flat); "
+                    "clip/siglip: emoji-captions, a CSV/JSONL of image,caption, a folder with .txt captions, or .tar shards")  # fmt: skip
     pt.add_argument("--recipe", help="recipe name (see `freelabel recipes`) or YAML file; "
                     "default: METHOD-DATA if it exists, else the method's paper recipe")  # fmt: skip
     pt.add_argument("--backbone", help="backbone name (see `freelabel backbones`)")
