@@ -1,3 +1,5 @@
+import csv
+import json
 import os
 
 import numpy as np
@@ -54,3 +56,26 @@ def mixed_folder(tmp_path):
     (bad / "empty.webp").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("ignored: not an image extension")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def captioned(tmp_path_factory, fmnist):
+    """A captioned folder of real images: 10 Fashion-MNIST images of each of 3 classes (class
+    sub-folders), "a photo of a <class>, number <i>" in a .txt beside each, plus a CSV and a JSONL
+    listing the same pairs."""
+    root = tmp_path_factory.mktemp("captioned")
+    rows = []
+    for c, name in ((1, "trouser"), (7, "sneaker"), (8, "bag")):
+        (root / name).mkdir()
+        for i, idx in enumerate((fmnist.labels == c).nonzero()[:10, 0].tolist()):
+            path = root / name / f"{name}{i}.png"
+            Image.fromarray(fmnist.images[idx, 0].numpy()).save(path)
+            text = f"a photo of a {name}, number {i}"
+            path.with_suffix(".txt").write_text(text + "\n")
+            rows.append({"image": f"{name}/{path.name}", "caption": text})
+    with open(root / "pairs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["image", "caption"])
+        writer.writeheader()
+        writer.writerows(rows)
+    (root / "pairs.jsonl").write_text("".join(json.dumps({"file": r["image"], "text": r["caption"]}) + "\n" for r in rows))
+    return root

@@ -23,7 +23,8 @@ TINY_ARGS = {
 
 
 def test_every_registered_method_has_a_tiny_run():
-    assert set(TINY_ARGS) | {"colorization"} == set(METHODS)  # colorization's needs colour data: test_pretext.py
+    # colorization's needs colour data (test_pretext.py); clip's and siglip's need captions (test_clip_cli.py)
+    assert set(TINY_ARGS) | {"colorization", "clip", "siglip"} == set(METHODS)
 
 
 @pytest.mark.slow

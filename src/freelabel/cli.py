@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
                         description="Pretrain a backbone with a self-supervised METHOD. The recipe gives every "
                         "setting; the flags below and --set override it.")  # fmt: skip
     pt.add_argument("method", nargs="?", help="method name (see `freelabel methods`); omit with --resume")
-    pt.add_argument("--data", help="fashion-mnist (default), emoji, or a folder of images (class sub-folders or flat)")
+    pt.add_argument("--data", help="fashion-mnist (default), emoji, or a folder of images (class sub-folders or flat); "
+                    "clip/siglip: emoji-captions, a CSV/JSONL of image,caption, a folder with .txt captions, or .tar shards")  # fmt: skip
     pt.add_argument("--recipe", help="recipe name (see `freelabel recipes`) or YAML file; "
                     "default: METHOD-DATA if it exists, else the method's paper recipe")  # fmt: skip
     pt.add_argument("--backbone", help="backbone name (see `freelabel backbones`)")
@@ -54,6 +55,25 @@ def _parser() -> argparse.ArgumentParser:
     knn.add_argument("--baselines", action="store_true", help="also score the random-init backbone and raw pixels")
     knn.add_argument("-k", type=int, nargs="+", default=[20, 200], help="numbers of neighbours")
     knn.add_argument("--temperature", type=float, default=0.07)
+
+    for protocol, text in (("zeroshot", "zero-shot top-1 by class names (prompt ensembles) of a clip/siglip run or a pretrained model"),
+                           ("retrieval", "image-caption retrieval recall@1/5/10 both ways and CLIPScore")):  # fmt: skip
+        it = evsub.add_parser(protocol, help=text)
+        it.add_argument("run", help="clip/siglip run directory, or a pretrained model (hub name or local folder)")
+        it.add_argument("--data", help="test data (default: the run's data): emoji-captions, fashion-mnist, a folder, ...")
+
+    zs = sub.add_parser("zeroshot", help="classify a folder of images by class names, zero-shot")
+    zs.add_argument("images", help="folder of images")
+    zs.add_argument("--labels", required=True, help='class names, comma-separated: "cat,dog,bird"')
+    zs.add_argument("--model", required=True, help="clip/siglip run directory, or a pretrained model (hub name or local folder)")
+    zs.add_argument("--out", help="CSV to write (image, label, score); default: print it")
+
+    sh = sub.add_parser("shards", help="WebDataset shards of image-caption pairs")
+    shsub = sh.add_subparsers(dest="action", required=True, metavar="ACTION")
+    mk = shsub.add_parser("make", help="write shards from a CSV/JSONL of image,caption or a folder with .txt captions")
+    mk.add_argument("src", help="CSV/JSONL file or captioned folder")
+    mk.add_argument("out", help="folder for shard-000000.tar, ...")
+    mk.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
 
     sub.add_parser("methods", help="list the methods")
     sub.add_parser("backbones", help="list the backbones")
@@ -106,6 +126,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    if args.protocol != "knn":
+        return cmd_eval_imagetext(args)
     from .evaluate.knn import evaluate_run
 
     results = evaluate_run(args.run, args.data, args.baselines, tuple(args.k), args.temperature)
@@ -113,6 +135,35 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"k-NN top-1 on {results['data']} (test {results['test_images']}, features of train {results['train_images']})")
     for name, acc in rows:
         print(f"  {name:12s} " + "  ".join(f"k={k}: {acc[f'top1_k{k}']:.2f}%" for k in args.k))
+
+
+def cmd_eval_imagetext(args: argparse.Namespace) -> None:
+    import json
+
+    if args.protocol == "zeroshot":
+        from .evaluate.zeroshot import evaluate_zeroshot as evaluate
+    else:
+        from .evaluate.retrieval import evaluate_retrieval as evaluate
+    print(json.dumps(evaluate(args.run, args.data), indent=2))
+
+
+def cmd_zeroshot(args: argparse.Namespace) -> None:
+    from .evaluate.zeroshot import classify_folder
+
+    rows = classify_folder(args.images, args.labels.split(","), args.model, args.out)
+    if args.out:
+        print(f"{len(rows)} images classified into {args.out}")
+    else:
+        print("image,label,score")
+        for path, label, score in rows:
+            print(f"{path},{label},{score:.4f}")
+
+
+def cmd_shards(args: argparse.Namespace) -> None:
+    from .data.captions import make_shards
+
+    shards = make_shards(args.src, args.out, args.per_shard)
+    print(f"{len(shards)} shards written to {args.out}")
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -142,13 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data.sources import DataError
     from .engine import TrainingError, setup_logging
+    from .pretrained import PretrainedError
     from .run import RunError
 
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
-        {"pretrain": cmd_pretrain, "eval": cmd_eval}.get(args.command, cmd_list)(args)
-    except (ConfigError, DataError, BackboneError, RunError, TrainingError) as e:
+        commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "zeroshot": cmd_zeroshot, "shards": cmd_shards}
+        commands.get(args.command, cmd_list)(args)
+    except (ConfigError, DataError, BackboneError, RunError, TrainingError, PretrainedError) as e:
         print(f"freelabel: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

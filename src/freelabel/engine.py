@@ -192,7 +192,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                     g = step_generator(cfg.seed, state.step, fabric.global_rank)
                     images = batch.images.to(fabric.device, non_blocking=True)
                     made = [v(images, g).contiguous(memory_format=torch.channels_last) for v in views]
-                    last = {"images": images, "labels": batch.labels, "views": made}
+                    last = {"images": images, "labels": batch.labels, "views": made, "texts": batch.texts}
                     outputs = model(last)
                     loss = outputs["loss"]
                     if not torch.isfinite(loss):

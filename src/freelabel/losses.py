@@ -8,6 +8,8 @@ gradient averaging) as one process holding the whole batch.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -160,3 +162,62 @@ def update_histogram(counts: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     if world()[1] > 1:
         dist.all_reduce(batch)
     return counts + batch
+
+
+def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
+              max_logit_scale: float = math.log(100)) -> torch.Tensor:  # fmt: skip
+    """CLIP's symmetric InfoNCE (Radford et al. 2021) over B image-caption pairs per process.
+
+    ``image``, ``text``: ``[B, D]`` embeddings (normalised here); ``logit_scale``: the learnable log
+    inverse temperature, clamped at ``max_logit_scale`` (ln 100) so the logits stay in range. Each
+    image's positive is its caption among the N captions of the global batch and each caption's its
+    image: both sides are gathered. Returns the mean of the two directions over this process's pairs.
+    """
+    image, text = F.normalize(image.float(), dim=1), F.normalize(text.float(), dim=1)
+    scale = logit_scale.float().clamp(max=max_logit_scale).exp()
+    target = world()[0] * len(image) + torch.arange(len(image), device=image.device)
+    return (F.cross_entropy(scale * image @ gather(text).T, target) + F.cross_entropy(scale * text @ gather(image).T, target)) / 2
+
+
+def _pass_round(x: torch.Tensor, step: int) -> torch.Tensor:
+    """Send ``x`` to process ``rank + step`` and return what process ``rank - step`` sent (a ring)."""
+    rank, n = world()
+    received = torch.empty_like(x)
+    ops = [dist.P2POp(dist.isend, x.contiguous(), (rank + step) % n), dist.P2POp(dist.irecv, received, (rank - step) % n)]
+    for request in dist.batch_isend_irecv(ops):
+        request.wait()
+    return received
+
+
+class _RingPass(torch.autograd.Function):
+    """Forward: the previous process's tensor; backward: the gradient goes back to where it came from."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return _pass_round(x, 1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _pass_round(grad, -1)
+
+
+def siglip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023): every image-caption pair (i, j) of the global
+    batch of N is its own binary problem, positive where i == j,
+
+        loss = -1/N sum_ij log sigmoid(z_ij (exp(logit_scale) <x_i, y_j> + logit_bias)),  z_ij = +-1.
+
+    ``image``, ``text``: ``[B, D]`` (normalised here). Nothing is gathered: the captions' embeddings
+    travel round the ring of processes, one process's chunk at a time (with their gradients coming
+    back the same way), so a process only ever holds a B x B block of the N x N similarities.
+    Returns this process's part, the sum over its B images divided by B; the mean over processes
+    is the loss above.
+    """
+    image, text = F.normalize(image.float(), dim=1), F.normalize(text.float(), dim=1)
+    scale, bias = logit_scale.float().exp(), logit_bias.float()
+    signs = 2 * torch.eye(len(image), device=image.device) - 1  # the chunk of this process's own captions
+    total = -F.logsigmoid(signs * (scale * image @ text.T + bias)).sum()
+    for _ in range(world()[1] - 1):  # then every other process's captions, all negatives
+        text = _RingPass.apply(text)
+        total = total - F.logsigmoid(-(scale * image @ text.T + bias)).sum()
+    return total / len(image)

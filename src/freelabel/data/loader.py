@@ -7,7 +7,7 @@ exactly the batches one process would see with the global batch size.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +21,7 @@ class Batch:
     images: torch.Tensor  # uint8 [B, C, H, W]
     labels: torch.Tensor  # int64 [B], -1 where unknown
     skipped: list[str]  # paths that failed to decode in this batch
+    texts: list[str] | None = None  # captions, where the data has them (items of three: image, label, text)
 
 
 def collate(items: list) -> Batch:
@@ -29,7 +30,14 @@ def collate(items: list) -> Batch:
     skipped = [it[1] for it in items if it[0] is None]
     if not good:
         return Batch(torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped)
-    return Batch(torch.stack([it[0] for it in good]), torch.tensor([it[1] for it in good]), skipped)
+    texts = [it[2] for it in good] if len(good[0]) > 2 else None
+    return Batch(torch.stack([it[0] for it in good]), torch.tensor([it[1] for it in good]), skipped, texts)
+
+
+def _texts(ds: TensorImages, idx: Iterable[int]) -> list[str] | None:
+    """The captions of items ``idx`` of an in-memory set that has them."""
+    texts = getattr(ds, "texts", None)
+    return [texts[i] for i in idx] if texts else None
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -51,7 +59,7 @@ def batches(ds: Dataset, batch_size: int, *, seed: int, epoch: int, start: int =
     ]
     if isinstance(ds, TensorImages):  # in memory: slicing beats any worker pool
         for idx in index_lists:
-            yield Batch(ds.images[idx], ds.labels[idx], [])
+            yield Batch(ds.images[idx], ds.labels[idx], [], _texts(ds, idx.tolist()))
         return
     loader = DataLoader(ds, batch_sampler=[i.tolist() for i in index_lists], num_workers=workers,
                         collate_fn=collate, persistent_workers=False, prefetch_factor=4 if workers else None)  # fmt: skip
@@ -62,6 +70,7 @@ def sequential(ds: Dataset, batch_size: int, workers: int = 0) -> Iterator[Batch
     """Every item once, in order (for feature extraction)."""
     if isinstance(ds, TensorImages):
         for s in range(0, len(ds), batch_size):
-            yield Batch(ds.images[s : s + batch_size], ds.labels[s : s + batch_size], [])
+            texts = _texts(ds, range(s, min(s + batch_size, len(ds))))
+            yield Batch(ds.images[s : s + batch_size], ds.labels[s : s + batch_size], [], texts)
         return
     yield from DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)

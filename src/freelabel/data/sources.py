@@ -219,7 +219,12 @@ def image_folder(root: str | Path, split: str, size: int, channels: int = 3, hol
 
 def open_dataset(spec: str, split: str = "train", size: int | None = None, channels: int = 3) -> Dataset:
     """``spec`` is an embedded name (``fashion-mnist``, ``emoji``) or a folder path; ``split`` is ``train``,
-    ``test`` or ``all`` (pretraining on a folder uses every image)."""
+    ``test`` or ``all`` (pretraining on a folder uses every image). Caption data (``emoji-captions``, a
+    CSV/JSONL file, shards, a folder with captions) opens through :mod:`.captions`."""
+    from .captions import is_captioned, open_captions
+
+    if is_captioned(spec):
+        return open_captions(spec, split, size, channels)
     if spec in EMBEDDED:
         if spec == "emoji":
             from .emoji import emoji
@@ -233,7 +238,7 @@ def open_dataset(spec: str, split: str = "train", size: int | None = None, chann
         return ds
     looks_like_path = os.sep in spec or spec.startswith(".") or Path(spec).exists()
     if not looks_like_path:
-        raise DataError(f"unknown dataset {spec!r}; valid: {', '.join(EMBEDDED)}, or a folder of images")
+        raise DataError(f"unknown dataset {spec!r}; valid: {', '.join(EMBEDDED)}, emoji-captions, or a folder of images")
     if size is None:
         raise DataError("a folder of images needs an image size (data.image_size in the recipe)")
     return image_folder(spec, split, size, channels)

@@ -8,11 +8,18 @@ transformers alike, as long as it has the two methods of :class:`ImageTextModel`
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..data.loader import sequential
+from ..data.sources import DataError
 
 
 class ImageTextModel(Protocol):
@@ -55,3 +62,133 @@ def class_embeddings(model: ImageTextModel, names: Sequence[str], templates: Seq
 def zeroshot_logits(model: ImageTextModel, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """Cosine similarity ``[B, C]`` of each image to each class embedding of :func:`class_embeddings`."""
     return F.normalize(model.encode_image(images).float(), dim=-1) @ classes.T
+
+
+def load_model(spec: str | Path, device: torch.device | str | None = None) -> ImageTextModel:
+    """A freelabel ``clip``/``siglip`` run directory (its newest checkpoint), or any name or folder that
+    :func:`freelabel.pretrained.load` knows (CLIP, SigLIP, SigLIP 2 through transformers), in eval mode."""
+    from ..engine import build_method
+    from ..hardware import default_device
+    from ..methods import METHODS
+    from ..run import CONFIG, RunError, latest_checkpoint, load_checkpoint, load_config
+
+    device = torch.device(device) if device is not None else default_device()
+    run = Path(spec).expanduser()
+    if not (run / CONFIG).is_file():
+        try:
+            from ..pretrained import load
+        except ImportError:
+            raise RunError(f"{spec} is not a run directory, and pretrained models need freelabel.pretrained") from None
+        model = load(str(spec))
+        if not hasattr(model, "encode_text"):
+            raise RunError(f"{spec} is not an image-text model (it has no text tower); give a CLIP or SigLIP")
+        return model
+    cfg = load_config(run)
+    ckpt = latest_checkpoint(run)
+    if not hasattr(METHODS.get(cfg.method), "encode_text"):
+        raise RunError(f"{run} is a {cfg.method} run, with no text tower; zero-shot and retrieval need a clip or siglip run")
+    if ckpt is None:
+        raise RunError(f"{run} has no checkpoint yet; train it first")
+    torch.manual_seed(cfg.seed)
+    method = build_method(cfg, cfg.data.channels or 3)
+    method.load_state_dict(load_checkpoint(ckpt)[0])
+    return method.to(device).eval()
+
+
+@torch.no_grad()
+def embed_images(model: ImageTextModel, ds: Dataset, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Normalised image embeddings ``[N, D]`` of every decodable item of ``ds``, their labels, and the
+    captions where ``ds`` has them (else empty)."""
+    feats, labels, texts = [], [], []
+    for batch in sequential(ds, batch_size):
+        feats.append(model.encode_image(batch.images).float().cpu())
+        labels.append(batch.labels)
+        texts += batch.texts or []
+    return torch.cat(feats), torch.cat(labels), texts
+
+
+def label_sets(ds: Dataset, labels: torch.Tensor) -> dict[str, tuple[list[str], torch.Tensor]]:
+    """The class lists to classify ``ds`` by: its ``label_sets`` (emoji: category, subcategory), else its
+    ``classes``."""
+    if getattr(ds, "label_sets", None):
+        return ds.label_sets
+    if getattr(ds, "classes", None) and (labels >= 0).all():
+        return {"class": (list(ds.classes), labels)}
+    raise DataError("zero-shot evaluation needs class names: labelled data (class sub-folders, fashion-mnist, emoji)")
+
+
+def zeroshot_accuracy(model: ImageTextModel, images: torch.Tensor, names: Sequence[str], labels: torch.Tensor,
+                      templates: Sequence[str] = TEMPLATES) -> dict[str, float]:  # fmt: skip
+    """Top-1 and top-5 (%) of image embeddings ``[N, D]`` classified among ``names``, with chance (a
+    uniform guess) and the share of the most common class next to them."""
+    classes = class_embeddings(model, names, templates).cpu()
+    top = (images @ classes.T).topk(min(5, len(names)), dim=1).indices
+    return {"top1": 100.0 * (top[:, 0] == labels).float().mean().item(),
+            "top5": 100.0 * (top == labels[:, None]).any(1).float().mean().item(),
+            "chance": 100.0 / len(names), "majority": 100.0 * labels.bincount().max().item() / len(labels),
+            "classes": len(names), "images": len(labels)}  # fmt: skip
+
+
+def evaluate_zeroshot(spec: str | Path, data: str | None = None, templates: Sequence[str] = TEMPLATES) -> dict:
+    """Zero-shot top-1 of a model on the test split of ``data`` (default: a run's own data) for each
+    of its label sets; written to a run's ``metrics.json`` under ``zeroshot``."""
+    model, name, ds = model_and_data(spec, data, "test")
+    images, labels, _ = embed_images(model, ds)
+    results = {"data": name, **{k: zeroshot_accuracy(model, images, names, y, templates)
+                                for k, (names, y) in label_sets(ds, labels).items()}}  # fmt: skip
+    record_metrics(spec, "zeroshot", name, results)
+    return results
+
+
+def classify_folder(folder: str | Path, names: Sequence[str], spec: str | Path, out: str | Path | None = None,
+                    templates: Sequence[str] = TEMPLATES) -> list[tuple[str, str, float]]:  # fmt: skip
+    """Zero-shot classification of every image under ``folder`` among ``names``: rows of (path,
+    predicted name, cosine similarity), also written as CSV to ``out``. Unreadable files are skipped."""
+    from ..data.sources import ImageFiles, scan_folder
+    from ..run import save_artefact
+
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise DataError('zero-shot classification needs class names: --labels "cat,dog,bird"')
+    model = load_model(spec)
+    paths = scan_folder(Path(folder).expanduser())[0]
+    ds = ImageFiles(paths, list(range(len(paths))), [], _image_size(spec))  # label = index, to map rows back
+    images, index, _ = embed_images(model, ds)
+    score, pred = (images @ class_embeddings(model, names, templates).cpu().T).max(1)
+    rows = [(str(paths[i]), names[p], s) for i, p, s in zip(index.tolist(), pred.tolist(), score.tolist())]
+    if out is not None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["image", "label", "score"])
+        writer.writerows((p, n, f"{s:.4f}") for p, n, s in rows)
+        save_artefact(Path(out).parent, Path(out).name, buffer.getvalue().encode())
+    return rows
+
+
+def _image_size(spec: str | Path) -> int:
+    """The size to decode images at: a run's view size, else 224 (pretrained models resize anyway)."""
+    from ..run import CONFIG, load_config
+
+    run = Path(spec).expanduser()
+    return load_config(run).views.size if (run / CONFIG).is_file() else 224
+
+
+def model_and_data(spec: str | Path, data: str | None, split: str) -> tuple[ImageTextModel, str, Dataset]:
+    from ..data.sources import open_dataset
+    from ..run import CONFIG, load_config
+
+    run = Path(spec).expanduser()
+    if data is None:
+        if not (run / CONFIG).is_file():
+            raise DataError(f"{spec} is not a run directory: name the data to evaluate on with --data")
+        data = load_config(run).data.name
+    model = load_model(spec)
+    return model, data, open_dataset(data, split, _image_size(spec))
+
+
+def record_metrics(spec: str | Path, section: str, data: str, results: dict) -> None:
+    """Add results to a run's ``metrics.json[section][data]`` (pretrained models have no run directory)."""
+    from ..run import CONFIG, update_metrics
+
+    if (Path(spec).expanduser() / CONFIG).is_file():
+        update_metrics(Path(spec).expanduser(), section, {data: results})

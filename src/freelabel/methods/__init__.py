@@ -3,6 +3,7 @@
 from .barlow_twins import BarlowTwins
 from .base import Method
 from .byol import BYOL
+from .clip import CLIP, SigLIP
 from .colorization import Colorization
 from .dino import DINO
 from .jigsaw import Jigsaw
@@ -22,6 +23,8 @@ METHODS: dict[str, type[Method]] = {
     "rotation": Rotation,
     "jigsaw": Jigsaw,
     "colorization": Colorization,
+    "clip": CLIP,
+    "siglip": SigLIP,
 }
 DESCRIPTIONS = {
     "simclr": "contrastive: two views of an image find each other among the batch (NT-Xent) [Chen et al. 2020]",
@@ -34,6 +37,8 @@ DESCRIPTIONS = {
     "rotation": "pretext: which of 4 rotations was applied (RotNet) [Gidaris, Singh & Komodakis 2018]",
     "jigsaw": "pretext: which permutation shuffled 3x3 tiles (max-Hamming set) [Noroozi & Favaro 2016]",
     "colorization": "pretext: colour (ab bins, rebalanced) from lightness; colour data [Zhang, Isola & Efros 2016]",
+    "clip": "language-image: match images to their captions, symmetric InfoNCE [Radford et al. 2021]; LiT: a locked tower",
+    "siglip": "language-image: a sigmoid per image-caption pair, learnable bias [Zhai et al. 2023]",
 }
 
 __all__ = ["METHODS", "DESCRIPTIONS", "Method"]

@@ -15,8 +15,9 @@ class Method(nn.Module):
 
     Subclasses set ``backbone`` and ``views`` (one :class:`ViewConfig` per view the engine must
     make from each image) and implement :meth:`training_step`. The engine calls the module with a
-    batch ``{"images": uint8 [B,C,H,W], "labels": [B], "views": [float [B,C,S,S], ...]}``; around
-    it, the hooks below with the run's progress (0 to 1).
+    batch ``{"images": uint8 [B,C,H,W], "labels": [B], "views": [float [B,C,S,S], ...], "texts":
+    [str] * B or None}`` (``texts``: the captions of caption data); around it, the hooks below with
+    the run's progress (0 to 1).
     """
 
     backbone: nn.Module

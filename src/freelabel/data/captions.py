@@ -1,0 +1,228 @@
+"""Image-caption pairs for language-image pretraining (CLIP, SigLIP, LiT).
+
+Sources, all giving items ``(image uint8 [C, S, S], -1, caption)``:
+
+- a CSV or JSONL file with an image path (column ``image``, ``path``, ``file`` or ``filepath``;
+  relative to the file) and a caption (``caption``, ``text`` or ``title``) per row;
+- a folder with a ``.txt`` caption beside each image (``cat.png`` + ``cat.txt``);
+- WebDataset tar shards (image + ``txt`` per sample): one ``.tar``, a brace pattern
+  (``shards/s-{000000..000009}.tar``) or a folder of ``.tar`` files; read with ``webdataset``
+  and held in memory. :func:`make_shards` writes them from any of the sources above;
+- ``emoji-captions``: the emoji set (:mod:`.emoji`) captioned by name, "an emoji of grinning face",
+  split by emoji like ``emoji``, with the categories and subcategories as zero-shot label sets.
+
+Splits: ``emoji-captions`` keeps the emoji set's held-out fifth; other sources hold out the fifth of
+pairs whose image name hashes to 0 mod 5 (``test``); ``all`` is everything.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .sources import IMAGE_EXTENSIONS, DataError, ImageFiles, TensorImages, load_image
+
+CAPTIONED = {"emoji-captions": "the emoji set captioned by name ('an emoji of grinning face'), split by emoji"}
+IMAGE_KEYS, CAPTION_KEYS = ("image", "path", "file", "filepath"), ("caption", "text", "title")
+
+
+class CaptionFiles(ImageFiles):
+    """Captioned image files, decoded lazily like :class:`ImageFiles`; a captioned folder with one
+    sub-folder per class is also labelled (for zero-shot evaluation by class names)."""
+
+    def __init__(self, paths: list[Path], texts: list[str], size: int, channels: int = 3,
+                 labels: list[int] | None = None, classes: list[str] | None = None):  # fmt: skip
+        super().__init__(paths, labels or [-1] * len(paths), classes or [], size, channels)
+        self.texts = texts
+
+    def __getitem__(self, i: int) -> tuple:
+        image, label = super().__getitem__(i)
+        return (image, label) if image is None else (image, label, self.texts[i])
+
+
+@dataclass
+class CaptionImages(TensorImages):
+    """Captioned images held in memory; ``label_sets`` names class lists for zero-shot evaluation:
+    ``{"category": (class names, labels [N])}``."""
+
+    texts: list[str] = field(default_factory=list)
+    label_sets: dict[str, tuple[list[str], torch.Tensor]] = field(default_factory=dict)
+
+
+def is_captioned(spec: str) -> bool:
+    """Whether ``--data spec`` names caption data rather than plain images."""
+    if spec in CAPTIONED:
+        return True
+    path = Path(spec).expanduser()
+    if path.suffix.lower() in (".csv", ".jsonl", ".tar") or ("{" in spec and spec.endswith(".tar")):
+        return True
+    return path.is_dir() and (any(path.glob("*.tar")) or any(path.rglob("*.txt")) and bool(_caption_files(path)[0]))
+
+
+def sample_key(path: Path) -> str:
+    """A pair's key (its image's name without extension, no dots): it decides the split, and
+    :func:`make_shards` writes it as the sample's WebDataset key, so shards keep their source's split."""
+    return path.stem.replace(".", "_")
+
+
+def _held_out(key: str) -> bool:
+    return zlib.crc32(key.encode()) % 5 == 0
+
+
+def _keep(key: str, split: str) -> bool:
+    if split not in ("train", "test", "all"):
+        raise DataError(f"caption data has splits 'train', 'test' and 'all', not {split!r}")
+    return split == "all" or _held_out(key) == (split == "test")
+
+
+def _pick(row: dict, keys: tuple[str, ...], where: str) -> str:
+    for k in keys:
+        if row.get(k) not in (None, ""):
+            return str(row[k])
+    raise DataError(f"{where} has no {keys[0]!r} value; name the column one of: {', '.join(keys)}")
+
+
+def _read_table(path: Path) -> list[tuple[Path, str]]:
+    """(image path, caption) of every row of a CSV or JSONL file."""
+    if not path.is_file():
+        raise DataError(f"caption file {path} does not exist")
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [(f"{path.name} row {i + 2}", r) for i, r in enumerate(csv.DictReader(f))]
+    else:
+        rows = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+            if line.strip():
+                try:
+                    rows.append((f"{path.name} line {i + 1}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path.name} line {i + 1} is not JSON ({e})") from None
+    pairs = [(path.parent / _pick(r, IMAGE_KEYS, w), _pick(r, CAPTION_KEYS, w)) for w, r in rows]
+    if not pairs:
+        raise DataError(f"{path} holds no image-caption pairs")
+    return pairs
+
+
+def _caption_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """Images under ``root`` with a ``.txt`` beside them, and those without."""
+    images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    with_text = [p for p in images if p.with_suffix(".txt").is_file()]
+    return with_text, [p for p in images if not p.with_suffix(".txt").is_file()]
+
+
+def _read_folder(root: Path) -> list[tuple[Path, str]]:
+    found, missing = _caption_files(root)
+    if missing:
+        raise DataError(f"{len(missing)} images under {root} have no caption beside them, e.g. {missing[0]} needs "
+                        f"{missing[0].with_suffix('.txt').name}")  # fmt: skip
+    return [(p, p.with_suffix(".txt").read_text(encoding="utf-8").strip()) for p in found]
+
+
+def read_pairs(spec: str) -> list[tuple[Path, str]]:
+    """(image path, caption) pairs of a CSV/JSONL file or a captioned folder."""
+    path = Path(spec).expanduser()
+    if path.suffix.lower() in (".csv", ".jsonl"):
+        return _read_table(path)
+    if path.is_dir():
+        return _read_folder(path)
+    raise DataError(f"{spec} is not caption data: give a .csv or .jsonl file, a folder with a .txt beside each "
+                    "image, WebDataset .tar shards, or emoji-captions")  # fmt: skip
+
+
+def shard_urls(spec: str) -> list[str]:
+    """The tar files a shard spec names: one file, a folder of them, or a brace pattern."""
+    import braceexpand
+
+    path = Path(spec).expanduser()
+    urls = sorted(map(str, path.glob("*.tar"))) if path.is_dir() else list(braceexpand.braceexpand(str(path)))
+    missing = [u for u in urls if not Path(u).is_file()]
+    if not urls or missing:
+        raise DataError(f"no WebDataset shards at {missing[0] if missing else spec}; make them with `freelabel shards make`")
+    return urls
+
+
+def read_shards(spec: str, split: str, size: int, channels: int = 3) -> CaptionImages:
+    """Every (image, txt) sample of the shards in ``split``, decoded into memory."""
+    import webdataset as wds
+
+    images, texts = [], []
+    for sample in wds.WebDataset(shard_urls(spec), shardshuffle=False, empty_check=False):
+        key = sample["__key__"]
+        ext = next((e for e in sample if "." + e in IMAGE_EXTENSIONS), None)
+        if ext is None or "txt" not in sample:
+            raise DataError(f"shard sample {key} needs an image (png/jpg/webp/bmp) and a txt caption; has {sorted(sample)}")
+        if _keep(key, split):
+            images.append(load_image(io.BytesIO(sample[ext]), size, channels))
+            texts.append(sample["txt"].decode("utf-8").strip())
+    if not images:
+        raise DataError(f"the shards at {spec} hold no samples in split {split!r}")
+    return CaptionImages(torch.stack(images), torch.full((len(images),), -1), texts=texts)
+
+
+def emoji_captions(split: str) -> CaptionImages:
+    """The emoji set with the caption "an emoji of NAME" per image, and its category and subcategory
+    label sets (names with hyphens as spaces: "face smiling")."""
+    from .emoji import emoji, emoji_records
+
+    ds = emoji(split)
+    every = emoji_records("all")
+    sets = {}
+    for attr in ("category", "subcategory"):
+        names = sorted({getattr(r, attr) for r in every})
+        labels = torch.tensor([names.index(getattr(r, attr)) for r in ds.records])
+        sets[attr] = ([n.replace("-", " ") for n in names], labels)
+    return CaptionImages(ds.images, ds.labels, ds.classes, texts=[f"an emoji of {r.name}" for r in ds.records],
+                         label_sets=sets)  # fmt: skip
+
+
+def open_captions(spec: str, split: str, size: int | None, channels: int = 3):
+    """Caption data (see the module) as a dataset of ``(image, -1, caption)`` items."""
+    if spec in CAPTIONED:
+        return emoji_captions(split)
+    if size is None:
+        raise DataError("caption data needs an image size (data.image_size or views.size in the recipe)")
+    if spec.endswith(".tar") or Path(spec).expanduser().is_dir() and any(Path(spec).expanduser().glob("*.tar")):
+        return read_shards(spec, split, size, channels)
+    every, root = read_pairs(spec), Path(spec).expanduser()
+    folder_of = {p: p.relative_to(root).parts[0] for p, _ in every if root.is_dir() and p.parent != root}
+    classes = sorted(set(folder_of.values())) if len(folder_of) == len(every) else []  # class sub-folders
+    pairs = [(p, t) for p, t in every if _keep(sample_key(p), split)]
+    if not pairs:
+        raise DataError(f"{spec} has no image-caption pairs in split {split!r}")
+    labels = [classes.index(folder_of[p]) for p, _ in pairs] if classes else None
+    return CaptionFiles([p for p, _ in pairs], [t for _, t in pairs], size, channels, labels, classes)
+
+
+def make_shards(src: str, out: str | Path, per_shard: int = 1000) -> list[Path]:
+    """Write the pairs of ``src`` (CSV/JSONL or captioned folder) as WebDataset shards
+    ``out/shard-000000.tar``, ... of ``per_shard`` samples, each holding the image file as it is
+    and its caption as ``txt``. Shards appear only once all are written."""
+    import webdataset as wds
+
+    pairs = read_pairs(src)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if any(out.glob("shard-*.tar")):
+        raise DataError(f"{out} already holds shards; choose another output folder")
+    seen: set[str] = set()
+    with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-") as tmp:
+        with wds.ShardWriter(os.path.join(tmp, "shard-%06d.tar"), maxcount=per_shard, verbose=0) as sink:
+            for i, (path, text) in enumerate(pairs):
+                if not path.is_file():
+                    raise DataError(f"{path} (listed in {src}) does not exist")
+                key = sample_key(path) if sample_key(path) not in seen else f"{sample_key(path)}_{i}"
+                seen.add(key)
+                ext = path.suffix.lower().lstrip(".").replace("jpeg", "jpg")
+                sink.write({"__key__": key, ext: path.read_bytes(), "txt": text})
+        written = sorted(Path(tmp).glob("shard-*.tar"))
+        for f in written:
+            os.replace(f, out / f.name)
+    return [out / f.name for f in written]
