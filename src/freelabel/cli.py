@@ -150,7 +150,7 @@ def cmd_index(args: argparse.Namespace) -> None:
 
     if args.action == "build":
         r = ix.build_index(args.source, args.model, args.out, args.split, args.batch_size)
-        print(f"{r['index']}: {r['rows']} images ({r['added']} embedded, {r['kept']} unchanged, {r['removed']} removed, "
+        print(f"{r['index']}: {r['rows']} images ({r['embedded']} embedded, {r['kept']} unchanged, {r['removed']} removed, "
               f"{len(r['failed'])} unreadable) in {r['seconds']:.1f} s, {r['images_per_s']:.0f} images/s")  # fmt: skip
         for path in r["failed"]:
             print(f"  unreadable: {path}")

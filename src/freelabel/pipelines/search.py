@@ -116,7 +116,7 @@ def build_index(source: str | Path, model: str | Path, out: str | Path, split: s
                 device: str | None = None, workers: int = 0) -> dict:  # fmt: skip
     """Create or update the index at ``out`` over ``source`` (a folder, or an embedded data set name
     whose ``split`` is indexed) with ``model`` (run directory or pretrained name). Returns counts
-    (``added``, ``kept``, ``removed``, ``failed``, ``rows``) and speed (``seconds`` in all, model loading
+    (``embedded``: new or changed files, ``kept``, ``removed``: deleted files, ``failed``, ``rows``) and speed (``seconds`` in all, model loading
     included; ``images_per_s`` of decoding and embedding)."""
     out = Path(out)
     embedded = str(source) in EMBEDDED
@@ -168,8 +168,10 @@ def build_index(source: str | Path, model: str | Path, out: str | Path, split: s
     if old is None or todo or len(keep) != len(old.rows):
         _save(out, meta, embeddings)
     seconds = time.perf_counter() - start
-    return {"index": str(out), "rows": len(meta["rows"]), "added": len(new_rows), "kept": len(keep),
-            "removed": (len(old.rows) - len(keep)) if old else 0, "failed": failed, "seconds": seconds,
+    present = {c["path"] for c in current}
+    removed = sum(r["path"] not in present for r in old.rows) if old else 0
+    return {"index": str(out), "rows": len(meta["rows"]), "embedded": len(new_rows), "kept": len(keep),
+            "removed": removed, "failed": failed, "seconds": seconds,
             "images_per_s": len(new_rows) / embed_seconds if new_rows else 0.0}  # fmt: skip
 
 
