@@ -93,7 +93,9 @@ def test_detectors_and_segmenters_go_to_their_loaders(tmp_path, monkeypatch):
     for module, fn, config in [("detection", "load_detector", tf.Owlv2Config()),
                                ("segmentation", "load_segmenter", tf.SamConfig())]:  # fmt: skip
         fake = types.ModuleType(f"freelabel.pretrained.{module}")
-        setattr(fake, fn, lambda name, device=None, dtype=None, fn=fn, **kw: seen.append((fn, str(name), device, kw)) or fn)
+        setattr(
+            fake, fn, lambda name, device=None, dtype=None, fn=fn, **kw: seen.append((fn, str(name), device, kw)) or fn
+        )
         monkeypatch.setitem(sys.modules, f"freelabel.pretrained.{module}", fake)
         config.save_pretrained(tmp_path / module)
         assert load(tmp_path / module, device="cpu", box_threshold=0.3) == fn

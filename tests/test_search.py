@@ -84,7 +84,9 @@ def test_search_by_image_and_text(models, photos, tmp_path):
     build_index(photos, models["clip"], out, device="cpu")
     hits = search(out, image=photos / "things" / "coffee.jpg", k=3, device="cpu")
     assert [h["rank"] for h in hits] == [1, 2, 3]
-    assert hits[0]["path"] == str(photos.resolve() / "things" / "coffee.jpg") and hits[0]["score"] == pytest.approx(1, abs=1e-4)
+    assert hits[0]["path"] == str(photos.resolve() / "things" / "coffee.jpg") and hits[0]["score"] == pytest.approx(
+        1, abs=1e-4
+    )
     assert hits[0]["label"] == "things" and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
     idx = open_index(out)
     text = load_encoder(models["clip"], "cpu").model.encode_text(["a photo of a cat"])
@@ -137,6 +139,7 @@ def test_a_freelabel_run_indexes_an_embedded_split(tmp_path, monkeypatch):
         search(tmp_path / "index", text="a shoe", device="cpu")
     result = evaluate_index(tmp_path / "index", k=10)
     assert result["by_class"] == precision_at_k(idx.embeddings, [row["label"] for row in idx.rows], 10)["by_class"]
+    assert list(result["by_class"]) == sources.FASHION_MNIST_CLASSES  # the data set's order
     assert result["mean"] > 20  # a random CNN already groups Fashion-MNIST well above the 10% of chance
 
 

