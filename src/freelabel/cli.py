@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a run's backbone")
     evsub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
     knn = evsub.add_parser("knn", help="weighted k-NN top-1 on frozen features (k=20, 200)")
-    knn.add_argument("run", help="run directory")
+    knn.add_argument("run", nargs="?", help="run directory (or --model)")
+    knn.add_argument("--model", help="a pretrained model instead of a run: hub name, local folder or torchvision:NAME")
     knn.add_argument("--data", help="labelled data (default: the run's data); a folder uses train/ and val/ or a 20%% hold-out")
     knn.add_argument("--baselines", action="store_true", help="also score the random-init backbone and raw pixels")
     knn.add_argument("-k", type=int, nargs="+", default=[20, 200], help="numbers of neighbours")
@@ -74,6 +75,26 @@ def _parser() -> argparse.ArgumentParser:
     mk.add_argument("src", help="CSV/JSONL file or captioned folder")
     mk.add_argument("out", help="folder for shard-000000.tar, ...")
     mk.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
+
+    ix = sub.add_parser("index", help="an embedding index of images: build, search, evaluate")
+    ixsub = ix.add_subparsers(dest="action", required=True, metavar="ACTION")
+    b = ixsub.add_parser("build", help="create or update an index (only new or changed images are embedded)")
+    b.add_argument("source", help="a folder of images, or fashion-mnist / emoji (its --split)")
+    b.add_argument("--model", required=True, help="run directory, hub name, model folder or torchvision:NAME")
+    b.add_argument("--out", required=True, help="index folder")
+    b.add_argument("--split", default="test", help="split of an embedded data set (default: test)")
+    b.add_argument("--batch-size", type=int, default=64)
+    s = ixsub.add_parser("search", help="top-k images by similarity to an image or (image-text models) a text")
+    s.add_argument("index", help="index folder")
+    query = s.add_mutually_exclusive_group(required=True)
+    query.add_argument("--image", help="query image file")
+    query.add_argument("--text", help="query text (CLIP/SigLIP indexes)")
+    s.add_argument("-k", type=int, default=10, help="number of results")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e = ixsub.add_parser("eval", help="image-to-image precision@k by class (each image queries the rest)")
+    e.add_argument("index", help="index folder")
+    e.add_argument("-k", type=int, default=10)
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     sub.add_parser("methods", help="list the methods")
     sub.add_parser("backbones", help="list the backbones")
@@ -128,10 +149,17 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     if args.protocol != "knn":
         return cmd_eval_imagetext(args)
-    from .evaluate.knn import evaluate_run
+    from .config import ConfigError
+    from .evaluate.knn import evaluate_pretrained, evaluate_run
 
-    results = evaluate_run(args.run, args.data, args.baselines, tuple(args.k), args.temperature)
-    rows = [(name, results[name]) for name in ("trained", "random_init", "raw_pixels") if name in results]
+    if (args.run is None) == (args.model is None):
+        raise ConfigError("give a run directory or --model NAME (not both)")
+    if args.model:
+        results = evaluate_pretrained(args.model, args.data or "fashion-mnist", tuple(args.k), args.temperature)
+    else:
+        results = evaluate_run(args.run, args.data, args.baselines, tuple(args.k), args.temperature)
+    names = ("trained", "random_init", "raw_pixels", "pretrained")
+    rows = [(name, results[name]) for name in names if name in results]
     print(f"k-NN top-1 on {results['data']} (test {results['test_images']}, features of train {results['train_images']})")
     for name, acc in rows:
         print(f"  {name:12s} " + "  ".join(f"k={k}: {acc[f'top1_k{k}']:.2f}%" for k in args.k))
@@ -166,6 +194,34 @@ def cmd_shards(args: argparse.Namespace) -> None:
     print(f"{len(shards)} shards written to {args.out}")
 
 
+def cmd_index(args: argparse.Namespace) -> None:
+    import json
+
+    from .pipelines import search as ix
+
+    if args.action == "build":
+        r = ix.build_index(args.source, args.model, args.out, args.split, args.batch_size)
+        print(f"{r['index']}: {r['rows']} images ({r['embedded']} embedded, {r['kept']} unchanged, {r['removed']} removed, "
+              f"{len(r['failed'])} unreadable) in {r['seconds']:.1f} s, {r['images_per_s']:.0f} images/s")  # fmt: skip
+        for path in r["failed"]:
+            print(f"  unreadable: {path}")
+    elif args.action == "search":
+        hits = ix.search(args.index, args.image, args.text, args.k)
+        if args.json:
+            print(json.dumps(hits, indent=1))
+        for h in [] if args.json else hits:
+            print(f"{h['rank']:3d}  {h['score']:.4f}  {h['path']}" + (f"  [{h['label']}]" if h["label"] else ""))
+    else:
+        r = ix.evaluate_index(args.index, args.k)
+        if args.json:
+            print(json.dumps(r, indent=1))
+            return
+        print(f"precision@{r['k']} (image-to-image, query excluded) over {r['rows']} images: {r['mean']:.2f}%  "
+              f"({r['queries_per_s']:.0f} queries/s)")  # fmt: skip
+        for name, p in r["by_class"].items():
+            print(f"  {name:14s} {p:6.2f}%")
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     if args.command == "methods":
         from .methods import DESCRIPTIONS
@@ -193,15 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data.sources import DataError
     from .engine import TrainingError, setup_logging
+    from .pipelines.search import SearchError
     from .pretrained import PretrainedError
     from .run import RunError
 
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
-        commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "zeroshot": cmd_zeroshot, "shards": cmd_shards}
+        commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "zeroshot": cmd_zeroshot, "shards": cmd_shards,
+                    "index": cmd_index}
         commands.get(args.command, cmd_list)(args)
-    except (ConfigError, DataError, BackboneError, RunError, TrainingError, PretrainedError) as e:
+    except (ConfigError, DataError, BackboneError, RunError, TrainingError, PretrainedError, SearchError) as e:
         print(f"freelabel: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

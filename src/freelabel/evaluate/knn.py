@@ -101,3 +101,18 @@ def evaluate_run(run: str | Path, data: str | None = None, baselines: bool = Fal
         results["raw_pixels"] = score(None)
     update_metrics(Path(run), "knn", results)
     return results
+
+
+def evaluate_pretrained(model: str, data: str = "fashion-mnist", ks: tuple[int, ...] = (20, 200),
+                        temperature: float = 0.07, device: str | None = None) -> dict:  # fmt: skip
+    """k-NN top-1 of a pretrained backbone (a :func:`freelabel.pretrained.load` name or folder) on
+    ``data``, its images made with the model's own size, mean and std."""
+    from ..data.sources import EMBEDDED, open_dataset
+    from ..pretrained import load
+
+    backbone = load(model, device=device)
+    device_ = next(backbone.parameters()).device
+    size = None if data in EMBEDDED else backbone.view.size  # embedded sets are resized batch by batch
+    train, test = open_dataset(data, "train", size, 3), open_dataset(data, "test", size, 3)
+    results = knn_eval(backbone, train, test, backbone.view, device_, False, ks, temperature)
+    return {"data": data, "model": model, "train_images": len(train), "test_images": len(test), "pretrained": results}

@@ -75,10 +75,8 @@ def load_model(spec: str | Path, device: torch.device | str | None = None) -> Im
     device = torch.device(device) if device is not None else default_device()
     run = Path(spec).expanduser()
     if not (run / CONFIG).is_file():
-        try:
-            from ..pretrained import load
-        except ImportError:
-            raise RunError(f"{spec} is not a run directory, and pretrained models need freelabel.pretrained") from None
+        from ..pretrained import load
+
         model = load(str(spec))
         if not hasattr(model, "encode_text"):
             raise RunError(f"{spec} is not an image-text model (it has no text tower); give a CLIP or SigLIP")

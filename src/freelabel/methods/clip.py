@@ -75,15 +75,18 @@ class CLIP(Method):
         if batch.get("texts") is None:
             raise DataError(f"{type(self).__name__.lower()} learns from captions: give --data emoji-captions, a "
                             "CSV/JSONL of image,caption, a folder with a .txt beside each image, or .tar shards")  # fmt: skip
-        image = self.image_proj(self.backbone(batch["views"][0]))
-        return self.contrast(image, self.text_proj(self.text_features(batch["texts"])))
+        return self.contrast(self.image_features(batch["views"][0]), self.text_proj(self.text_features(batch["texts"])))
+
+    def image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised views -> the shared space (not yet L2-normalised)."""
+        return self.image_proj(self.backbone(x))
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         x = resize(images.to(self.logit_scale.device), self.view.size)
         if x.shape[1] != self.in_chans:  # grey images for a colour model, or the other way round
             x = x.expand(-1, self.in_chans, -1, -1) if x.shape[1] == 1 else x.mean(1, keepdim=True)
-        return F.normalize(self.image_proj(self.backbone(normalise(x, self.view))).float(), dim=-1)
+        return F.normalize(self.image_features(normalise(x, self.view)).float(), dim=-1)
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:

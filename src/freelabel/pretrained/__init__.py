@@ -68,7 +68,9 @@ def read_config(name_or_folder: str | Path):
                               "with network access or in the Hugging Face cache") from e  # fmt: skip
 
 
-def processor_view(name_or_folder: str | Path, config, default_mean=IMAGENET_MEAN, default_std=IMAGENET_STD) -> ViewConfig:
+def processor_view(
+    name_or_folder: str | Path, config, default_mean=IMAGENET_MEAN, default_std=IMAGENET_STD
+) -> ViewConfig:
     """The evaluation view (square side, mean, std) of the model's image processor, or the config's
     ``image_size`` and ``default_mean``/``default_std`` when it has none."""
     from transformers import AutoImageProcessor

@@ -1,0 +1,1 @@
+"""Pipelines built on pretrained and trained models: search, detection, segmentation."""
