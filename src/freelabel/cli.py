@@ -12,6 +12,7 @@ EXAMPLES = """examples:
   freelabel pretrain simclr --data fashion-mnist --minutes 10 --out runs/x
   freelabel eval knn runs/x --baselines
   freelabel pretrain --resume runs/x
+  freelabel export runs/x --format transformers
   freelabel pretrain simclr --data ~/photos --backbone resnet18 --set views.size=96 --epochs 100
 """
 
@@ -54,6 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     knn.add_argument("--baselines", action="store_true", help="also score the random-init backbone and raw pixels")
     knn.add_argument("-k", type=int, nargs="+", default=[20, 200], help="numbers of neighbours")
     knn.add_argument("--temperature", type=float, default=0.07)
+
+    ex = sub.add_parser("export", help="export a run's backbone for transformers, timm or freelabel",
+                        description="Write a folder that loads outside freelabel and gives the run's features "
+                        "(checked to 1e-4 before it is kept): transformers (AutoModel.from_pretrained), timm "
+                        "(timm.create_model; the call is in the folder's README.md), or safetensors (bare weights + "
+                        "config.yaml, loaded by freelabel.run.load_backbone).")  # fmt: skip
+    ex.add_argument("run", help="run directory")
+    ex.add_argument("--format", required=True, choices=["transformers", "timm", "safetensors"])
+    ex.add_argument("--out", help="export folder (default: RUN/export-FORMAT)")
 
     sub.add_parser("methods", help="list the methods")
     sub.add_parser("backbones", help="list the backbones")
@@ -115,6 +125,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"  {name:12s} " + "  ".join(f"k={k}: {acc[f'top1_k{k}']:.2f}%" for k in args.k))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_run
+
+    out = export_run(args.run, args.format, args.out)
+    print(f"exported {args.run} as {args.format} to {out} (how to load it: {out / 'README.md'})")
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     if args.command == "methods":
         from .methods import DESCRIPTIONS
@@ -147,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
-        {"pretrain": cmd_pretrain, "eval": cmd_eval}.get(args.command, cmd_list)(args)
+        {"pretrain": cmd_pretrain, "eval": cmd_eval, "export": cmd_export}.get(args.command, cmd_list)(args)
     except (ConfigError, DataError, BackboneError, RunError, TrainingError) as e:
         print(f"freelabel: error: {e}", file=sys.stderr)
         return 2
