@@ -49,25 +49,33 @@ def close(a, b):
 
 
 @pytest.fixture
-def with_mae(monkeypatch):
-    """The `mae` method name (its file is written on another branch); the export looks only at the name."""
-    if "mae" not in METHODS:
-        monkeypatch.setitem(METHODS, "mae", METHODS["simclr"])
+def other_methods(monkeypatch):
+    """The `mae` and `ijepa` method names (written on other branches); the export looks only at the name."""
+    for name in ("mae", "ijepa"):
+        if name not in METHODS:
+            monkeypatch.setitem(METHODS, name, METHODS["simclr"])
+
+
+AVG = {"global_pool": "avg"}  # timm's mean of the patch tokens, then its final LayerNorm (fc_norm) on the mean
 
 
 @pytest.mark.parametrize(
-    "method, args, cls, pool, prefix",
+    "method, args, cls",
     [
-        ("simclr", {}, "Dinov2Model", "pooler", 1),
-        ("dino", {"init_values": 0.1}, "Dinov2Model", "pooler", 1),  # layer scale
-        ("mae", {}, "ViTMAEModel", "first", 1),
-        ("mae", {"init_values": 0.1}, "Dinov2Model", "pooler", 1),  # ViTMAEModel has no layer scale
-        ("simclr", MEAN_POOLED, "IJepaModel", "mean", 0),
-        ("simclr", {"reg_tokens": 2, "init_values": 0.1}, "Dinov2WithRegistersModel", "pooler", 3),
-        ("simclr", {"reg_tokens": 2, "no_embed_class": True}, "Dinov2WithRegistersModel", "pooler", 3),
+        ("simclr", {}, "Dinov2Model"),
+        ("dino", {"init_values": 0.1}, "Dinov2Model"),  # layer scale
+        ("simclr", AVG, "Dinov2Model"),
+        ("simclr", {**AVG, "fc_norm": False}, "Dinov2Model"),  # final LayerNorm on the tokens, then the mean
+        ("mae", {}, "ViTMAEModel"),
+        ("mae", AVG, "ViTMAEModel"),  # as in the mae recipes
+        ("mae", {"init_values": 0.1}, "Dinov2Model"),  # ViTMAEModel has no layer scale
+        ("ijepa", {**AVG, "class_token": False}, "IJepaModel"),  # as in the ijepa recipes
+        ("simclr", {**AVG, "class_token": False, "fc_norm": False}, "IJepaModel"),
+        ("simclr", {"reg_tokens": 2, "init_values": 0.1}, "Dinov2WithRegistersModel"),
+        ("simclr", {"reg_tokens": 2, "no_embed_class": True, **AVG}, "Dinov2WithRegistersModel"),
     ],
 )
-def test_transformers_automodel_gives_the_runs_features(tmp_path, images, with_mae, method, args, cls, pool, prefix):
+def test_transformers_automodel_gives_the_runs_features(tmp_path, images, other_methods, method, args, cls):
     from transformers import AutoImageProcessor, AutoModel
 
     run = make_run(tmp_path / "run", method, **args)
@@ -79,16 +87,22 @@ def test_transformers_automodel_gives_the_runs_features(tmp_path, images, with_m
     pixels = AutoImageProcessor.from_pretrained(out)(images, return_tensors="pt").pixel_values
     assert (pixels - x).abs().max() < 1e-6
     with torch.no_grad():
-        o = model(pixel_values=pixels)
-    hidden = o.last_hidden_state
+        o = model(pixel_values=pixels, output_hidden_states=True)
+    norm_on_mean = args.get("global_pool") == "avg" and args.get("fc_norm", True)
+    hidden = o.hidden_states[-1] if norm_on_mean else o.last_hidden_state  # before / after model.layernorm
+    if norm_on_mean:
+        assert not close(model.layernorm(hidden), hidden)
     if cls == "ViTMAEModel":  # mask_ratio 0 hides no patch but shuffles them; ids_restore unshuffles
         assert o.mask.sum() == 0
         hidden = torch.cat(
             [hidden[:, :1], hidden[:, 1:].gather(1, o.ids_restore[..., None].expand_as(hidden[:, 1:]))], 1
         )
-    theirs = {"pooler": o.get("pooler_output"), "first": hidden[:, 0], "mean": hidden.mean(1)}[pool]
-    assert close(theirs, pooled)
+    prefix = int(args.get("class_token", True)) + args.get("reg_tokens", 0)
+    theirs = hidden[:, prefix:].mean(1) if args.get("global_pool") == "avg" else hidden[:, 0]
+    assert close(model.layernorm(theirs) if norm_on_mean else theirs, pooled)
     assert close(hidden[:, prefix:], tokens)
+    if cls.startswith("Dinov2") and "global_pool" not in args:
+        assert close(o.pooler_output, pooled)
     assert json.loads((out / "export.json").read_text())["transformers"]["class"] == cls
 
 
@@ -129,13 +143,8 @@ def test_safetensors_rebuilds_with_freelabel(tmp_path, images, backbone):
         ("convnet", {}, "timm", "is not a timm model; formats that work: safetensors"),
         ("resnet18", {}, "transformers", "formats that work: safetensors"),
         ("timm:resnet10t", {}, "transformers", "not a timm VisionTransformer; formats that work: timm, safetensors"),
-        (
-            "vit_tiny",
-            {"class_token": False, "global_pool": "avg"},
-            "transformers",
-            "fc_norm=false); formats that work: timm, safetensors",
-        ),  # fmt: skip
-        ("vit_tiny", {"global_pool": "avg"}, "transformers", "pools by 'avg'"),
+        ("vit_tiny", {**AVG, "class_token": False, "reg_tokens": 2}, "transformers", "neither registers"),
+        ("vit_tiny", {"global_pool": "max"}, "transformers", "this ViT pools by 'max'"),
         ("vit_tiny", {"qk_norm": True}, "transformers", "attention norms"),
     ],
 )
@@ -200,3 +209,16 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["export", str(vit), "--format", "onnx"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("fmt", ["transformers", "timm", "safetensors"])
+def test_the_folders_readme_code_runs_and_gives_the_features(tmp_path, images, other_methods, fmt):
+    run = make_run(tmp_path / "run", "mae", **AVG)  # the mae recipes' ViT: ViTMAEModel, norm on the pooled mean
+    out = export_run(run, fmt)
+    code = (out / "README.md").read_text().split("```python\n")[1].split("```")[0]
+    x, pooled, tokens = features(run, images)
+    scope = {"images": images, "x": x}
+    with torch.no_grad():
+        exec(code, scope)
+    assert close(scope["pooled"], pooled)
+    assert close(scope.get("patch_tokens", scope.get("tokens"))[:, -tokens.shape[1] :], tokens)

@@ -10,7 +10,10 @@ transformers classes, chosen by the ViT's architecture (the run's method only br
 - class token and registers -> ``Dinov2WithRegistersModel``;
 - class token -> ``ViTMAEModel`` (mask_ratio 0) for ``mae`` runs without layer scale, else ``Dinov2Model``
   (layer scale 1 where the ViT has none);
-- no class token, mean-pooled, final norm on the tokens -> ``IJepaModel``.
+- no class token (mean-pooled) -> ``IJepaModel``.
+
+The model's ``layernorm`` holds the ViT's final LayerNorm: timm's ``norm`` on every token, or its ``fc_norm`` on
+the pooled mean (``global_pool: avg``); the folder's README says where the pooled features and patch tokens are.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Features:
 
     pooled: str
     tokens: str
+    hidden_states: bool  # call the model with output_hidden_states=True
 
 
 def export_run(run: Path | str, fmt: str, out: Path | str | None = None) -> Path:
@@ -66,7 +70,8 @@ def export_run(run: Path | str, fmt: str, out: Path | str | None = None) -> Path
     try:
         info = {"format": fmt, "run": str(run.resolve()), "weights": _weights_source(run), "method": cfg.method,
                 "backbone": cfg.backbone.name, "backbone_args": cfg.backbone.args, "image_size": cfg.views.size,
-                "in_chans": cfg.data.channels or 3, "mean": list(cfg.views.mean), "std": list(cfg.views.std)}  # fmt: skip
+                "in_chans": cfg.data.channels or 3, "mean": list(cfg.views.mean), "std": list(cfg.views.std),
+                "folder": str(out.resolve())}  # fmt: skip
         with _quiet(transformers=fmt == "transformers"):
             info.update(WRITERS[fmt](backbone, cfg, tmp, out.resolve()))
         (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -157,24 +162,43 @@ def _hf_class(backbone: TimmBackbone, method: str) -> str:
         raise ExportError(f"no transformers ViT has this ViT's {', '.join(sorted(set(what)))}")
     if vit.patch_embed.img_size[0] != vit.patch_embed.img_size[1]:
         raise ExportError("transformers' ViTs take square images")
+    if vit.global_pool not in ("token", "avg") or isinstance(vit.norm, nn.LayerNorm) == _pooled_norm(vit):
+        raise ExportError(f"transformers' ViTs pool the class token or the mean of the patch tokens, with one final "
+                          f"LayerNorm (on the tokens or on the pooled mean); this ViT pools by {vit.global_pool!r} "
+                          f"with norms {type(vit.norm).__name__} and {type(vit.fc_norm).__name__}")  # fmt: skip
     layerscale = not isinstance(vit.blocks[0].ls1, nn.Identity)
-    pooled_by_norm = not isinstance(vit.fc_norm, nn.Identity)
     if vit.cls_token is not None:
-        if vit.global_pool != "token" or pooled_by_norm:
-            raise ExportError(f"this ViT pools by {vit.global_pool!r} where transformers' ViTs with a class token "
-                              "pool the class token (train with --set backbone.args.global_pool=token)")  # fmt: skip
         if method == "mae" and not layerscale and not vit.num_reg_tokens:
             return "ViTMAEModel"
         if vit.blocks[0].mlp.fc1.out_features % vit.embed_dim:
             raise ExportError("transformers' Dinov2Model takes MLP widths that are whole multiples of the width")
         return "Dinov2WithRegistersModel" if vit.num_reg_tokens else "Dinov2Model"
-    if vit.num_reg_tokens or vit.global_pool != "avg" or layerscale:
-        raise ExportError("a ViT without a class token maps to transformers' IJepaModel, which has no registers, "
-                          "no layer scale and mean-pools its tokens")  # fmt: skip
-    if pooled_by_norm:
-        raise ExportError("transformers' IJepaModel normalises every token before the mean, this ViT only the mean "
-                          "(timm's fc_norm; train with --set backbone.args.fc_norm=false)")  # fmt: skip
+    if vit.num_reg_tokens or layerscale:
+        raise ExportError("a ViT without a class token maps to transformers' IJepaModel, which has neither "
+                          "registers nor layer scale")  # fmt: skip
     return "IJepaModel"
+
+
+def _pooled_norm(vit: nn.Module) -> bool:
+    """Whether the ViT's final LayerNorm is on the pooled feature (timm's ``fc_norm``) rather than on every token."""
+    return isinstance(vit.fc_norm, nn.LayerNorm)
+
+
+def _hf_features(vit: nn.Module, cls_name: str) -> Features:
+    """Where freelabel's features are in the transformers model's output ``out``. The model's ``layernorm`` holds
+    the ViT's final norm: on every token (``last_hidden_state``), or on the pooled mean only (then the tokens are
+    the encoder's last hidden state before it)."""
+    pooled_norm, prefix = _pooled_norm(vit), vit.num_prefix_tokens
+    hidden = "out.hidden_states[-1]" if pooled_norm else "out.last_hidden_state"
+    tokens = f"{hidden}[:, {prefix}:]" if prefix else hidden
+    if cls_name == "ViTMAEModel":  # it shuffles the patches even when it hides none; ids_restore unshuffles them
+        tokens += f".gather(1, out.ids_restore[..., None].expand(-1, -1, {vit.embed_dim}))"
+    pooled = f"{hidden}[:, 0]" if vit.global_pool == "token" else f"{tokens}.mean(1)"
+    if pooled_norm:
+        pooled = f"model.layernorm({pooled})"
+    elif cls_name.startswith("Dinov2") and vit.global_pool == "token":
+        pooled = "out.pooler_output"
+    return Features(pooled, tokens, pooled_norm)
 
 
 def _hf_state(vit: nn.Module, cls_name: str) -> dict[str, torch.Tensor]:
@@ -214,7 +238,8 @@ def _hf_state(vit: nn.Module, cls_name: str) -> dict[str, torch.Tensor]:
         if dinov2:
             for ls in ("1", "2"):
                 emb[o + f"layer_scale{ls}.lambda1"] = sd.get(b + f"ls{ls}.gamma", torch.ones(d))
-    emb |= {"layernorm.weight": sd["norm.weight"], "layernorm.bias": sd["norm.bias"]}
+    norm = "fc_norm" if _pooled_norm(vit) else "norm"
+    emb |= {"layernorm.weight": sd[f"{norm}.weight"], "layernorm.bias": sd[f"{norm}.bias"]}
     return emb
 
 
@@ -224,7 +249,7 @@ def _hf_config(vit: nn.Module, cls_name: str, in_chans: int):
     blk = vit.blocks[0]
     args = dict(hidden_size=vit.embed_dim, num_hidden_layers=len(vit.blocks), num_attention_heads=blk.attn.num_heads,
                 image_size=vit.patch_embed.img_size[0], patch_size=vit.patch_embed.patch_size[0],
-                num_channels=in_chans, layer_norm_eps=vit.norm.eps, hidden_act="gelu", qkv_bias=True)  # fmt: skip
+                num_channels=in_chans, layer_norm_eps=vit.blocks[0].norm1.eps, hidden_act="gelu", qkv_bias=True)  # fmt: skip
     hidden = blk.mlp.fc1.out_features
     if cls_name.startswith("Dinov2"):
         args |= dict(mlp_ratio=hidden // vit.embed_dim, layerscale_value=1.0)
@@ -239,19 +264,6 @@ def _hf_config(vit: nn.Module, cls_name: str, in_chans: int):
     return config(**args)
 
 
-HF_FEATURES = {
-    "Dinov2Model": Features("out.pooler_output", "out.last_hidden_state[:, 1:]"),
-    "Dinov2WithRegistersModel": Features(
-        "out.pooler_output", "out.last_hidden_state[:, 1 + model.config.num_register_tokens:]"
-    ),
-    "ViTMAEModel": Features(
-        "out.last_hidden_state[:, 0]",
-        "out.last_hidden_state[:, 1:].gather(1, out.ids_restore[..., None].expand(-1, -1, model.config.hidden_size))",
-    ),
-    "IJepaModel": Features("out.last_hidden_state.mean(1)", "out.last_hidden_state"),
-}
-
-
 def _write_transformers(backbone: TimmBackbone, cfg: RunConfig, tmp: Path, final: Path) -> dict:
     import transformers
 
@@ -263,16 +275,17 @@ def _write_transformers(backbone: TimmBackbone, cfg: RunConfig, tmp: Path, final
         raise ExportError(f"{cls_name} does not take this ViT's weights (missing {missing}, unexpected {unexpected})")
     model.save_pretrained(tmp)
     _image_processor(cfg).save_pretrained(tmp)
-    feats = HF_FEATURES[cls_name]
+    feats = _hf_features(vit, cls_name)
     reloaded = transformers.AutoModel.from_pretrained(tmp).eval()
-    _check(backbone, cfg, lambda x: _hf_features(reloaded, x, feats), "transformers.AutoModel.from_pretrained")
-    return {"transformers": {"class": cls_name, "pooled": feats.pooled, "patch_tokens": feats.tokens}}
+    _check(backbone, cfg, lambda x: _read(reloaded, x, feats), "transformers.AutoModel.from_pretrained")
+    return {"transformers": {"class": cls_name, "output_hidden_states": feats.hidden_states, "pooled": feats.pooled,
+                             "patch_tokens": feats.tokens}}  # fmt: skip
 
 
-def _hf_features(model: nn.Module, x: torch.Tensor, feats: Features) -> tuple[torch.Tensor, torch.Tensor]:
+def _read(model: nn.Module, x: torch.Tensor, feats: Features) -> tuple[torch.Tensor, torch.Tensor]:
     """Evaluate the README's own expressions, so that what is checked is what users are told to write."""
-    out = model(pixel_values=x)
-    return eval(feats.pooled, {"out": out, "model": model}), eval(feats.tokens, {"out": out, "model": model})
+    scope = {"out": model(pixel_values=x, output_hidden_states=feats.hidden_states), "model": model}
+    return eval(feats.pooled, scope), eval(feats.tokens, scope)
 
 
 def _image_processor(cfg: RunConfig):
@@ -351,17 +364,24 @@ def _readme(info: dict) -> str:
     head = (f"# freelabel export ({fmt})\n\nBackbone `{info['backbone']}` trained by `freelabel pretrain {info['method']}` "
             f"in `{info['run']}` (weights: {info['weights']}). Inputs: {chans}-channel {size}x{size} images in [0, 1], "
             f"normalised with mean {info['mean']} and std {info['std']}. Checked at export: the code below gives the "
-            f"run's pooled features and patch tokens to {TOLERANCE}.\n\n```python\n")  # fmt: skip
+            f"run's pooled features and patch tokens to {TOLERANCE} at {size}x{size} (other sizes interpolate the "
+            f"position embeddings, each library its own way).\n\n```python\n")  # fmt: skip
+    folder = f"FOLDER = {info['folder']!r}\n"
     if fmt == "transformers":
         t = info["transformers"]
-        body = ("from transformers import AutoImageProcessor, AutoModel\n\n"
-                "model = AutoModel.from_pretrained(FOLDER).eval()  # " + t["class"] + "\n"
-                "processor = AutoImageProcessor.from_pretrained(FOLDER)  # resize + normalise\n"
-                "out = model(**processor(images, return_tensors='pt'))\n"
+        hidden = ", output_hidden_states=True" if t["output_hidden_states"] else ""
+        grey = "# images: uint8 [1, H, W] arrays or a [B, 1, H, W] tensor (transformers takes no 2-D arrays)\n"
+        body = ("from transformers import AutoImageProcessor, AutoModel\n\n" + folder +
+                f"model = AutoModel.from_pretrained(FOLDER).eval()  # {t['class']}\n"
+                "processor = AutoImageProcessor.from_pretrained(FOLDER)  # resize (PIL bilinear) + normalise\n"
+                f"{grey if chans == 1 else ''}"
+                f"out = model(**processor(images, return_tensors='pt'){hidden})\n"
                 f"pooled = {t['pooled']}\n"
                 f"patch_tokens = {t['patch_tokens']}\n")  # fmt: skip
         if t["class"] == "ViTMAEModel":
             body += "# ViTMAEModel shuffles the patches (mask_ratio 0 hides none); ids_restore unshuffles them\n"
+        if t["output_hidden_states"]:
+            body += "# the final LayerNorm (model.layernorm) is on the pooled mean only, as in timm's fc_norm\n"
     elif fmt == "timm":
         t = info["timm"]
         body = ("import timm\n\n"
@@ -371,7 +391,7 @@ def _readme(info: dict) -> str:
                 "pooled = model(x)\n"
                 "tokens = model.forward_features(x)  # the ViT's prefix tokens first: model.num_prefix_tokens\n")  # fmt: skip
     else:
-        body = ("from freelabel.run import load_backbone\n\n"
+        body = ("from freelabel.run import load_backbone\n\n" + folder +
                 "backbone, cfg = load_backbone(FOLDER)  # config.yaml + backbone.safetensors\n"
                 "pooled, tokens = backbone(x), backbone.forward_tokens(x)\n")  # fmt: skip
     return head + body + "```\n"
