@@ -191,9 +191,9 @@ def _hf_features(vit: nn.Module, cls_name: str) -> Features:
     pooled_norm, prefix = _pooled_norm(vit), vit.num_prefix_tokens
     hidden = "out.hidden_states[-1]" if pooled_norm else "out.last_hidden_state"
     tokens = f"{hidden}[:, {prefix}:]" if prefix else hidden
+    pooled = f"{hidden}[:, 0]" if vit.global_pool == "token" else f"{tokens}.mean(1)"
     if cls_name == "ViTMAEModel":  # it shuffles the patches even when it hides none; ids_restore unshuffles them
         tokens += f".gather(1, out.ids_restore[..., None].expand(-1, -1, {vit.embed_dim}))"
-    pooled = f"{hidden}[:, 0]" if vit.global_pool == "token" else f"{tokens}.mean(1)"
     if pooled_norm:
         pooled = f"model.layernorm({pooled})"
     elif cls_name.startswith("Dinov2") and vit.global_pool == "token":
