@@ -12,6 +12,7 @@ EXAMPLES = """examples:
   freelabel pretrain simclr --data fashion-mnist --minutes 10 --out runs/x
   freelabel eval knn runs/x --baselines
   freelabel pretrain --resume runs/x
+  freelabel export runs/x --format transformers
   freelabel pretrain simclr --data ~/photos --backbone resnet18 --set views.size=96 --epochs 100
 """
 
@@ -95,6 +96,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("index", help="index folder")
     e.add_argument("-k", type=int, default=10)
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    ex = sub.add_parser("export", help="export a run's backbone for transformers, timm or freelabel",
+                        description="Write a folder that loads outside freelabel and gives the run's features "
+                        "(checked to 1e-4 before it is kept): transformers (AutoModel.from_pretrained), timm "
+                        "(timm.create_model; the call is in the folder's README.md), or safetensors (bare weights + "
+                        "config.yaml, loaded by freelabel.run.load_backbone).")  # fmt: skip
+    ex.add_argument("run", help="run directory")
+    ex.add_argument("--format", required=True, choices=["transformers", "timm", "safetensors"])
+    ex.add_argument("--out", help="export folder (default: RUN/export-FORMAT)")
 
     sub.add_parser("methods", help="list the methods")
     sub.add_parser("backbones", help="list the backbones")
@@ -222,6 +232,13 @@ def cmd_index(args: argparse.Namespace) -> None:
             print(f"  {name:14s} {p:6.2f}%")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_run
+
+    out = export_run(args.run, args.format, args.out)
+    print(f"exported {args.run} as {args.format} to {out} (how to load it: {out / 'README.md'})")
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     if args.command == "methods":
         from .methods import DESCRIPTIONS
@@ -257,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "zeroshot": cmd_zeroshot, "shards": cmd_shards,
-                    "index": cmd_index}
+                    "index": cmd_index, "export": cmd_export}
         commands.get(args.command, cmd_list)(args)
     except (ConfigError, DataError, BackboneError, RunError, TrainingError, PretrainedError, SearchError) as e:
         print(f"freelabel: error: {e}", file=sys.stderr)
