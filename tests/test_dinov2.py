@@ -132,6 +132,8 @@ def _tiny_dinov2(**kw) -> DINOv2:
 def test_the_gram_teacher_is_the_ema_teacher_frozen_when_gram_anchoring_starts():
     method = _tiny_dinov2(gram_weight=1.0, gram_start=0.5, separate_ibot_head=True)
     assert set(method.teacher) == {"backbone", "head", "ibot_head"}
+    method.train()
+    assert method.backbone.training and not method.teacher.training and not method.gram_teacher.training
     initial = method.teacher["backbone"].model.cls_token.clone()  # what frozen_copy copied
     with torch.no_grad():
         for p in method.teacher["backbone"].parameters():

@@ -7,7 +7,7 @@ Sinkhorn-Knopp centring as an option; and DINOv3's Gram anchoring (Siméoni et a
     P = centre(t) | sinkhorn_knopp(t)                         # the teacher's target distributions
     loss = H(P(head(t_cls)), head([s_cls, s_loc]))            # DINO on the class token, views i != j
          + H(P(ibot_head(t_patch[m])), ibot_head(s_patch[m])) # iBOT: predict the hidden patches' targets
-         + 0.1 * KoLeo(s_cls)                                 # spread the class tokens over the sphere
+         + 0.1 * KoLeo(s_cls)                                 # spread each view's class tokens apart
          + w * |Gram(s_patch) - Gram(gram_teacher(g1, g2))|^2 # Gram anchoring, after `gram_start`
     gram_teacher: a frozen copy of the EMA teacher made at `gram_start` (or read from `gram_checkpoint`)
 
@@ -68,6 +68,15 @@ class DINOv2(DINO):
                 except RuntimeError as e:
                     raise ConfigError(f"gram_checkpoint {gram_checkpoint} does not fit this backbone: "
                                       f"{str(e).splitlines()[0]}") from None  # fmt: skip
+        self.train()
+
+    def train(self, mode: bool = True) -> DINOv2:
+        """The student trains; the teachers stay in eval mode (no drop-path in them, as in DINOv2)."""
+        super().train(mode)
+        for teacher in (self.teacher, getattr(self, "gram_teacher", None)):
+            if teacher is not None:
+                teacher.eval()
+        return self
 
     def student(self) -> nn.ModuleDict:
         """Backbone and heads as one network (a view of them, not a copy); the teacher is its EMA."""
@@ -113,7 +122,7 @@ class DINOv2(DINO):
         out = {
             "dino": cross_view_entropy(list(student), list(dino_targets), self.temps[0]),
             "ibot": ibot_patch_loss(ibot_head(s_patch[masks]), ibot_targets, masks, self.temps[0]),
-            "koleo": sum(koleo(c) for c in s_cls.chunk(2)) / 2,  # within each view: not an image's own twin
+            "koleo": sum(koleo(c) for c in s_cls.chunk(2)),  # each view apart: not an image's own twin (DINOv2)
             "gram": torch.zeros((), device=glob.device),
         }
         if self.gram_on:
