@@ -23,8 +23,9 @@ TINY_ARGS = {
 
 
 def test_every_registered_method_has_a_tiny_run():
-    # colorization's needs colour data (test_pretext.py); clip's and siglip's need captions (test_clip_cli.py)
-    assert set(TINY_ARGS) | {"colorization", "clip", "siglip"} == set(METHODS)
+    # colorization's needs colour data (test_pretext.py); clip's and siglip's captions (test_clip_cli.py);
+    # dinov2's a ViT (test_dinov2.py)
+    assert set(TINY_ARGS) | {"colorization", "clip", "siglip", "dinov2"} == set(METHODS)
 
 
 @pytest.mark.slow

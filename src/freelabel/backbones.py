@@ -95,24 +95,30 @@ class TimmBackbone(nn.Module):
         self.embed_dim = self.model.num_features
         self.is_vit = hasattr(self.model, "patch_embed") and hasattr(self.model, "blocks")
 
-    def forward_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None,
+                       pooled: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Patch tokens ``[B, N, D]``; ``mask [B, N]`` (True = hidden) drops hidden patches before the
-        blocks, the same number in every row, as MAE's encoder does."""
+        blocks, the same number in every row, as MAE's encoder does. With a ``mask_token [D]`` hidden
+        patches are instead replaced by it before the position embedding and all N are kept (iBOT,
+        DINOv2). ``pooled=True`` (ViTs) returns ``(pooled [B, D], tokens)`` of one pass, the pooled
+        embedding being what :meth:`forward` gives."""
         if not self.is_vit:
-            if mask is not None:
+            if mask is not None or pooled:
                 raise BackboneError(f"{type(self.model).__name__} takes no token mask; use a ViT")
             feats = self.model.forward_features(x)
             return feats.flatten(2).transpose(1, 2) if feats.ndim == 4 else feats
         m = self.model
         x = m.patch_embed(x)
+        if mask is not None and mask_token is not None:
+            x = torch.where(mask.view(*x.shape[:-1], 1), mask_token.to(x.dtype), x)
         x = m._pos_embed(x)
         prefix = m.num_prefix_tokens
-        if mask is not None:
+        if mask is not None and mask_token is None:
             keep = (~mask).nonzero()[:, 1].view(x.shape[0], -1) + prefix
             index = torch.cat([torch.arange(prefix, device=x.device).expand(x.shape[0], -1), keep], 1)
             x = x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         x = m.norm(m.blocks(m.norm_pre(x)))
-        return x[:, prefix:]
+        return (m.forward_head(x, pre_logits=True), x[:, prefix:]) if pooled else x[:, prefix:]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -90,7 +90,16 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
     and the student distribution of every other view. ``student`` holds logits of all views (the
     global ones first, in the teacher's order), ``teacher`` those of the global views. No gather:
     the mean over this process's images (the centre is all-reduced by :func:`update_center`)."""
-    targets = [F.softmax((t.float() - center) / teacher_temp, dim=-1).detach() for t in teacher]
+    targets = [F.softmax((t.float() - center) / teacher_temp, dim=-1) for t in teacher]
+    return cross_view_entropy(student, targets, student_temp)
+
+
+def cross_view_entropy(student: list[torch.Tensor], targets: list[torch.Tensor],
+                       student_temp: float = 0.1) -> torch.Tensor:  # fmt: skip
+    """The mean over pairs of views ``i != j`` of ``H(targets[i], softmax(student[j] / student_temp))``:
+    :func:`dino_loss` once the teacher's distributions are made (by centring or Sinkhorn-Knopp). No
+    gather: the mean over this process's images."""
+    targets = [t.float().detach() for t in targets]
     log_probs = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student]
     terms = [-(t * lp).sum(-1).mean() for i, t in enumerate(targets) for j, lp in enumerate(log_probs) if i != j]
     return sum(terms) / len(terms)
@@ -221,3 +230,62 @@ def siglip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tens
         text = _RingPass.apply(text)
         total = total - F.logsigmoid(-(scale * image @ text.T + bias)).sum()
     return total / len(image)
+
+
+def ibot_patch_loss(student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor,
+                    student_temp: float = 0.1) -> torch.Tensor:  # fmt: skip
+    """iBOT's masked-token loss: ``student [M, K]`` logits and ``teacher [M, K]`` target distributions
+    of the ``M`` hidden patches of ``masks [B, N]`` (in ``masks.nonzero()`` order). Each image's
+    cross-entropies are averaged over its hidden patches; the loss is the mean over the B images,
+    those without hidden patches counting 0 (as DINOv2). No gather: the mean over this process's images."""
+    ce = -(teacher.float().detach() * F.log_softmax(student.float() / student_temp, dim=-1)).sum(-1)
+    per_image = masks.sum(1, keepdim=True).clamp(min=1).expand_as(masks)[masks]
+    return (ce / per_image).sum() / len(masks)
+
+
+def koleo(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KoLeo (Sablayrolles et al. 2019), DINOv2's spreading regulariser: ``-mean_i log d(x_i, NN(x_i))``
+    of the L2-normalised rows, ``NN`` the nearest other row. The neighbours are sought in the global
+    batch (rows gathered, with gradients); the mean is over this process's rows."""
+    x = F.normalize(x.float(), dim=-1, eps=eps)
+    others = gather(x)
+    sims = x @ others.T
+    own = world()[0] * len(x) + torch.arange(len(x), device=x.device)
+    sims[torch.arange(len(x), device=x.device), own] = -2.0  # not one's own neighbour
+    nearest = others[sims.argmax(1)]
+    return -torch.log((x - nearest).norm(dim=-1) + eps).mean()
+
+
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temp: float, iterations: int = 3) -> torch.Tensor:
+    """SwAV's and DINOv2's Sinkhorn-Knopp centring: target distributions ``[B, K]`` for the teacher's
+    ``logits [B, K]`` (rows sum to 1) whose prototypes are used equally over the global batch (each
+    column sums to about ``N / K``, N rows in all processes; exactly in the limit of iterations).
+    Distributed as DINOv2: the total, the per-prototype sums and the row count are all-reduced."""
+    distributed = world()[1] > 1
+    q = logits.float() / temp
+    top = q.max()
+    if distributed:
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    q = torch.exp(q - top)  # the shift cancels in the normalisations; it only keeps exp finite
+    total, rows = q.sum(), torch.tensor(float(len(q)), device=q.device)
+    if distributed:
+        dist.all_reduce(total)
+        dist.all_reduce(rows)
+    q /= total
+    for _ in range(iterations):
+        per_prototype = q.sum(0, keepdim=True)
+        if distributed:
+            dist.all_reduce(per_prototype)
+        q /= per_prototype * q.shape[1]  # every prototype holds 1/K of the mass
+        q /= q.sum(1, keepdim=True) * rows  # every row holds 1/N
+    return q * rows
+
+
+def gram_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """DINOv3's Gram anchoring: the mean squared difference between the Gram matrices (patch-to-patch
+    cosine similarities) of ``student [B, N, D]`` and a frozen Gram teacher's ``teacher [B, N, D]``
+    patch features, image by image; no gradient reaches the teacher. No gather: the mean over this
+    process's images and patch pairs."""
+    s, t = F.normalize(student.float(), dim=-1), F.normalize(teacher.float().detach(), dim=-1)
+    return (s @ s.transpose(1, 2) - t @ t.transpose(1, 2)).pow(2).mean()

@@ -6,6 +6,7 @@ from .byol import BYOL
 from .clip import CLIP, SigLIP
 from .colorization import Colorization
 from .dino import DINO
+from .dinov2 import DINOv2
 from .jigsaw import Jigsaw
 from .moco import MoCoV2, MoCoV3
 from .rotation import Rotation
@@ -18,6 +19,7 @@ METHODS: dict[str, type[Method]] = {
     "mocov3": MoCoV3,
     "byol": BYOL,
     "dino": DINO,
+    "dinov2": DINOv2,
     "barlowtwins": BarlowTwins,
     "vicreg": VICReg,
     "rotation": Rotation,
@@ -32,6 +34,7 @@ DESCRIPTIONS = {
     "mocov3": "contrastive: momentum encoder, predictor, in-batch negatives, for ViTs [Chen, Xie & He 2021]",
     "byol": "self-distillation: predict an EMA target's embedding of the other view [Grill et al. 2020]",
     "dino": "self-distillation: multi-crop student matches a centred EMA teacher [Caron et al. 2021]",
+    "dinov2": "DINO + iBOT masked patches + KoLeo, Sinkhorn option; Gram anchoring (DINOv3) [Oquab et al. 2023]",
     "barlowtwins": "redundancy reduction: cross-correlation of two views -> identity [Zbontar et al. 2021]",
     "vicreg": "variance-invariance-covariance regularisation [Bardes, Ponce & LeCun 2022]",
     "rotation": "pretext: which of 4 rotations was applied (RotNet) [Gidaris, Singh & Komodakis 2018]",
