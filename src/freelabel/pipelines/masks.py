@@ -86,9 +86,10 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, labels: Sequence[str] | None 
 
 
 def overlay(image: torch.Tensor, masks: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
-            captions: Sequence[str] | None = None, points: torch.Tensor | None = None) -> Image.Image:  # fmt: skip
+            captions: Sequence[str] | None = None, points: torch.Tensor | None = None,
+            point_labels: torch.Tensor | None = None) -> Image.Image:  # fmt: skip
     """The image ``uint8 [3, H, W]`` with each mask tinted in its own colour, the boxes drawn with
-    their captions, and prompt points marked."""
+    their captions, and prompt points marked (foreground green, background red)."""
     n = len(masks) if masks is not None else len(boxes) if boxes is not None else 0
     colours = [tuple(int(255 * c) for c in _hue((i * 0.618034) % 1.0)) for i in range(n)]
     out = image.cpu()
@@ -99,7 +100,10 @@ def overlay(image: torch.Tensor, masks: torch.Tensor | None = None, boxes: torch
                                                     colors=colours, width=max(1, min(out.shape[1:]) // 200))  # fmt: skip
     if points is not None and len(points):
         r = max(2, min(out.shape[1:]) // 100)
-        out = torchvision.utils.draw_keypoints(out, points.cpu().float().view(1, -1, 2), colors="yellow", radius=r)
+        fg = torch.ones(len(points), dtype=torch.bool) if point_labels is None else point_labels.cpu() == 1
+        for chosen, colour in ((fg, "lime"), (~fg, "red")):
+            if chosen.any():
+                out = torchvision.utils.draw_keypoints(out, points.cpu().float()[chosen][None], colors=colour, radius=r)
     return Image.fromarray(out.permute(1, 2, 0).numpy())
 
 

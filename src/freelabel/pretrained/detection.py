@@ -64,7 +64,8 @@ def model_type(name_or_folder: str) -> str:
     try:
         return AutoConfig.from_pretrained(name_or_folder).model_type
     except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read a transformers config from {name_or_folder!r}: {str(e).splitlines()[0]}") from None
+        first_line = str(e).splitlines()[0]
+        raise ModelError(f"cannot read a transformers config from {name_or_folder!r}: {first_line}") from None
 
 
 class Detector:
