@@ -53,6 +53,9 @@ def segment(images: Sequence[str | Path], out: str | Path, *, segmenter: str | S
     prompted = bool(points) or bool(boxes)
     if bool(text) == prompted:
         raise ModelError("give either text phrases (--text), or points/boxes (--points, --boxes) to prompt with")
+    pts, point_labels = _points(points)
+    if boxes and any(len(b) != 4 for b in boxes):
+        raise ModelError("a box is X0,Y0,X1,Y1 in pixels")
     paths = [Path(p) for p in images]
     pictures = [read_image(p) for p in paths]  # fail on a bad file before loading any model
     name, kind = (segmenter.name, segmenter.kind) if isinstance(segmenter, Segmenter) else (segmenter, model_type(segmenter))  # fmt: skip
@@ -61,10 +64,10 @@ def segment(images: Sequence[str | Path], out: str | Path, *, segmenter: str | S
                          "(Grounding DINO or OWLv2) to turn the phrases into boxes, or use a SAM3 segmenter")  # fmt: skip
     if prompted and kind in CONCEPT:
         raise ModelError(f"{name} is SAM3, prompted by text; for points and boxes use a SAM or SAM2 model")
-    if not isinstance(segmenter, Segmenter):
-        segmenter = load_segmenter(segmenter, device, dtype)
     if isinstance(detector, str):
         detector = load_detector(detector, device, dtype)
+    if not isinstance(segmenter, Segmenter):
+        segmenter = load_segmenter(segmenter, device, dtype)
     models = {"segmenter": segmenter.name, **({"detector": detector.name} if detector else {})}
     settings = {"box_threshold": box_threshold, "text_threshold": text_threshold, "nms_threshold": nms_threshold}
     if text and detector:
@@ -86,7 +89,6 @@ def segment(images: Sequence[str | Path], out: str | Path, *, segmenter: str | S
             objects.append((masks[keep], b[keep], s[keep], [labels[i] for i in keep.tolist()], None))
         prompts = {"text": list(text), "score_threshold": box_threshold, "nms_threshold": nms_threshold}
     else:
-        pts, point_labels = _points(points)
         box_t = torch.tensor(boxes, dtype=torch.float32).view(-1, 4) if boxes else None
         objects = []
         for picture in pictures:
@@ -97,7 +99,7 @@ def segment(images: Sequence[str | Path], out: str | Path, *, segmenter: str | S
                    "boxes": [list(map(float, b)) for b in boxes or []]}  # fmt: skip
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    records, (marks, mark_labels) = [], _points(points)
+    records = []
     for path, picture, (masks, b, s, labels, mask_scores) in zip(paths, pictures, objects):
         objs = [{"label": labels[i], "score": round(float(s[i]), 4), "box": [round(float(x), 2) for x in b[i]],
                  **({"mask_score": round(float(mask_scores[i]), 4)} if mask_scores is not None else {}),
@@ -108,7 +110,7 @@ def segment(images: Sequence[str | Path], out: str | Path, *, segmenter: str | S
         captions = [f"{label} {float(score):.2f}" for label, score in zip(labels, s)]
         _atomic_write(out / f"{stem}.json", json.dumps(record, indent=1).encode())
         png = io.BytesIO()
-        overlay(picture, masks, b, captions, marks, mark_labels).save(png, format="PNG")
+        overlay(picture, masks, b, captions, pts, point_labels).save(png, format="PNG")
         _atomic_write(out / f"{stem}.png", png.getvalue())
         records.append(record)
     return records

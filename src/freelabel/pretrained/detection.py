@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.ops import box_convert
+from torchvision.ops import box_convert, clip_boxes_to_image
 
 DETECTORS = {"grounding-dino": "Grounding DINO (Liu et al. 2023)", "mm-grounding-dino": "MM Grounding DINO",
              "owlv2": "OWLv2 (Minderer et al. 2023)", "owlvit": "OWL-ViT (Minderer et al. 2022)"}  # fmt: skip
@@ -76,7 +76,8 @@ class Detector:
 
     def detect(self, image, phrases: Sequence[str], box_threshold: float = 0.3,
                text_threshold: float = 0.25) -> tuple[torch.Tensor, torch.Tensor, list[str]]:  # fmt: skip
-        """One image (``uint8 [3, H, W]`` or PIL) -> boxes ``[N, 4]`` (xyxy pixels), scores ``[N]``, labels."""
+        """One image (``uint8 [3, H, W]`` or PIL) -> boxes ``[N, 4]`` (xyxy pixels, clipped to the image),
+        scores ``[N]``, labels (one of ``phrases`` each)."""
         return self.detect_batch([image], phrases, box_threshold, text_threshold)[0]
 
     @torch.no_grad()
@@ -84,9 +85,9 @@ class Detector:
                      text_threshold: float = 0.25) -> list[tuple[torch.Tensor, torch.Tensor, list[str]]]:  # fmt: skip
         """:meth:`detect` for several images in one forward pass.
 
-        Each box takes the phrase that scores highest on it. Grounding DINO scores a phrase by its best
-        token; a box is kept when its score passes ``box_threshold`` and its phrase's token score passes
-        ``text_threshold``. OWLv2 scores each phrase as a whole, so only ``box_threshold`` applies."""
+        Each box takes the phrase that scores highest on it, and that score is the box's. Grounding DINO
+        scores a phrase by its best token, so a box is kept when that token passes both ``box_threshold``
+        and ``text_threshold``; OWLv2 scores each phrase as a whole, and only ``box_threshold`` applies."""
         phrases = [p.strip() for p in phrases if p.strip()]
         if not phrases:
             raise ModelError("detection needs at least one text phrase")
@@ -97,7 +98,8 @@ class Detector:
             out = self.model(**self._to_model(inputs))
             results = self.processor.post_process_grounded_object_detection(
                 out, threshold=box_threshold, target_sizes=sizes, text_labels=[list(phrases)] * len(pils))  # fmt: skip
-            return [(r["boxes"].float().cpu(), r["scores"].float().cpu(), list(r["text_labels"])) for r in results]
+            return [(clip_boxes_to_image(r["boxes"].float().cpu(), size), r["scores"].float().cpu(), list(r["text_labels"]))
+                    for r, size in zip(results, sizes)]  # fmt: skip
         text, spans = _grounding_text(phrases)
         inputs = self.processor(images=pils, text=[text] * len(pils), return_tensors="pt")
         out = self.model(**self._to_model(inputs))
@@ -107,9 +109,9 @@ class Detector:
         results = []
         for b, (h, w) in enumerate(sizes):
             score, label = phrase_scores[b].max(-1)
-            keep = (probs[b].amax(-1) > box_threshold) & (score > text_threshold)
+            keep = score > max(box_threshold, text_threshold)
             boxes = box_convert(out.pred_boxes[b].float().cpu(), "cxcywh", "xyxy") * torch.tensor([w, h, w, h])
-            results.append((boxes[keep], score[keep], [phrases[i] for i in label[keep].tolist()]))
+            results.append((clip_boxes_to_image(boxes[keep], (h, w)), score[keep], [phrases[i] for i in label[keep].tolist()]))
         return results
 
     def _to_model(self, inputs) -> dict:
