@@ -143,7 +143,7 @@ def test_detector_boxes_scores_labels(tiny, kind):
     det = load_detector(tiny(kind))
     assert det.kind == kind
     cat, astronaut = _tensor(data.chelsea()), _tensor(data.astronaut())
-    phrases = ["a cat", "a dog"]
+    phrases = ["a cat", "a small dog"]  # of different lengths in tokens
     boxes, scores, labels = det.detect(cat, phrases, box_threshold=0.0, text_threshold=0.0)
     assert boxes.shape == (len(scores), 4) and len(labels) == len(scores) > 0
     assert set(labels) <= set(phrases)

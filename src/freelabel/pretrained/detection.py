@@ -94,7 +94,7 @@ class Detector:
         pils = [to_pil(im) for im in images]
         sizes = [(im.height, im.width) for im in pils]
         if self.kind in ("owlv2", "owlvit"):
-            inputs = self.processor(images=pils, text=[list(phrases)] * len(pils), return_tensors="pt")
+            inputs = self.processor(images=pils, text=[list(phrases)] * len(pils), padding=True, return_tensors="pt")
             out = self.model(**self._to_model(inputs))
             results = self.processor.post_process_grounded_object_detection(
                 out, threshold=box_threshold, target_sizes=sizes, text_labels=[list(phrases)] * len(pils))  # fmt: skip
@@ -111,7 +111,8 @@ class Detector:
             score, label = phrase_scores[b].max(-1)
             keep = score > max(box_threshold, text_threshold)
             boxes = box_convert(out.pred_boxes[b].float().cpu(), "cxcywh", "xyxy") * torch.tensor([w, h, w, h])
-            results.append((clip_boxes_to_image(boxes[keep], (h, w)), score[keep], [phrases[i] for i in label[keep].tolist()]))
+            boxes = clip_boxes_to_image(boxes[keep], (h, w))
+            results.append((boxes, score[keep], [phrases[i] for i in label[keep].tolist()]))
         return results
 
     def _to_model(self, inputs) -> dict:
