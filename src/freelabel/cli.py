@@ -14,6 +14,7 @@ EXAMPLES = """examples:
   freelabel pretrain --resume runs/x
   freelabel export runs/x --format transformers
   freelabel pretrain simclr --data ~/photos --backbone resnet18 --set views.size=96 --epochs 100
+  freelabel segment photo.jpg --text "cat,dog" --detector IDEA-Research/grounding-dino-tiny --segmenter facebook/sam-vit-base --out seg
 """
 
 
@@ -105,6 +106,25 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("run", help="run directory")
     ex.add_argument("--format", required=True, choices=["transformers", "timm", "safetensors"])
     ex.add_argument("--out", help="export folder (default: RUN/export-FORMAT)")
+
+    sg = sub.add_parser("segment", help="segment images by text phrases, points or boxes",
+                        description="Segment IMAGEs and write NAME.json (boxes, scores, labels, masks as COCO RLE) and "
+                        "NAME.png (overlay) per image into --out. By text: --text with --detector (Grounding DINO or "
+                        "OWLv2) and a SAM/SAM2 --segmenter, or a SAM3 --segmenter alone. By prompts: --points and/or "
+                        "--boxes with a SAM/SAM2 --segmenter. Models are hub names or save_pretrained folders.")  # fmt: skip
+    sg.add_argument("images", nargs="+", metavar="IMAGE")
+    sg.add_argument("--text", help='comma-separated phrases, e.g. "cat,dog"')
+    sg.add_argument("--detector", help="Grounding DINO or OWLv2 model turning --text into boxes")
+    sg.add_argument("--segmenter", required=True, help="SAM, SAM2 or SAM3 model")
+    sg.add_argument("--points", nargs="+", metavar="X,Y[,LABEL]", help="prompt points; LABEL 1 foreground (default), 0 background")  # fmt: skip
+    sg.add_argument("--boxes", nargs="+", metavar="X0,Y0,X1,Y1", help="prompt boxes, one object each")
+    sg.add_argument("--box-threshold", type=float, default=0.3, help="keep detections (or SAM3 instances) scoring above this")  # fmt: skip
+    sg.add_argument("--text-threshold", type=float, default=0.25, help="Grounding DINO: a phrase's token score to label a box")  # fmt: skip
+    sg.add_argument("--nms", type=float, default=0.5, metavar="IOU", help="per-label NMS IoU threshold")
+    sg.add_argument("--batch-size", type=int, default=4, help="images per detector forward pass")
+    sg.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    sg.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: bf16 on GPU, fp32 on CPU")
+    sg.add_argument("--out", required=True, help="output folder")
 
     sub.add_parser("methods", help="list the methods")
     sub.add_parser("backbones", help="list the backbones")
@@ -239,6 +259,28 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"exported {args.run} as {args.format} to {out} (how to load it: {out / 'README.md'})")
 
 
+def cmd_segment(args: argparse.Namespace) -> None:
+    from .pipelines.segment import segment
+
+    def numbers(items: list[str] | None, flag: str) -> list[list[float]] | None:
+        try:
+            return [[float(x) for x in item.split(",")] for item in items] if items else None
+        except ValueError:
+            raise ConfigError(f"{flag} takes comma-separated numbers, e.g. {flag} 10,20") from None
+
+    from .config import ConfigError
+
+    text = [t.strip() for t in args.text.split(",") if t.strip()] if args.text else None
+    records = segment(args.images, args.out, segmenter=args.segmenter, text=text, detector=args.detector,
+                      points=numbers(args.points, "--points"), boxes=numbers(args.boxes, "--boxes"),
+                      box_threshold=args.box_threshold, text_threshold=args.text_threshold, nms_threshold=args.nms,
+                      batch_size=args.batch_size, device=args.device, dtype=args.dtype)  # fmt: skip
+    for r in records:
+        labels = ", ".join(sorted({o["label"] for o in r["objects"]})) or "-"
+        print(f"{r['image']}: {len(r['objects'])} objects ({labels})")
+    print(f"wrote {len(records)} JSON + overlay PNG pairs to {args.out}")
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     if args.command == "methods":
         from .methods import DESCRIPTIONS
@@ -274,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "zeroshot": cmd_zeroshot, "shards": cmd_shards,
-                    "index": cmd_index, "export": cmd_export}
+                    "index": cmd_index, "export": cmd_export, "segment": cmd_segment}
         commands.get(args.command, cmd_list)(args)
     except (ConfigError, DataError, BackboneError, RunError, TrainingError, PretrainedError, SearchError) as e:
         print(f"freelabel: error: {e}", file=sys.stderr)

@@ -26,8 +26,8 @@ import torch
 from ..data.views import ViewConfig
 
 IMAGE_TEXT = ("clip", "siglip", "siglip2")
-DETECTORS = ("grounding-dino", "owlv2", "owlvit")
-SEGMENTERS = ("sam", "sam_hq", "sam2", "sam2_video", "sam3", "sam3_tracker", "sam3_video")
+DETECTORS = ("grounding-dino", "mm-grounding-dino", "owlv2", "owlvit")
+SEGMENTERS = ("sam", "sam2", "sam3", "sam3_video")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -41,13 +41,17 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if bf16 else torch.float32
 
 
-def _resolve(device: str | torch.device | None, dtype: torch.dtype | str | None) -> tuple[torch.device, torch.dtype]:
+def resolve_device_dtype(device: str | torch.device | None, dtype: torch.dtype | str | None) -> tuple[torch.device, torch.dtype]:  # fmt: skip
+    """The device (default: the GPU if any) and dtype (default: :func:`default_dtype`) to load a model in."""
     from ..hardware import default_device
 
     device = torch.device(device) if device is not None else default_device()
     if isinstance(dtype, str):
-        dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-                 "fp32": torch.float32, "float32": torch.float32}[dtype]  # fmt: skip
+        names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+                 "fp32": torch.float32, "float32": torch.float32}  # fmt: skip
+        if dtype not in names:
+            raise PretrainedError(f"dtype must be one of {', '.join(names)}, not {dtype!r}")
+        dtype = names[dtype]
     return device, dtype or default_dtype(device)
 
 
@@ -101,7 +105,7 @@ def load(name_or_folder: str | Path, device: str | torch.device | None = None,
     if name.startswith("torchvision:"):
         from .vision import load_torchvision
 
-        return load_torchvision(name.removeprefix("torchvision:"), *_resolve(device, dtype), **kwargs)
+        return load_torchvision(name.removeprefix("torchvision:"), *resolve_device_dtype(device, dtype), **kwargs)
     config = read_config(name_or_folder)
     kind = config.model_type
     if kind in DETECTORS:
@@ -115,11 +119,11 @@ def load(name_or_folder: str | Path, device: str | torch.device | None = None,
     if kind in IMAGE_TEXT:
         from .imagetext import load_image_text
 
-        return load_image_text(name_or_folder, config, *_resolve(device, dtype))
+        return load_image_text(name_or_folder, config, *resolve_device_dtype(device, dtype))
     from .vision import VISION_TYPES, load_vision
 
     if kind in VISION_TYPES:
-        return load_vision(name_or_folder, config, *_resolve(device, dtype))
+        return load_vision(name_or_folder, config, *resolve_device_dtype(device, dtype))
     raise PretrainedError(f"unknown model type {kind!r} of {name}; freelabel loads vision backbones (DINOv2, DINOv3, "
                           "ViT, ...), image-text models (" + ", ".join(IMAGE_TEXT) + "), detectors ("
                           + ", ".join(DETECTORS) + ") and segmenters (" + ", ".join(SEGMENTERS) + ")")  # fmt: skip
