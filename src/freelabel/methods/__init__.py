@@ -5,7 +5,9 @@ from .base import Method
 from .byol import BYOL
 from .colorization import Colorization
 from .dino import DINO
+from .ijepa import IJEPA
 from .jigsaw import Jigsaw
+from .mae import MAE
 from .moco import MoCoV2, MoCoV3
 from .rotation import Rotation
 from .simclr import SimCLR
@@ -22,6 +24,8 @@ METHODS: dict[str, type[Method]] = {
     "rotation": Rotation,
     "jigsaw": Jigsaw,
     "colorization": Colorization,
+    "mae": MAE,
+    "ijepa": IJEPA,
 }
 DESCRIPTIONS = {
     "simclr": "contrastive: two views of an image find each other among the batch (NT-Xent) [Chen et al. 2020]",
@@ -34,6 +38,8 @@ DESCRIPTIONS = {
     "rotation": "pretext: which of 4 rotations was applied (RotNet) [Gidaris, Singh & Komodakis 2018]",
     "jigsaw": "pretext: which permutation shuffled 3x3 tiles (max-Hamming set) [Noroozi & Favaro 2016]",
     "colorization": "pretext: colour (ab bins, rebalanced) from lightness; colour data [Zhang, Isola & Efros 2016]",
+    "mae": "masked image modelling: pixels of 75% hidden patches from the rest (ViT) [He et al. 2022]",
+    "ijepa": "joint embedding: predict an EMA target's features of hidden blocks from a context block [Assran 2023]",
 }
 
 __all__ = ["METHODS", "DESCRIPTIONS", "Method"]
