@@ -23,7 +23,8 @@ TINY_ARGS = {
 
 
 def test_every_registered_method_has_a_tiny_run():
-    assert set(TINY_ARGS) | {"colorization"} == set(METHODS)  # colorization's needs colour data: test_pretext.py
+    # colorization's needs colour data (test_pretext.py); mae's and ijepa's a ViT (test_masked.py)
+    assert set(TINY_ARGS) | {"colorization", "mae", "ijepa"} == set(METHODS)
 
 
 @pytest.mark.slow
