@@ -19,7 +19,7 @@ from freelabel.methods.ijepa import IJEPA
 from freelabel.methods.mae import MAE, patchify, unpatchify
 
 VIEWS = ViewConfig(size=28, mean=(0.286,), std=(0.353,))
-TINY_VIT = {"patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2, "global_pool": "avg"}
+TINY_VIT = {"patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2, "global_pool": "avg", "fc_norm": False}
 
 
 def tiny_vit(**kw) -> torch.nn.Module:

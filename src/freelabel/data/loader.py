@@ -56,7 +56,8 @@ class _MaskingCollate:
 
     def __call__(self, items: list) -> Batch:
         batch = collate([it[:2] for it in items])
-        batch.masks = self.masks(len(batch.images), mask_generator(self.seed, self.epoch, items[0][2], self.rank))
+        if len(batch.images):  # masks for the images that decoded
+            batch.masks = self.masks(len(batch.images), mask_generator(self.seed, self.epoch, items[0][2], self.rank))
         return batch
 
 
