@@ -16,6 +16,12 @@ losses in fp32 on both sides. What cannot be matched exactly is printed under th
 
     python benchmarks/methods_vs_lightly.py --minutes 10 [--methods simclr,byol] [--workers 2] [--knn-subset N]
 
+MAE and I-JEPA on the lightly side are assembled as its examples do, around the same timm ViT (its
+``MaskedVisionTransformerTIMM`` with weights and positions left as they are): MAE with
+``MaskedVisionTransformerDecoderTIMM`` (what lightly now puts in place of ``MAEDecoderTIMM``) and its
+token-mask utilities, I-JEPA with ``IJEPAMaskCollator`` (masks made in the DataLoader's collator) and
+``IJEPAPredictorTIMM``.
+
 Needs ``pip install lightly`` (benchmark only).
 """
 
@@ -31,9 +37,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from lightly import transforms
+from lightly.data.ijepa_collate import IJEPAMaskCollator
 from lightly.loss import BarlowTwinsLoss, DINOLoss, NegativeCosineSimilarity, NTXentLoss, VICRegLoss
+from lightly.models import utils
 from lightly.models.modules import heads
+from lightly.models.modules.ijepa_timm import IJEPAPredictorTIMM
+from lightly.models.modules.masked_vision_transformer_decoder_timm import MaskedVisionTransformerDecoderTIMM
+from lightly.models.modules.masked_vision_transformer_timm import MaskedVisionTransformerTIMM
 from lightly.models.utils import deactivate_requires_grad, get_weight_decay_parameters, update_momentum
+from lightly.transforms.ijepa_transform import IJEPATransform
 from lightly.utils.scheduler import cosine_schedule
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
@@ -67,6 +79,7 @@ class LightlyMethod:
     on_step: Callable[[float], None] = lambda progress: None  # before the forward: momentum updates
     after_backward: Callable[[float], None] = lambda progress: None
     note: str = ""
+    collate: Callable | None = None  # the DataLoader's collate_fn (I-JEPA's masks); None: torch's default
 
 
 def jitter(v: ViewConfig, strength: float = 1.0) -> dict:
@@ -219,9 +232,84 @@ def dino(cfg: RunConfig, backbone: nn.Module) -> LightlyMethod:
                               "bicubic")  # fmt: skip
 
 
+def masked_vit(backbone: nn.Module) -> MaskedVisionTransformerTIMM:
+    """lightly's masked ViT around the backbone's timm ViT, its initial weights and positions kept (so the same)."""
+    return MaskedVisionTransformerTIMM(backbone.model, weight_initialization="skip", pos_embed_initialization="skip")
+
+
+def mae(cfg: RunConfig, backbone: nn.Module) -> LightlyMethod:
+    a, v = cfg.method_args, cfg.views
+    encoder, patch = masked_vit(backbone), backbone.model.patch_embed.patch_size[0]
+    channels, tokens = backbone.model.patch_embed.proj.in_channels, encoder.sequence_length
+    decoder = MaskedVisionTransformerDecoderTIMM(backbone.model.patch_embed.num_patches, a["decoder_dim"],
+                                                 a["decoder_depth"], a["decoder_heads"],
+                                                 num_prefix_tokens=backbone.model.num_prefix_tokens)  # fmt: skip
+    embed, predict = nn.Linear(backbone.embed_dim, a["decoder_dim"]), nn.Linear(a["decoder_dim"], patch**2 * channels)
+    nets = nn.ModuleList([encoder, decoder, embed, predict])
+
+    def forward(views: Tensors) -> Tensors:
+        x = views[0]
+        keep, hide = utils.random_token_mask((len(x), tokens), mask_ratio=a["mask_ratio"], device=x.device)
+        full = utils.repeat_token(decoder.mask_token, (len(x), tokens))
+        full = utils.set_at_index(full, keep, embed(encoder.encode(x, idx_keep=keep)).type_as(full))
+        target = utils.get_at_index(utils.patchify(x, patch), hide - backbone.model.num_prefix_tokens)
+        return [predict(utils.get_at_index(decoder(full), hide)), target]
+
+    def loss(z: Tensors, p: float) -> torch.Tensor:
+        pred, target = z
+        return nn.functional.mse_loss(pred, utils.normalize_mean_var(target) if a["norm_pix"] else target)
+
+    transform = transforms.MAETransform(v.size, v.scale[0], {"mean": list(v.mean), "std": list(v.std)})
+    return LightlyMethod(transform, backbone, nets, forward, loss,
+                         note="crops always flipped with p 0.5 and resampled bicubic; the decoder also takes the "
+                              "class token (freelabel's: the patch tokens only)")  # fmt: skip
+
+
+class IJEPACollate:
+    """lightly's I-JEPA collator, its output put as the benchmark's loop takes it: [images, context, targets]."""
+
+    def __init__(self, collator: IJEPAMaskCollator):
+        self.collator = collator
+
+    def __call__(self, items: list) -> tuple[Tensors, None]:
+        (images, _), context, targets = self.collator(items)
+        return [images, context[0], torch.stack(targets, 1)], None
+
+
+def ijepa(cfg: RunConfig, backbone: nn.Module) -> LightlyMethod:
+    a, v = cfg.method_args, cfg.views
+    if backbone.model.num_prefix_tokens:
+        raise SystemExit("the I-JEPA benchmark needs a ViT without a class token (backbone.args.class_token: false)")
+    encoder = masked_vit(backbone)
+    target = momentum_copy(encoder)
+    predictor = IJEPAPredictorTIMM(backbone.model.patch_embed.num_patches, a["predictor_depth"], backbone.embed_dim,
+                                   a["predictor_dim"], a["predictor_heads"])  # fmt: skip
+    collator = IJEPAMaskCollator(v.size, backbone.model.patch_embed.patch_size[0], tuple(a["context_scale"]),
+                                 tuple(a["target_scale"]), tuple(a["target_aspect"]), npred=a["targets"])  # fmt: skip
+
+    def forward(views: Tensors) -> Tensors:
+        x, context, targets = views
+        blocks = list(targets.unbind(1))
+        with torch.no_grad():
+            h = utils.apply_masks(nn.functional.layer_norm(target.encode(x), (backbone.embed_dim,)), blocks)
+        return [predictor(encoder.encode(x, idx_keep=context), [context], blocks), h]
+
+    def loss(z: Tensors, p: float) -> torch.Tensor:
+        pred, h = z
+        return (nn.functional.mse_loss if a["loss"] == "l2" else nn.functional.smooth_l1_loss)(pred, h)
+
+    def on_step(p: float) -> None:  # I-JEPA's momentum rises linearly
+        update_momentum(encoder, target, a["momentum"] + (1 - a["momentum"]) * p)
+
+    transform = IJEPATransform(v.size, v.scale[0], {"mean": list(v.mean), "std": list(v.std)})
+    return LightlyMethod(transform, backbone, nn.ModuleList([encoder, predictor, target]), forward, loss, on_step,
+                         note="crops flipped with p 0.5 (the recipe: no flip) and resampled bicubic; target blocks "
+                              "never touch the last row or column (ijepa's randint)", collate=IJEPACollate(collator))  # fmt: skip
+
+
 BUILDERS: dict[str, Callable[[RunConfig, nn.Module], LightlyMethod]] = {
     "simclr": simclr, "mocov2": mocov2, "mocov3": mocov3, "byol": byol, "dino": dino, "barlowtwins": barlowtwins,
-    "vicreg": vicreg,
+    "vicreg": vicreg, "mae": mae, "ijepa": ijepa,
 }  # fmt: skip
 
 
@@ -256,11 +344,11 @@ def train_lightly(m: LightlyMethod, cfg: RunConfig, images: torch.Tensor, minute
                  torch.optim.SGD(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=True))  # fmt: skip
     peak = optimizer.param_groups[0]["lr"]
     loader = DataLoader(PilImages(images, m.transform), batch_size=o.batch_size, shuffle=True, drop_last=True,
-                        num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
+                        num_workers=workers, persistent_workers=workers > 0, collate_fn=m.collate)  # fmt: skip
     batches, budget, seconds, steps = forever(loader), minutes * 60, 0.0, 0
     while seconds < budget:
         t0 = time.perf_counter()
-        views = [x.contiguous(memory_format=torch.channels_last) for x in next(batches)[0]]
+        views = [x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x for x in next(batches)[0]]
         p = seconds / budget
         for group in optimizer.param_groups:
             group["lr"] = peak * lr_at(p, o.warmup, o.min_lr)

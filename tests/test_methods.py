@@ -24,8 +24,8 @@ TINY_ARGS = {
 
 def test_every_registered_method_has_a_tiny_run():
     # colorization's needs colour data (test_pretext.py); clip's and siglip's captions (test_clip_cli.py);
-    # dinov2's a ViT (test_dinov2.py)
-    assert set(TINY_ARGS) | {"colorization", "clip", "siglip", "dinov2"} == set(METHODS)
+    # dinov2's, mae's and ijepa's a ViT (test_dinov2.py, test_masked.py)
+    assert set(TINY_ARGS) | {"colorization", "clip", "siglip", "dinov2", "mae", "ijepa"} == set(METHODS)
 
 
 @pytest.mark.slow

@@ -97,11 +97,13 @@ class TimmBackbone(nn.Module):
 
     def forward_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None,
                        pooled: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """Patch tokens ``[B, N, D]``; ``mask [B, N]`` (True = hidden) drops hidden patches before the
-        blocks, the same number in every row, as MAE's encoder does. With a ``mask_token [D]`` hidden
-        patches are instead replaced by it before the position embedding and all N are kept (iBOT,
-        DINOv2). ``pooled=True`` (ViTs) returns ``(pooled [B, D], tokens)`` of one pass, the pooled
-        embedding being what :meth:`forward` gives."""
+        """Patch tokens ``[B, N, D]``. With ``mask`` (bool ``[B, N]``, True = hidden, the same count in every
+        row) the hidden patches are dropped after the position embedding and before the blocks, as MAE's
+        and I-JEPA's encoders do: the blocks see only the visible tokens, and ``[B, N_visible, D]`` comes
+        back in the patches' order. With a ``mask_token [D]`` hidden patches are instead replaced by it
+        before the position embedding and all N are kept (iBOT, DINOv2; any count per row).
+        ``pooled=True`` (ViTs) returns ``(pooled [B, D], tokens)`` of one pass, the pooled embedding being
+        what :meth:`forward` gives."""
         if not self.is_vit:
             if mask is not None or pooled:
                 raise BackboneError(f"{type(self.model).__name__} takes no token mask; use a ViT")
@@ -114,6 +116,10 @@ class TimmBackbone(nn.Module):
         x = m._pos_embed(x)
         prefix = m.num_prefix_tokens
         if mask is not None and mask_token is None:
+            shape = [x.shape[0], x.shape[1] - prefix]
+            if list(mask.shape) != shape or bool((mask.sum(1) != mask[0].sum()).any()):
+                raise BackboneError(f"a token mask must be bool [B, N] = {shape} hiding the same number of patches "
+                                    f"in every row; got {list(mask.shape)}")  # fmt: skip
             keep = (~mask).nonzero()[:, 1].view(x.shape[0], -1) + prefix
             index = torch.cat([torch.arange(prefix, device=x.device).expand(x.shape[0], -1), keep], 1)
             x = x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

@@ -41,6 +41,7 @@ class OptimConfig:
     weight_decay: float = 1e-6
     weight_decay_end: float | None = None  # cosine schedule of the weight decay to this value (DINO)
     momentum: float = 0.9  # for SGD and LARS
+    betas: tuple[float, float] | None = None  # for Adam(W) and LAMB; None: the optimiser's default (0.9, 0.999)
     warmup: float = 0.05  # fraction of the run with a linear warm-up
     min_lr: float = 0.0  # end of the cosine decay, as a fraction of the peak
     batch_size: int = 256  # per process

@@ -76,6 +76,7 @@ def build_optimizer(method: Method, cfg: RunConfig, world: int) -> torch.optim.O
 
     o = cfg.optim
     kwargs = {"momentum": o.momentum} if o.name in ("sgd", "momentum", "lars", "nesterov") else {}
+    kwargs |= {"betas": tuple(o.betas)} if o.betas else {}
     lr = o.lr * o.batch_size * world / 256
     try:
         return create_optimizer_v2(method, opt=o.name, lr=lr, weight_decay=o.weight_decay, **kwargs)
@@ -179,7 +180,8 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
         with bar:
             while progress() < 1:
                 for batch in batches(data, cfg.optim.batch_size, seed=cfg.seed, epoch=state.epoch, start=state.position,
-                                     rank=fabric.global_rank, world=fabric.world_size, workers=cfg.data.workers):  # fmt: skip
+                                     rank=fabric.global_rank, world=fabric.world_size, workers=cfg.data.workers,
+                                     masks=method.masks):  # fmt: skip
                     if progress() >= 1:
                         break
                     state.skipped += batch.skipped
@@ -192,7 +194,8 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                     g = step_generator(cfg.seed, state.step, fabric.global_rank)
                     images = batch.images.to(fabric.device, non_blocking=True)
                     made = [v(images, g).contiguous(memory_format=torch.channels_last) for v in views]
-                    last = {"images": images, "labels": batch.labels, "views": made, "texts": batch.texts}
+                    masks = {k: m.to(fabric.device, non_blocking=True) for k, m in batch.masks.items()}
+                    last = {"images": images, "labels": batch.labels, "views": made, "texts": batch.texts, "masks": masks}
                     outputs = model(last)
                     loss = outputs["loss"]
                     if not torch.isfinite(loss):

@@ -39,3 +39,33 @@ class DINOHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+
+
+class MaskedTokenDecoder(nn.Module):
+    """A narrow ViT that predicts the tokens at hidden places of a patch grid from the visible ones: MAE's
+    decoder and I-JEPA's predictor. Visible tokens (embedded to ``dim``) and a learned mask token at every
+    asked place, each plus its fixed 2-D sin-cos position, go through ``depth`` transformer blocks; the
+    outputs at the asked places are projected to ``out_dim``. Attention ignores order, so the visible and
+    asked tokens need not be interleaved back into grid order."""
+
+    def __init__(self, in_dim: int, grid: tuple[int, int], dim: int = 512, depth: int = 8, heads: int = 16,
+                 out_dim: int | None = None, mlp_ratio: float = 4.0):  # fmt: skip
+        super().__init__()
+        from timm.layers import build_sincos2d_pos_embed
+        from timm.models.vision_transformer import Block
+
+        self.embed = nn.Linear(in_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.register_buffer("pos", build_sincos2d_pos_embed(list(grid), dim), persistent=False)  # [N, dim]
+        self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.proj = nn.Linear(dim, out_dim or in_dim)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, visible: torch.Tensor, visible_at: torch.Tensor, asked_at: torch.Tensor) -> torch.Tensor:
+        """``visible [B, K, in_dim]`` tokens at grid places ``visible_at [B, K]`` -> predictions ``[B, Q, out_dim]``
+        at places ``asked_at [B, Q]``."""
+        x = self.embed(visible) + self.pos[visible_at]
+        q = self.mask_token + self.pos[asked_at]
+        x = self.blocks(torch.cat([x, q.to(x.dtype)], 1))
+        return self.proj(self.norm(x[:, visible.shape[1] :]))

@@ -289,3 +289,24 @@ def gram_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     process's images and patch pairs."""
     s, t = F.normalize(student.float(), dim=-1), F.normalize(teacher.float().detach(), dim=-1)
     return (s @ s.transpose(1, 2) - t @ t.transpose(1, 2)).pow(2).mean()
+
+
+def masked_patch_loss(pred: torch.Tensor, patches: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True,
+                      eps: float = 1e-6) -> torch.Tensor:  # fmt: skip
+    """MAE's loss: mean squared error of predicted pixels ``pred [B, N, P]`` against ``patches [B, N, P]``,
+    averaged over the hidden patches only (``mask [B, N]``, True = hidden). With ``norm_pix`` each target
+    patch is normalised by its own mean and (unbiased) variance first. Local: every process hides as many
+    patches, so the mean of the processes' losses is the loss of the whole batch."""
+    if norm_pix:
+        patches = (patches - patches.mean(-1, keepdim=True)) / (patches.var(-1, keepdim=True) + eps).sqrt()
+    per_patch = (pred - patches).pow(2).mean(-1)
+    return (per_patch * mask).sum() / mask.sum()
+
+
+def latent_prediction_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "smooth_l1") -> torch.Tensor:
+    """I-JEPA's loss: predicted tokens against the target encoder's, each target token layer-normed (no affine);
+    ``smooth_l1`` as the released code, or ``l2`` (mean squared error) as the paper writes it. Local."""
+    target = F.layer_norm(target.float(), target.shape[-1:])
+    if kind == "l2":
+        return F.mse_loss(pred.float(), target)
+    return F.smooth_l1_loss(pred.float(), target)

@@ -3,12 +3,16 @@
 The order of epoch ``e`` is a permutation seeded by ``(seed, e)``; with ``world`` processes each
 global batch is cut into ``world`` contiguous slices, so that ``world`` processes see together
 exactly the batches one process would see with the global batch size.
+
+A ``masks`` maker (a method's, see :mod:`freelabel.data.masking`) is called once per batch, in the
+collator (in the worker processes when there are any), with a generator seeded by where the batch is
+in the run; what it returns travels with the batch as ``Batch.masks``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -22,6 +26,10 @@ class Batch:
     labels: torch.Tensor  # int64 [B], -1 where unknown
     skipped: list[str]  # paths that failed to decode in this batch
     texts: list[str] | None = None  # captions, where the data has them (items of three: image, label, text)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # made by the method's mask maker
+
+
+MaskMaker = Callable[[int, torch.Generator], dict[str, torch.Tensor]]  # (batch size, generator) -> masks
 
 
 def collate(items: list) -> Batch:
@@ -40,6 +48,40 @@ def _texts(ds: TensorImages, idx: Iterable[int]) -> list[str] | None:
     return [texts[i] for i in idx] if texts else None
 
 
+def mask_generator(seed: int, epoch: int, step: int, rank: int) -> torch.Generator:
+    """The masks' random stream of one batch: a function of where the run is, so a resumed run draws the same."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + step) * 1024 + rank)
+
+
+@dataclass
+class _MaskingCollate:
+    """The collator of a method with masks: items come keyed by their step (see :class:`_Stepped`)."""
+
+    masks: MaskMaker
+    seed: int
+    epoch: int
+    rank: int
+
+    def __call__(self, items: list) -> Batch:
+        batch = collate([it[:-1] for it in items])
+        if len(batch.images):  # masks for the images that decoded
+            batch.masks = self.masks(len(batch.images), mask_generator(self.seed, self.epoch, items[0][-1], self.rank))
+        return batch
+
+
+class _Stepped(Dataset):
+    """``ds`` read by ``(step, index)``; each item carries its step, for the collator to seed the masks."""
+
+    def __init__(self, ds: Dataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple:
+        return (*self.ds[key[1]], key[0])
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
@@ -49,20 +91,26 @@ def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
 
 
 def batches(ds: Dataset, batch_size: int, *, seed: int, epoch: int, start: int = 0, rank: int = 0,
-            world: int = 1, workers: int = 0) -> Iterator[Batch]:  # fmt: skip
+            world: int = 1, workers: int = 0, masks: MaskMaker | None = None) -> Iterator[Batch]:  # fmt: skip
     """Yield this rank's batches of ``epoch`` from step ``start`` on (the last partial batch is dropped)."""
     order = epoch_order(len(ds), seed, epoch)
     global_batch = batch_size * world
+    steps = range(start, steps_per_epoch(len(ds), batch_size, world))
     index_lists = [
-        order[s * global_batch + rank * batch_size : s * global_batch + (rank + 1) * batch_size]
-        for s in range(start, steps_per_epoch(len(ds), batch_size, world))
+        order[s * global_batch + rank * batch_size : s * global_batch + (rank + 1) * batch_size] for s in steps
     ]
     if isinstance(ds, TensorImages):  # in memory: slicing beats any worker pool
-        for idx in index_lists:
-            yield Batch(ds.images[idx], ds.labels[idx], [], _texts(ds, idx.tolist()))
+        for s, idx in zip(steps, index_lists):
+            made = masks(len(idx), mask_generator(seed, epoch, s, rank)) if masks else {}
+            yield Batch(ds.images[idx], ds.labels[idx], [], _texts(ds, idx.tolist()), made)
         return
-    loader = DataLoader(ds, batch_sampler=[i.tolist() for i in index_lists], num_workers=workers,
-                        collate_fn=collate, persistent_workers=False, prefetch_factor=4 if workers else None)  # fmt: skip
+    if masks:
+        ds, collate_fn = _Stepped(ds), _MaskingCollate(masks, seed, epoch, rank)
+        sampler = [[(s, i) for i in idx.tolist()] for s, idx in zip(steps, index_lists)]
+    else:
+        collate_fn, sampler = collate, [i.tolist() for i in index_lists]
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate_fn,
+                        persistent_workers=False, prefetch_factor=4 if workers else None)  # fmt: skip
     yield from loader
 
 

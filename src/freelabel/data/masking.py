@@ -1,17 +1,122 @@
-"""Which patch tokens a method hides: one module that the masked methods share.
+"""Patch masks for the masked methods, one module they share.
 
-Masks are boolean ``[B, N]`` over a ``grid`` of ``H x W = N`` patches in raster order (True = hidden),
-the layout ``forward_tokens(x, mask)`` of the ViT backbones takes. Randomness comes from a
+Masks are over a ViT's patch grid, row-major; ``True`` means *hidden*, as
+:meth:`freelabel.backbones.TimmBackbone.forward_tokens` takes it. Randomness comes from a
 ``torch.Generator``, so a seed fixes every mask.
+
+- :class:`RandomMasks` (MAE): each sample hides its own random ``ratio`` of the patches.
+- :class:`MultiBlockMasks` (I-JEPA): a few rectangular target blocks and one large context block
+  with the targets cut out of it, as facebookresearch/ijepa's ``src/masks/multiblock.py`` makes them.
+- :func:`block_masks` (iBOT, DINOv2): BEiT-style blocks on a share of the images.
+
+A method that needs masks made on the data-loading side sets ``masks`` to a maker (the two classes);
+the loader calls it once per batch with the batch size and a seeded generator (so a resumed run draws
+the same masks), and the tensors it returns reach the method as ``batch["masks"]``.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+
+def grid_of(backbone) -> tuple[int, int]:
+    """The patch grid ``(rows, cols)`` of a freelabel ViT backbone."""
+    embed = getattr(getattr(backbone, "model", None), "patch_embed", None)
+    if embed is None or not hasattr(embed, "grid_size"):
+        raise ValueError(f"{type(backbone).__name__} has no patch grid")
+    return tuple(embed.grid_size)
+
+
+def keep_first(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """``mask`` (True = chosen) with only the first ``count`` chosen places of each row left chosen."""
+    return mask & (mask.cumsum(-1) <= count)
+
+
+@dataclass
+class RandomMasks:
+    """MAE's masks: every sample keeps ``int(N * (1 - ratio))`` of its N patches, chosen uniformly at
+    random, and hides the rest; every row of the mask has the same count."""
+
+    grid: tuple[int, int]
+    ratio: float = 0.75
+
+    def __post_init__(self):
+        if not 0 < self.ratio < 1:
+            raise ValueError(f"mask ratio must be between 0 and 1, got {self.ratio}")
+
+    @property
+    def num_keep(self) -> int:
+        return max(1, int(math.prod(self.grid) * (1 - self.ratio)))
+
+    def __call__(self, batch: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        """``{"mask": bool [B, N]}``, True where the patch is hidden."""
+        n = math.prod(self.grid)
+        order = torch.rand(batch, n, generator=g).argsort(1)  # a random permutation per sample
+        mask = torch.ones(batch, n, dtype=torch.bool)
+        mask.scatter_(1, order[:, : self.num_keep], False)
+        return {"mask": mask}
+
+
+@dataclass
+class MultiBlockMasks:
+    """I-JEPA's masks: ``targets`` blocks of one size per batch (area a ``target_scale`` fraction of the grid,
+    height/width a ``target_aspect``), placed per sample; one context block (``context_scale``, square) per
+    sample with every target cut out. Every target has the batch's block size, so the same count; contexts
+    are cut to the smallest count in the batch by keeping their first patches, as the paper's collator does."""
+
+    grid: tuple[int, int]
+    targets: int = 4
+    target_scale: tuple[float, float] = (0.15, 0.2)
+    target_aspect: tuple[float, float] = (0.75, 1.5)
+    context_scale: tuple[float, float] = (0.85, 1.0)
+    context_aspect: tuple[float, float] = (1.0, 1.0)
+    min_keep: int = 4
+    tries: int = 20
+
+    def block_size(self, g: torch.Generator, scale: tuple[float, ...], aspect: tuple[float, ...]) -> tuple[int, int]:
+        """``(h, w)`` of a block of random area (a fraction in ``scale``) and ratio ``h / w`` (in ``aspect``)."""
+        rows, cols = self.grid
+        s, a = (lo + (hi - lo) * torch.rand(1, generator=g).item() for lo, hi in (scale, aspect))
+        area = s * rows * cols
+        h, w = round(math.sqrt(area * a)), round(math.sqrt(area / a))
+        return min(max(h, 1), max(rows - 1, 1)), min(max(w, 1), max(cols - 1, 1))  # smaller than the grid, as ijepa
+
+    def place(self, g: torch.Generator, shape: tuple[int, ...], h: int, w: int) -> torch.Tensor:
+        """Blocks of ``h x w`` at random places: bool ``[*shape, N]``, True inside the block."""
+        rows, cols = self.grid
+        top = torch.randint(0, rows - h + 1, (*shape, 1), generator=g)
+        left = torch.randint(0, cols - w + 1, (*shape, 1), generator=g)
+        r, c = torch.arange(rows).repeat_interleave(cols), torch.arange(cols).repeat(rows)
+        return (r >= top) & (r < top + h) & (c >= left) & (c < left + w)
+
+    def __call__(self, batch: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        """``{"context": bool [B, N]`` True where hidden from the context encoder,
+        ``"targets": long [B, M, K]`` the patch indices of each sample's M target blocks}``."""
+        th, tw = self.block_size(g, self.target_scale, self.target_aspect)
+        ch, cw = self.block_size(g, self.context_scale, self.context_aspect)
+        targets = self.place(g, (batch, self.targets), th, tw)
+        context = self.place(g, (batch,), ch, cw) & ~targets.any(1)
+        for _ in range(self.tries):  # a context too small: place its block again
+            small = context.sum(1) < self.min_keep
+            if not small.any():
+                break
+            context[small] = self.place(g, (int(small.sum()),), ch, cw) & ~targets[small].any(1)
+        count = int(context.sum(1).min())
+        if count == 0:
+            raise ValueError(f"the targets cover the context on a {self.grid} grid; use smaller target blocks")
+        context = keep_first(context, count)
+        indices = targets.nonzero()[:, 2].view(batch, self.targets, th * tw)
+        return {"context": ~context, "targets": indices}
+
+
+def places(mask: torch.Tensor) -> torch.Tensor:
+    """The grid places where ``mask [B, N]`` is True, ``long [B, K]`` in grid order (every row must have K)."""
+    return mask.nonzero()[:, 1].view(mask.shape[0], -1)
 
 
 def block_masks(batch: int, grid: tuple[int, int], ratio: tuple[float, float] = (0.1, 0.5), probability: float = 0.5,

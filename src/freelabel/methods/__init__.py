@@ -7,7 +7,9 @@ from .clip import CLIP, SigLIP
 from .colorization import Colorization
 from .dino import DINO
 from .dinov2 import DINOv2
+from .ijepa import IJEPA
 from .jigsaw import Jigsaw
+from .mae import MAE
 from .moco import MoCoV2, MoCoV3
 from .rotation import Rotation
 from .simclr import SimCLR
@@ -27,6 +29,8 @@ METHODS: dict[str, type[Method]] = {
     "colorization": Colorization,
     "clip": CLIP,
     "siglip": SigLIP,
+    "mae": MAE,
+    "ijepa": IJEPA,
 }
 DESCRIPTIONS = {
     "simclr": "contrastive: two views of an image find each other among the batch (NT-Xent) [Chen et al. 2020]",
@@ -42,6 +46,8 @@ DESCRIPTIONS = {
     "colorization": "pretext: colour (ab bins, rebalanced) from lightness; colour data [Zhang, Isola & Efros 2016]",
     "clip": "language-image: match images to their captions, symmetric InfoNCE [Radford et al. 2021]; LiT: a locked tower",
     "siglip": "language-image: a sigmoid per image-caption pair, learnable bias [Zhai et al. 2023]",
+    "mae": "masked image modelling: pixels of 75% hidden patches from the rest (ViT) [He et al. 2022]",
+    "ijepa": "joint embedding: predict an EMA target's features of hidden blocks from a context block [Assran 2023]",
 }
 
 __all__ = ["METHODS", "DESCRIPTIONS", "Method"]

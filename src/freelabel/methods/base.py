@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..backbones import build_backbone
+from ..data.loader import MaskMaker
 from ..data.views import ViewConfig
 
 
@@ -14,14 +15,16 @@ class Method(nn.Module):
     """Base of all methods.
 
     Subclasses set ``backbone`` and ``views`` (one :class:`ViewConfig` per view the engine must
-    make from each image) and implement :meth:`training_step`. The engine calls the module with a
-    batch ``{"images": uint8 [B,C,H,W], "labels": [B], "views": [float [B,C,S,S], ...], "texts":
-    [str] * B or None}`` (``texts``: the captions of caption data); around it, the hooks below with
-    the run's progress (0 to 1).
+    make from each image) and implement :meth:`training_step`. A method that hides patches sets
+    ``masks`` to a mask maker (:mod:`freelabel.data.masking`), which the loader calls for every batch.
+    The engine calls the module with a batch ``{"images": uint8 [B,C,H,W], "labels": [B], "views":
+    [float [B,C,S,S], ...], "texts": [str] * B or None, "masks": {name: tensor}}`` (``texts``: the
+    captions of caption data); around it, the hooks below with the run's progress (0 to 1).
     """
 
     backbone: nn.Module
     views: list[ViewConfig]
+    masks: MaskMaker | None = None
 
     @classmethod
     def make_backbone(cls, name: str, in_chans: int, views: ViewConfig, **args) -> nn.Module:
