@@ -1,21 +1,15 @@
 import math
-import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from two_processes import in_two_processes, randn
 
 from freelabel import losses
 from freelabel.data.views import ViewConfig
 from freelabel.evaluate.retrieval import clip_score, recall_at_k
 from freelabel.evaluate.zeroshot import class_embeddings, zeroshot_logits
-
-
-def _randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def _unit(x):
@@ -46,13 +40,13 @@ def siglip_by_hand(img, txt, t, b):
 
 @pytest.mark.parametrize("t", [math.log(1 / 0.07), 1.0])
 def test_clip_loss_matches_the_paper(t):
-    img, txt = _randn(6, 5), _randn(6, 5, seed=1)
+    img, txt = randn(6, 5), randn(6, 5, seed=1)
     got = losses.clip_loss(img, txt, torch.tensor(t)).item()
     assert got == pytest.approx(clip_by_hand(img, txt, t), rel=1e-5)
 
 
 def test_clip_temperature_is_clamped_at_one_hundredth():
-    img, txt = _randn(6, 5), _randn(6, 5, seed=1)
+    img, txt = randn(6, 5), randn(6, 5, seed=1)
     high = torch.tensor(math.log(500.0), requires_grad=True)
     loss = losses.clip_loss(img, txt, high)
     loss.backward()
@@ -65,7 +59,7 @@ def test_clip_temperature_is_clamped_at_one_hundredth():
 
 @pytest.mark.parametrize("t, b", [(math.log(10), -10.0), (0.5, 1.0)])
 def test_siglip_loss_matches_the_paper(t, b):
-    img, txt = _randn(5, 4), _randn(5, 4, seed=1)
+    img, txt = randn(5, 4), randn(5, 4, seed=1)
     got = losses.siglip_loss(img, txt, torch.tensor(t), torch.tensor(b)).item()
     assert got == pytest.approx(siglip_by_hand(img, txt, t, b), rel=1e-5)
 
@@ -78,7 +72,7 @@ class BagOfWords:
         self.dim = dim
 
     def word(self, w):
-        return _randn(self.dim, seed=sum(map(ord, w)) * 31 + len(w)).float()
+        return randn(self.dim, seed=sum(map(ord, w)) * 31 + len(w)).float()
 
     def encode_text(self, texts):
         return F.normalize(torch.stack([sum(self.word(w) for w in t.split()) for t in texts]), dim=-1)
@@ -127,7 +121,7 @@ def test_clip_method_trains_with_captions_and_a_locked_text_tower_stays_put():
 
     view = ViewConfig(size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     texts = ["an emoji of a cat", "an emoji of a dog", "an emoji of a red heart", "an emoji of a cat"]
-    batch = {"views": [_randn(4, 3, 16, 16)], "texts": texts}
+    batch = {"views": [randn(4, 3, 16, 16)], "texts": texts}
     tiny = {"width": 32, "layers": 1, "heads": 2}
     for name, extra in (("clip", {}), ("siglip", {"bias": -10.0}), ("clip", {"lock_text": True})):
         torch.manual_seed(0)
@@ -144,19 +138,12 @@ def test_clip_method_trains_with_captions_and_a_locked_text_tower_stays_put():
 
 
 # ------------------------------------------------------------------------ 2 processes == 1 process
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _run(name, img, txt, t, b):
     return losses.clip_loss(img, txt, t) if name == "clip" else losses.siglip_loss(img, txt, t, b)
 
 
-def _worker(rank, world, port, img, txt, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank, world, img, txt):
     n = len(img) // world
     results = {}
     for name in ("clip", "siglip"):
@@ -169,16 +156,13 @@ def _worker(rank, world, port, img, txt, out):
         dist.all_reduce(mean)
         dist.all_reduce(tb)  # the scalars' gradients as DDP would average them
         results[name] = (mean.item(), x.grad, y.grad, tb)
-    out[rank] = results
-    dist.destroy_process_group()
+    return results
 
 
 @pytest.fixture(scope="module")
 def two_processes():
-    img, txt = _randn(8, 6, seed=1), _randn(8, 6, seed=2)
-    out = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, _free_port(), img, txt, out), nprocs=2)
-    return img, txt, dict(out)
+    img, txt = randn(8, 6, seed=1), randn(8, 6, seed=2)
+    return img, txt, in_two_processes(_worker, img, txt)
 
 
 @pytest.mark.slow

@@ -1,12 +1,10 @@
 import json
 import math
-import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from two_processes import in_two_processes, randn
 
 from freelabel import losses
 from freelabel.backbones import build_backbone
@@ -14,17 +12,6 @@ from freelabel.cli import main
 from freelabel.data.masking import block_masks
 from freelabel.data.views import ViewConfig
 from freelabel.methods.dinov2 import DINOv2
-
-
-def _randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 TINY = ["method_args.out_dim=32", "method_args.hidden_dim=32", "method_args.bottleneck_dim=16",
         "method_args.local_crops=2", "method_args.local_size=12", "backbone.args.depth=2", "backbone.args.embed_dim=32",
@@ -35,7 +22,7 @@ def test_ibot_patch_loss_matches_a_direct_computation():
     b, k = 3, 5
     masks = torch.tensor([[1, 0, 1, 1], [0, 0, 0, 0], [0, 1, 0, 0]], dtype=torch.bool)  # image 1 hides nothing
     m = int(masks.sum())
-    student, teacher = _randn(m, k), torch.softmax(_randn(m, k, seed=1), -1)
+    student, teacher = randn(m, k), torch.softmax(randn(m, k, seed=1), -1)
     expected, row = 0.0, 0
     for i in range(b):
         hidden = int(masks[i].sum())
@@ -55,7 +42,7 @@ def koleo_by_hand(x):
 
 
 def test_koleo_matches_a_direct_computation_and_pushes_neighbours_apart():
-    x = _randn(7, 3)
+    x = randn(7, 3)
     assert losses.koleo(x).item() == pytest.approx(koleo_by_hand(x), rel=1e-5)
     assert losses.koleo(5 * x).item() == pytest.approx(koleo_by_hand(x), rel=1e-5)  # on the sphere
     near = torch.cat([x, x[:1] + 1e-3])  # a near-twin of row 0 makes its rows' distances tiny
@@ -63,7 +50,7 @@ def test_koleo_matches_a_direct_computation_and_pushes_neighbours_apart():
 
 
 def test_sinkhorn_knopp_spreads_the_batch_over_the_prototypes():
-    logits = _randn(12, 4) + torch.tensor([3.0, 0, 0, 0])  # a teacher that prefers prototype 0
+    logits = randn(12, 4) + torch.tensor([3.0, 0, 0, 0])  # a teacher that prefers prototype 0
     assert torch.softmax(logits / 0.5, -1).sum(0)[0] > 11  # a softmax gives it nearly every image
     q = losses.sinkhorn_knopp(logits, temp=0.5, iterations=3)
     torch.testing.assert_close(q.sum(1), torch.ones(12))  # each row a distribution
@@ -77,7 +64,7 @@ def test_sinkhorn_knopp_spreads_the_batch_over_the_prototypes():
 
 
 def test_gram_loss_is_zero_for_the_same_features_and_leaves_the_teacher_alone():
-    s, t = _randn(2, 5, 4).requires_grad_(), _randn(2, 5, 4, seed=1).requires_grad_()
+    s, t = randn(2, 5, 4).requires_grad_(), randn(2, 5, 4, seed=1).requires_grad_()
     a, b = (torch.nn.functional.normalize(v.detach().double(), dim=-1) for v in (s, t))
     assert losses.gram_loss(s, 3 * s.detach()).item() == pytest.approx(0.0, abs=1e-7)  # cosine Gram: scale-free
     loss = losses.gram_loss(s, t)
@@ -107,7 +94,7 @@ def test_block_masks_hide_a_ratio_in_range_in_blocks_on_the_asked_share_of_image
 
 def test_a_vit_replaces_hidden_patches_with_the_mask_token():
     vit = build_backbone("vit_tiny", 1, 16, patch_size=4, depth=2, embed_dim=32, num_heads=2).eval()
-    x = _randn(2, 1, 16, 16)
+    x = randn(2, 1, 16, 16)
     pooled, tokens = vit.forward_tokens(x, pooled=True)
     torch.testing.assert_close(pooled, vit(x))
     mask = torch.zeros(2, 16, dtype=torch.bool)
@@ -167,9 +154,7 @@ def test_dinov2_refuses_a_convnet_and_an_unknown_centering():
 
 
 # ------------------------------------------------------------------------ 2 processes == 1 process
-def _worker(rank: int, world: int, port: int, logits: torch.Tensor, x: torch.Tensor, out: dict):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank: int, world: int, logits: torch.Tensor, x: torch.Tensor) -> tuple:
     b = len(logits) // world
     q = losses.sinkhorn_knopp(logits[rank * b : (rank + 1) * b], temp=0.5)
     part = x[rank * (len(x) // world) : (rank + 1) * (len(x) // world)].clone().requires_grad_()
@@ -177,15 +162,13 @@ def _worker(rank: int, world: int, port: int, logits: torch.Tensor, x: torch.Ten
     (loss / world).backward()
     mean = loss.detach().clone()
     dist.all_reduce(mean)
-    out[rank] = (q, (mean / world).item(), part.grad)
-    dist.destroy_process_group()
+    return q, (mean / world).item(), part.grad
 
 
 @pytest.mark.slow
 def test_two_processes_give_the_sinkhorn_targets_and_koleo_of_one():
-    logits, x = 3 * _randn(12, 5), _randn(8, 4, seed=3)
-    out = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, _free_port(), logits, x, out), nprocs=2)
+    logits, x = 3 * randn(12, 5), randn(8, 4, seed=3)
+    out = in_two_processes(_worker, logits, x)
     torch.testing.assert_close(torch.cat([out[0][0], out[1][0]]), losses.sinkhorn_knopp(logits, temp=0.5))
     whole = x.clone().requires_grad_()
     loss = losses.koleo(whole)

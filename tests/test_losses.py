@@ -1,11 +1,9 @@
 import math
-import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from two_processes import in_two_processes, randn
 
 from freelabel import losses
 from freelabel.memory import Queue
@@ -80,13 +78,10 @@ def dino_by_hand(student, teacher, center, ts, tt):
     return total / terms
 
 
-def _randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
 
 @pytest.mark.parametrize("t", [0.1, 0.5, 1.0])
 def test_nt_xent_matches_the_paper_formula(t):
-    z1, z2 = _randn(6, 5), _randn(6, 5, seed=1)
+    z1, z2 = randn(6, 5), randn(6, 5, seed=1)
     assert losses.nt_xent(z1, z2, t).item() == pytest.approx(nt_xent_by_hand(z1, z2, t), rel=1e-5)
 
 
@@ -97,28 +92,28 @@ def test_nt_xent_is_low_when_views_agree_and_high_when_they_do_not():
 
 
 def test_info_nce_with_and_without_a_queue():
-    q, k, queue = _randn(5, 4), _randn(5, 4, seed=1), _randn(7, 4, seed=2)
+    q, k, queue = randn(5, 4), randn(5, 4, seed=1), randn(7, 4, seed=2)
     assert losses.info_nce(q, k, 0.2, queue).item() == pytest.approx(info_nce_by_hand(q, k, 0.2, queue), rel=1e-5)
     assert losses.info_nce(q, k, 0.2).item() == pytest.approx(info_nce_by_hand(q, k, 0.2), rel=1e-5)
 
 
 def test_normalized_mse():
-    p, z = _randn(6, 3), _randn(6, 3, seed=1)
+    p, z = randn(6, 3), randn(6, 3, seed=1)
     expected = sum(2 - 2 * float(_unit(p[i]) @ _unit(z[i])) for i in range(6)) / 6
     assert losses.normalized_mse(p, z).item() == pytest.approx(expected, rel=1e-5)
     assert losses.normalized_mse(p, 3 * p).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_barlow_twins_and_vicreg_match_their_papers():
-    z1, z2 = _randn(8, 4), _randn(8, 4, seed=1)
+    z1, z2 = randn(8, 4), randn(8, 4, seed=1)
     assert losses.barlow_twins_loss(z1, z2, 0.05).item() == pytest.approx(barlow_by_hand(z1, z2, 0.05), rel=1e-4)
     assert losses.vicreg_loss(z1, z2).item() == pytest.approx(vicreg_by_hand(z1, z2), rel=1e-4)
 
 
 def test_dino_loss_skips_same_view_pairs_and_centres_the_teacher():
-    student = [_randn(4, 6, seed=s) for s in range(4)]  # 2 global + 2 local views
-    teacher = [_randn(4, 6, seed=10 + s) for s in range(2)]
-    center = _randn(6, seed=20)
+    student = [randn(4, 6, seed=s) for s in range(4)]  # 2 global + 2 local views
+    teacher = [randn(4, 6, seed=10 + s) for s in range(2)]
+    center = randn(6, seed=20)
     got = losses.dino_loss(student, teacher, center, 0.1, 0.04).item()
     assert got == pytest.approx(dino_by_hand(student, teacher, center, 0.1, 0.04), rel=1e-5)
     new = losses.update_center(torch.zeros(6), teacher[0], momentum=0.9)
@@ -144,15 +139,8 @@ GLOBAL_LOSSES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def _worker(rank: int, world: int, port: int, z1: torch.Tensor, z2: torch.Tensor, out: dict):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank: int, world: int, z1: torch.Tensor, z2: torch.Tensor) -> dict:
     b = len(z1) // world
     results = {}
     for name, fn in GLOBAL_LOSSES.items():
@@ -167,16 +155,13 @@ def _worker(rank: int, world: int, port: int, z1: torch.Tensor, z2: torch.Tensor
     queue = Queue(size=12, dim=z1.shape[1])
     queue.enqueue(z1[rank * b : (rank + 1) * b])
     results["queue"] = queue.keys[: len(z1)].clone()
-    out[rank] = results
-    dist.destroy_process_group()
+    return results
 
 
 @pytest.fixture(scope="module")
 def two_process_results():
-    z1, z2 = _randn(8, 16, seed=1), _randn(8, 16, seed=2)
-    out = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, _free_port(), z1, z2, out), nprocs=2)
-    return z1, z2, dict(out)
+    z1, z2 = randn(8, 16, seed=1), randn(8, 16, seed=2)
+    return z1, z2, in_two_processes(_worker, z1, z2)
 
 
 @pytest.mark.slow
