@@ -22,6 +22,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (["pretrain", "simclr", "--set", "method_args.tau=1", "--steps", "1"], "simclr has no option 'tau'; valid:"),
         (["pretrain", "simclr", "--steps", "0"], "--steps must be positive"),
         (["pretrain", "simclr", "--recipe", "nope", "--steps", "1"], "unknown recipe 'nope'; valid:"),
+        (["pretrain", "dinov2", "--backbone", "convnet", "--steps", "1"],
+         "backbone 'convnet' does not take the arguments ['depth', 'patch_size']"),
         (["eval", "knn", "/nonexistent/run"], "is not a freelabel run directory"),
     ],
 )

@@ -132,6 +132,14 @@ class TimmBackbone(nn.Module):
 
 def build_backbone(name: str, in_chans: int = 3, image_size: int = 224, **kwargs) -> nn.Module:
     """Build a backbone by name (see the module docstring for the names)."""
+    try:
+        return _build(name, in_chans, image_size, **kwargs)
+    except TypeError as e:  # backbone.args meant for another backbone (a recipe's ViT args with --backbone convnet)
+        raise BackboneError(f"backbone {name!r} does not take the arguments {sorted(kwargs)} ({e}); set fitting ones "
+                            "with --set backbone.args={...}, or {} for none") from None  # fmt: skip
+
+
+def _build(name: str, in_chans: int, image_size: int, **kwargs) -> nn.Module:
     if name == "convnet":
         return ConvNet(in_chans, **kwargs)
     if name in TORCHVISION_RESNETS:
