@@ -173,13 +173,15 @@ def with_predictor(backbone: nn.Module, projector: nn.Module, predictor: nn.Modu
 
 def mocov3(cfg: RunConfig, backbone: nn.Module) -> LightlyMethod:
     # lightly has no MoCo v3 method: its MoCo heads in their v3 form (BatchNorm in every layer) and NTXentLoss.
+    # The recipe picks the paper's ViT heads or its ResNet heads (2-layer projector, no BatchNorm after the predictor).
     a, dim = cfg.method_args, cfg.method_args["proj_dim"]
-    projector = heads.MoCoProjectionHead(backbone.embed_dim, a["hidden_dim"], dim, num_layers=3, batch_norm=True)
-    predictor = heads.MoCoProjectionHead(dim, a["hidden_dim"], dim, batch_norm=True)
+    projector = heads.MoCoProjectionHead(backbone.embed_dim, a["hidden_dim"], dim, a.get("proj_layers", 3), True)
+    predictor = (heads.MoCoProjectionHead(dim, a["hidden_dim"], dim, batch_norm=True) if a.get("predictor_bn", True)
+                 else heads.BYOLPredictionHead(dim, a["hidden_dim"], dim))  # fmt: skip
     return with_predictor(backbone, projector, predictor, transforms.MoCoV2Transform(**common(cfg.views)),
                           NTXentLoss(temperature=a["temperature"]), a["momentum"],
                           "no MoCo v3 in lightly: NTXentLoss also takes the other queries as negatives, no 2*tau "
-                          "factor; the heads' output BatchNorms are affine (freelabel: not)")  # fmt: skip
+                          "factor; lightly's output BatchNorms are affine (freelabel's: not)")  # fmt: skip
 
 
 def byol(cfg: RunConfig, backbone: nn.Module) -> LightlyMethod:

@@ -84,3 +84,21 @@ def test_dino_freezes_its_last_layer_early_and_warms_the_teacher_temperature():
     dino.after_backward(0.05)
     assert all(p.grad is None for p in dino.head.last_layer.parameters())
     assert all(p.grad is not None for p in dino.head.mlp.parameters())
+
+
+def test_mocov3_builds_the_papers_vit_heads_by_default_and_its_resnet_heads_on_request():
+    from freelabel.backbones import build_backbone
+    from freelabel.data.views import ViewConfig
+    from freelabel.methods.moco import MoCoV3
+
+    def linears(net: torch.nn.Module) -> int:
+        return sum(isinstance(m, torch.nn.Linear) for m in net.modules())
+
+    backbone = build_backbone("convnet", 1, 28, widths=(8, 16))
+    vit = MoCoV3(backbone, ViewConfig(size=28), hidden_dim=32, proj_dim=16)
+    assert linears(vit.projector) == 3 and isinstance(vit.predictor[-1], torch.nn.BatchNorm1d)
+    resnet = MoCoV3(backbone, ViewConfig(size=28), hidden_dim=32, proj_dim=16, proj_layers=2, predictor_bn=False)
+    assert linears(resnet.projector) == 2 and isinstance(resnet.projector[-1], torch.nn.BatchNorm1d)
+    assert isinstance(resnet.predictor[-1], torch.nn.Linear) and resnet.predictor[-1].bias is not None
+    q = resnet.predictor(resnet.projector(backbone(torch.randn(4, 1, 28, 28))))
+    assert q.shape == (4, 16)

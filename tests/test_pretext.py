@@ -67,6 +67,16 @@ def test_the_permutation_set_has_the_requested_size_and_minimum_hamming_distance
         maximal_hamming_permutations(25, 4)
 
 
+def test_a_4x4_permutation_set_is_drawn_from_random_candidates_yet_kept_far_apart():
+    perms = maximal_hamming_permutations(100, 16, min_distance=12, generator=torch.Generator().manual_seed(0))
+    assert perms.shape == (100, 16)
+    assert all(sorted(p) == list(range(16)) for p in perms.tolist())
+    off_diagonal = hamming(perms, perms)[~torch.eye(100, dtype=torch.bool)]
+    assert off_diagonal.min() >= 12  # random pairs of 16-permutations differ in 15 places on average
+    with pytest.raises(ConfigError, match="not 100; ask for fewer"):
+        maximal_hamming_permutations(100, 16, min_distance=16)
+
+
 def test_the_permutation_set_comes_from_the_seed_and_is_stored_with_the_weights():
     def build(seed: int) -> Jigsaw:
         torch.manual_seed(seed)
@@ -300,12 +310,14 @@ def test_tiny_colorization_run_saves_its_grid_and_evaluates_on_lightness(colour_
 
 
 @pytest.mark.slow
-def test_tiny_jigsaw_run_stores_its_permutations(tmp_path):
+@pytest.mark.parametrize("grid", [3, 4])
+def test_tiny_jigsaw_run_stores_its_permutations(tmp_path, grid):
     run = tmp_path / "run"
     assert main(["pretrain", "jigsaw", "--steps", "3", "--batch-size", "16", "--out", str(run),
                  "--set", "backbone.args.widths=[16,32]", "--set", "method_args.permutations=30",
-                 "--set", "method_args.tile_dim=8", "--set", "method_args.hidden_dim=32"]) == 0  # fmt: skip
+                 "--set", f"method_args.grid={grid}", "--set", "method_args.tile_dim=8",
+                 "--set", "method_args.hidden_dim=32"]) == 0  # fmt: skip
     perms = json.loads((run / "permutations.json").read_text())
-    assert len(perms) == 30 and all(sorted(p) == list(range(9)) for p in perms)
+    assert len(perms) == 30 and all(sorted(p) == list(range(grid * grid)) for p in perms)
     ckpt = load_file(str(run / "checkpoints" / "step-00000003" / "model.safetensors"))
     assert ckpt["permutations"].tolist() == perms

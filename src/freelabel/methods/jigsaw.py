@@ -1,5 +1,5 @@
-"""Jigsaw puzzles (Noroozi & Favaro, 2016): cut an image into a 3x3 grid of tiles, shuffle them by
-one of a fixed set of permutations, and predict which permutation it was.
+"""Jigsaw puzzles (Noroozi & Favaro, 2016): cut an image into a 3x3 grid of tiles (or 4x4), shuffle
+them by one of a fixed set of permutations, and predict which permutation it was.
 
     P = maximal_hamming_permutations(100)            # chosen once, stored with the run
     tiles = puzzle_tiles(aug(x))                     # 9 tiles; random gaps, jittered colour channels
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ from ..data.views import ViewConfig
 from ..heads import mlp
 from .base import Method
 
+CANDIDATES = 100_000  # random permutations to choose from when there are too many to list
+
 
 def hamming(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pairwise Hamming distances ``[len(a), len(b)]``: places where two permutations differ."""
@@ -38,12 +41,17 @@ def maximal_hamming_permutations(n: int, tiles: int = 9, min_distance: int = 1,
                                  generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
     """Noroozi & Favaro's permutation set, chosen greedily: start from a random permutation, then
     add the one farthest from those chosen so far (largest Hamming distance to the nearest; ties
-    by the largest total distance, then at random). Returns ``[n, tiles]``; raises ``ConfigError``
-    when ``n`` permutations cannot all be ``min_distance`` apart this way."""
-    every = torch.from_numpy(np.array(list(itertools.permutations(range(tiles))), dtype=np.int8))
+    by the largest total distance, then at random). Up to 9 tiles the candidates are every
+    permutation; beyond (16 tiles: 2e13 of them) ``CANDIDATES`` drawn at random. Returns
+    ``[n, tiles]``; raises ``ConfigError`` when ``n`` permutations cannot all be ``min_distance``
+    apart this way."""
+    if math.factorial(tiles) <= math.factorial(9):
+        every = torch.from_numpy(np.array(list(itertools.permutations(range(tiles))), dtype=np.int8))
+        every = every[torch.randperm(len(every), generator=generator)]  # random start and tie-breaking
+    else:
+        every = torch.rand(CANDIDATES, tiles, generator=generator).argsort(1).to(torch.int8)
     if not 1 <= n <= len(every):
         raise ConfigError(f"a jigsaw of {tiles} tiles has between 1 and {len(every)} permutations, not {n}")
-    every = every[torch.randperm(len(every), generator=generator)]  # random start and tie-breaking
     nearest = torch.full((len(every),), tiles + 1, dtype=torch.int32)
     total = torch.zeros(len(every), dtype=torch.int32)
     chosen = [0]

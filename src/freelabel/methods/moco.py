@@ -66,11 +66,13 @@ class MoCoV2(Method):
 
 class MoCoV3(Method):
     def __init__(self, backbone: nn.Module, views: ViewConfig, temperature: float = 0.2, momentum: float = 0.99,
-                 hidden_dim: int = 4096, proj_dim: int = 256):  # fmt: skip
+                 hidden_dim: int = 4096, proj_dim: int = 256, proj_layers: int = 3, predictor_bn: bool = True):  # fmt: skip
+        """The heads default to the paper's ViT form; its ResNet form is ``proj_layers=2,
+        predictor_bn=False`` (no BatchNorm on the predictor's output)."""
         super().__init__()
         self.backbone, self.views = backbone, [views, views]
-        self.projector = mlp(backbone.embed_dim, hidden_dim, proj_dim, 3, last_bn=True)
-        self.predictor = mlp(proj_dim, hidden_dim, proj_dim, 2, last_bn=True)
+        self.projector = mlp(backbone.embed_dim, hidden_dim, proj_dim, proj_layers, last_bn=True)
+        self.predictor = mlp(proj_dim, hidden_dim, proj_dim, 2, last_bn=predictor_bn)
         self.momentum_encoder = frozen_copy(self.encoder())
         self.temperature, self.base_momentum, self.momentum = temperature, momentum, momentum
 
