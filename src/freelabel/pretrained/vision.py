@@ -21,22 +21,14 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_MAPPING_NAMES
 
 from ..backbones import ConvBackbone
 from ..data.views import ViewConfig
-from . import IMAGENET_MEAN, IMAGENET_STD, PretrainedError, processor_view
+from ..errors import PretrainedError
+from .hub import IMAGENET_MEAN, IMAGENET_STD, processor_view
 
 VISION_TYPES = tuple(MODEL_FOR_IMAGE_MAPPING_NAMES)
 FAMILIES = {"dinov2": "DINOv2", "dinov2_with_registers": "DINOv2", "dinov3_vit": "DINOv3", "dinov3_convnext": "DINOv3"}
 
 
-class NoTextTower:
-    """Vision-only models: asking for text embeddings is an error that names the fix."""
-
-    family: str
-
-    def encode_text(self, texts) -> torch.Tensor:
-        raise PretrainedError(f"{self.family} has no text tower: use a CLIP or SigLIP model for text search")
-
-
-class HFBackbone(NoTextTower, nn.Module):
+class HFBackbone(nn.Module):
     """A transformers image model behind freelabel's backbone interface."""
 
     def __init__(self, model: nn.Module, view: ViewConfig, name: str):
@@ -73,7 +65,7 @@ class HFBackbone(NoTextTower, nn.Module):
         return self._run(x)[1]
 
 
-class TorchvisionClassifier(NoTextTower, ConvBackbone):
+class TorchvisionClassifier(ConvBackbone):
     """A torchvision classifier with ``features`` and ``classifier`` (MobileNetV2/V3, EfficientNet):
     ``forward`` is the globally pooled feature map, ``logits`` adds the ImageNet ``classifier``."""
 
