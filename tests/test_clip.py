@@ -45,16 +45,26 @@ def test_clip_loss_matches_the_paper(t):
     assert got == pytest.approx(clip_by_hand(img, txt, t), rel=1e-5)
 
 
-def test_clip_temperature_is_clamped_at_one_hundredth():
-    img, txt = randn(6, 5), randn(6, 5, seed=1)
-    high = torch.tensor(math.log(500.0), requires_grad=True)
-    loss = losses.clip_loss(img, txt, high)
-    loss.backward()
+def test_clip_temperature_is_capped_after_each_step_and_can_come_back_down():
+    """open_clip's way: the loss uses the scale as it is and the method clamps the parameter after the step,
+    so at the cap (ln 100) the gradient is not zero and a loss that wants a higher temperature gets it."""
+    from types import SimpleNamespace
+
+    from freelabel.methods.clip import CLIP
+
+    img = randn(6, 5)
+    txt = -img  # every caption as far from its image as it can be: a lower scale (higher temperature) helps
+    method = SimpleNamespace(logit_scale=torch.nn.Parameter(torch.tensor(math.log(500.0))), max_logit_scale=math.log(100))
+    CLIP.after_step(method, 0.0)
+    assert method.logit_scale.item() == pytest.approx(math.log(100))
+    optimizer = torch.optim.SGD([method.logit_scale], lr=0.1)
+    loss = losses.clip_loss(img, txt, method.logit_scale)
     assert loss.item() == pytest.approx(clip_by_hand(img, txt, math.log(100)), rel=1e-5)
-    assert high.grad.item() == 0.0  # past the clamp nothing moves the scale further
-    low = torch.tensor(math.log(10.0), requires_grad=True)
-    losses.clip_loss(img, txt, low).backward()
-    assert low.grad.item() != 0.0
+    loss.backward()
+    assert method.logit_scale.grad.item() > 0  # not zero at the cap
+    optimizer.step()
+    CLIP.after_step(method, 0.0)
+    assert method.logit_scale.item() < math.log(100) - 1e-3  # it came back down
 
 
 @pytest.mark.parametrize("t, b", [(math.log(10), -10.0), (0.5, 1.0)])

@@ -76,6 +76,6 @@ def test_a_local_transformers_clip_takes_the_same_path(captioned, tmp_path, caps
 
 def test_image_text_commands_refuse_what_they_cannot_use(tmp_path, capsys):
     assert main(["eval", "zeroshot", str(tmp_path)]) == 2
-    assert "is not a run directory: name the data to evaluate on with --data" in capsys.readouterr().err
+    assert "is neither a freelabel run (no config.yaml) nor a transformers model folder" in capsys.readouterr().err
     assert main(["shards", "make", str(tmp_path / "none.csv"), str(tmp_path / "out")]) == 2
     assert "caption file" in capsys.readouterr().err

@@ -291,9 +291,9 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
 def cmd_list(args: argparse.Namespace) -> None:
     if args.command == "methods":
-        from .methods import DESCRIPTIONS
+        from .methods import REGISTRY
 
-        for name, text in DESCRIPTIONS.items():
+        for name, (_, text) in REGISTRY.items():
             print(f"{name:12s} {text}")
     elif args.command == "backbones":
         from .backbones import NAMED

@@ -50,7 +50,10 @@ def _pass_round(x: torch.Tensor, step: int) -> torch.Tensor:
     """Send ``x`` to process ``rank + step`` and return what process ``rank - step`` sent (a ring)."""
     rank, n = world()
     received = torch.empty_like(x)
-    ops = [dist.P2POp(dist.isend, x.contiguous(), (rank + step) % n), dist.P2POp(dist.irecv, received, (rank - step) % n)]
+    ops = [
+        dist.P2POp(dist.isend, x.contiguous(), (rank + step) % n),
+        dist.P2POp(dist.irecv, received, (rank - step) % n),
+    ]
     for request in dist.batch_isend_irecv(ops):
         request.wait()
     return received

@@ -153,6 +153,14 @@ def load_encoder(
 
     if is_run(spec):
         return _run_encoder(Path(spec).expanduser(), weights, trained, *resolve_device_dtype(device, dtype or "fp32"))
+    folder = Path(spec).expanduser()
+    if not folder.exists() and str(spec).startswith((".", "/", "~")):
+        raise PretrainedError(f"no such run directory or model folder: {spec}")
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise PretrainedError(
+            f"{spec} is neither a freelabel run (no {CONFIG}) nor a transformers model folder (no config.json); "
+            "give the --out of a pretrain run, a save_pretrained folder, a hub name or torchvision:NAME"
+        )
     if weights is not None and not str(spec).startswith(TORCHVISION):
         raise PretrainedError(
             f"weights= takes a file for torchvision:NAME or a run directory; {spec} is a transformers model, "

@@ -8,8 +8,6 @@ gradient averaging) as one process holding the whole batch.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -148,17 +146,17 @@ def update_histogram(counts: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return counts + batch
 
 
-def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
-              max_logit_scale: float = math.log(100)) -> torch.Tensor:  # fmt: skip
+def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """CLIP's symmetric InfoNCE (Radford et al. 2021) over B image-caption pairs per process.
 
     ``image``, ``text``: ``[B, D]`` embeddings (normalised here); ``logit_scale``: the learnable log
-    inverse temperature, clamped at ``max_logit_scale`` (ln 100) so the logits stay in range. Each
-    image's positive is its caption among the N captions of the global batch and each caption's its
-    image: both sides are gathered. Returns the mean of the two directions over this process's pairs.
+    inverse temperature, used as it is (the method keeps the parameter at most ln 100 after each step,
+    so that its gradient never vanishes at the cap). Each image's positive is its caption among the N
+    captions of the global batch and each caption's its image: both sides are gathered. Returns the mean
+    of the two directions over this process's pairs.
     """
     image, text = F.normalize(image.float(), dim=1), F.normalize(text.float(), dim=1)
-    scale = logit_scale.float().clamp(max=max_logit_scale).exp()
+    scale = logit_scale.float().exp()
     target = world()[0] * len(image) + torch.arange(len(image), device=image.device)
     return (F.cross_entropy(scale * image @ gather(text).T, target) + F.cross_entropy(scale * text @ gather(image).T, target)) / 2
 

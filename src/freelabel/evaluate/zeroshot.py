@@ -73,8 +73,9 @@ def load_image_text(spec: str | Path, weights: str | Path | None = None, device:
     encoder = load_encoder(spec, weights=weights, device=device)
     if not encoder.has_text:
         what = f"a {encoder.config.method} run" if encoder.config else "a vision-only model"
-        raise PretrainedError(f"{spec} is {what}, with no text tower; zero-shot and retrieval need a clip or siglip "
-                              "run, or a CLIP/SigLIP model")  # fmt: skip
+        raise PretrainedError(
+            f"{spec} is {what}, with no text tower; zero-shot and retrieval need a clip or siglip run, or a CLIP/SigLIP model"
+        )
     return encoder
 
 
@@ -112,8 +113,9 @@ def zeroshot_accuracy(model: ImageTextModel, images: torch.Tensor, names: Sequen
             "classes": len(names), "images": len(labels)}  # fmt: skip
 
 
-def evaluate_zeroshot(spec: str | Path, data: str | None = None, templates: Sequence[str] = TEMPLATES,
-                      weights: str | Path | None = None) -> dict:  # fmt: skip
+def evaluate_zeroshot(
+    spec: str | Path, data: str | None = None, templates: Sequence[str] = TEMPLATES, weights: str | Path | None = None
+) -> dict:
     """Zero-shot top-1 of a model on the test split of ``data`` (default: a run's own data) for each
     of its label sets; written to a run's ``metrics.json`` under ``zeroshot``."""
     model, name, ds = model_and_data(spec, data, "test", weights)
@@ -146,8 +148,9 @@ def classify_folder(folder: str | Path, names: Sequence[str], spec: str | Path, 
     return rows
 
 
-def model_and_data(spec: str | Path, data: str | None, split: str,
-                   weights: str | Path | None = None) -> tuple[Encoder, str, Dataset]:  # fmt: skip
+def model_and_data(
+    spec: str | Path, data: str | None, split: str, weights: str | Path | None = None
+) -> tuple[Encoder, str, Dataset]:
     """The image-text encoder of ``spec`` and the ``split`` of ``data`` (default: a run's own data)."""
     model = load_image_text(spec, weights)
     if data is None:

@@ -2,7 +2,8 @@
 run's backbone from a config.
 
 Adding a method is a file in this folder and a line in :data:`REGISTRY` (``name: ("module:Class",
-description)``). The classes are imported when first asked for, so listing the methods (``freelabel
+description)``; a dotted ``package.module`` is imported as it is, so a method can also live outside
+freelabel). The classes are imported when first asked for, so listing the methods (``freelabel
 methods``) imports no method file and no torch.
 """
 
@@ -22,23 +23,49 @@ if TYPE_CHECKING:
     from .base import Method
 
 REGISTRY: dict[str, tuple[str, str]] = {
-    "simclr": ("simclr:SimCLR", "contrastive: two views of an image find each other among the batch (NT-Xent) [Chen et al. 2020]"),
+    "simclr": (
+        "simclr:SimCLR",
+        "contrastive: two views of an image find each other among the batch (NT-Xent) [Chen et al. 2020]",
+    ),
     "mocov2": ("moco:MoCoV2", "contrastive: query vs momentum key, negatives from a queue [Chen et al. 2020]"),
-    "mocov3": ("moco:MoCoV3", "contrastive: momentum encoder, predictor, in-batch negatives, for ViTs [Chen, Xie & He 2021]"),
+    "mocov3": (
+        "moco:MoCoV3",
+        "contrastive: momentum encoder, predictor, in-batch negatives, for ViTs [Chen, Xie & He 2021]",
+    ),
     "byol": ("byol:BYOL", "self-distillation: predict an EMA target's embedding of the other view [Grill et al. 2020]"),
     "dino": ("dino:DINO", "self-distillation: multi-crop student matches a centred EMA teacher [Caron et al. 2021]"),
-    "dinov2": ("dinov2:DINOv2", "DINO + iBOT masked patches + KoLeo, Sinkhorn option; Gram anchoring (DINOv3) [Oquab et al. 2023]"),
-    "barlowtwins": ("barlow_twins:BarlowTwins", "redundancy reduction: cross-correlation of two views -> identity [Zbontar et al. 2021]"),
+    "dinov2": (
+        "dinov2:DINOv2",
+        "DINO + iBOT masked patches + KoLeo, Sinkhorn option; Gram anchoring (DINOv3) [Oquab et al. 2023]",
+    ),
+    "barlowtwins": (
+        "barlow_twins:BarlowTwins",
+        "redundancy reduction: cross-correlation of two views -> identity [Zbontar et al. 2021]",
+    ),
     "vicreg": ("vicreg:VICReg", "variance-invariance-covariance regularisation [Bardes, Ponce & LeCun 2022]"),
-    "rotation": ("rotation:Rotation", "pretext: which of 4 rotations was applied (RotNet) [Gidaris, Singh & Komodakis 2018]"),
-    "jigsaw": ("jigsaw:Jigsaw", "pretext: which permutation shuffled 3x3 tiles (max-Hamming set) [Noroozi & Favaro 2016]"),
-    "colorization": ("colorization:Colorization", "pretext: colour (ab bins, rebalanced) from lightness; colour data [Zhang, Isola & Efros 2016]"),
-    "clip": ("clip:CLIP", "language-image: match images to their captions, symmetric InfoNCE [Radford et al. 2021]; LiT: a locked tower"),
+    "rotation": (
+        "rotation:Rotation",
+        "pretext: which of 4 rotations was applied (RotNet) [Gidaris, Singh & Komodakis 2018]",
+    ),
+    "jigsaw": (
+        "jigsaw:Jigsaw",
+        "pretext: which permutation shuffled 3x3 tiles (max-Hamming set) [Noroozi & Favaro 2016]",
+    ),
+    "colorization": (
+        "colorization:Colorization",
+        "pretext: colour (ab bins, rebalanced) from lightness; colour data [Zhang, Isola & Efros 2016]",
+    ),
+    "clip": (
+        "clip:CLIP",
+        "language-image: match images to their captions, symmetric InfoNCE [Radford et al. 2021]; LiT: a locked tower",
+    ),
     "siglip": ("clip:SigLIP", "language-image: a sigmoid per image-caption pair, learnable bias [Zhai et al. 2023]"),
     "mae": ("mae:MAE", "masked image modelling: pixels of 75% hidden patches from the rest (ViT) [He et al. 2022]"),
-    "ijepa": ("ijepa:IJEPA", "joint embedding: predict an EMA target's features of hidden blocks from a context block [Assran 2023]"),
+    "ijepa": (
+        "ijepa:IJEPA",
+        "joint embedding: predict an EMA target's features of hidden blocks from a context block [Assran 2023]",
+    ),
 }
-DESCRIPTIONS = {name: about for name, (_, about) in REGISTRY.items()}
 
 
 def method_class(name: str) -> type[Method]:
@@ -46,7 +73,7 @@ def method_class(name: str) -> type[Method]:
     if name not in REGISTRY:
         raise ConfigError(f"unknown method {name!r}; valid: {', '.join(REGISTRY)}")
     module, cls = REGISTRY[name][0].split(":")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    return getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), cls)
 
 
 class _Methods(Mapping):
@@ -121,7 +148,6 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "DESCRIPTIONS",
     "METHODS",
     "REGISTRY",
     "Method",
