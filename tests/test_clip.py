@@ -8,6 +8,7 @@ from two_processes import in_two_processes, randn
 
 from freelabel import losses
 from freelabel.data.views import ViewConfig
+from freelabel.encoder import Encoder
 from freelabel.evaluate.retrieval import clip_score, recall_at_k
 from freelabel.evaluate.zeroshot import class_embeddings, zeroshot_logits
 
@@ -145,7 +146,8 @@ def test_clip_method_trains_with_captions_and_a_locked_text_tower_stays_put():
         assert all((p.grad is None) == locked for p in method.text.parameters())
         assert len(method.cache) == (3 if locked else 0)  # each distinct caption encoded once
         assert not method.text.training if locked else method.text.training
-    assert method.encode_image(torch.zeros(2, 1, 28, 28, dtype=torch.uint8)).shape == (2, 16)  # grey in, colour model
+    encoder = Encoder.of_image_text(method.eval(), view, 3)
+    assert encoder.encode_image(torch.zeros(2, 1, 28, 28, dtype=torch.uint8)).shape == (2, 16)  # grey in, colour model
 
 
 # ------------------------------------------------------------------------ 2 processes == 1 process
@@ -214,5 +216,6 @@ def test_a_few_steps_on_one_batch_learn_to_match_its_captions(name, fmnist):
         opt.step()
     method.eval()
     assert loss.item() < 0.5 * first
-    logits = zeroshot_logits(method, images, class_embeddings(method, classes, ("a photo of a {}",)))
+    encoder = Encoder.of_image_text(method, view, 1)
+    logits = zeroshot_logits(encoder, images, class_embeddings(encoder, classes, ("a photo of a {}",)))
     assert (logits.argmax(1) == torch.arange(8)).float().mean() >= 0.75  # it names the images it was taught

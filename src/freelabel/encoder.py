@@ -73,6 +73,19 @@ class Encoder:
         self.name, self.backbone, self.view, self.in_chans = name, backbone, view, in_chans
         self.project, self.text, self.run_dir, self.config = project, text, run_dir, config
 
+    @classmethod
+    def of_image_text(
+        cls,
+        method: nn.Module,
+        view: ViewConfig,
+        in_chans: int,
+        name: str = "clip",
+        run_dir: Path | None = None,
+        config: RunConfig | None = None,
+    ) -> Encoder:
+        """A clip/siglip method's image tower with its projection into the shared space, and its text tower."""
+        return cls(name, method.backbone, view, in_chans, method.image_proj, method.encode_text, run_dir, config)
+
     @property
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
@@ -193,7 +206,7 @@ def _run_encoder(
                 raise RunError(f"{run} has no checkpoint yet; train it first")
             method.load_state_dict(read_weights(ckpt))
         method.to(device, dtype).eval()
-        return Encoder(str(run), method.backbone, cfg.views, in_chans, method.image_proj, method.encode_text, run, cfg)
+        return Encoder.of_image_text(method, cfg.views, in_chans, str(run), run, cfg)
     backbone, cfg = load_backbone(run, trained=trained and weights is None)
     if trained and weights is not None:
         state = read_weights(Path(weights))

@@ -47,8 +47,8 @@ class ImageTextBackbone(nn.Module):
         p = self.patch
         patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), -1)
         shapes = torch.tensor([[h // p, w // p]] * b, device=x.device)
-        mask = torch.ones(b, patches.shape[1], dtype=torch.long, device=x.device)
-        return self.model.get_image_features(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes)
+        attend = torch.ones(b, patches.shape[1], dtype=torch.long, device=x.device)  # every patch is real
+        return self.model.get_image_features(pixel_values=patches, pixel_attention_mask=attend, spatial_shapes=shapes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised images (``view``) -> image embeddings ``[B, D]`` (not L2-normalised)."""
