@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import RunConfig
-from .data.views import ViewConfig, normalise
+from .data.views import ViewConfig, normalise, resize
 from .errors import PretrainedError, RunError
 from .methods import build_method, load_backbone, method_class
 from .run import CONFIG, latest_checkpoint, load_config, read_weights
@@ -43,11 +43,10 @@ def model_input(images: torch.Tensor, view: ViewConfig, in_chans: int) -> torch.
     h, w = images.shape[-2:]
     s = min(h, w)
     top, left = (h - s) // 2, (w - s) // 2
-    x = images[..., top : top + s, left : left + s]
+    x = resize(images[..., top : top + s, left : left + s], view.size)  # floats in [0, 1]
     if x.shape[1] != in_chans:
-        x = x.expand(-1, in_chans, -1, -1) if x.shape[1] == 1 else x.float().mean(1, keepdim=True)
-    x = normalise(x, view)
-    return x.expand(-1, in_chans, -1, -1) if x.shape[1] != in_chans else x
+        x = x.expand(-1, in_chans, -1, -1) if x.shape[1] == 1 else x.mean(1, keepdim=True)
+    return normalise(x, view)
 
 
 class Encoder:
@@ -204,7 +203,7 @@ def _run_encoder(
             ckpt = latest_checkpoint(run) if weights is None else Path(weights)
             if ckpt is None:
                 raise RunError(f"{run} has no checkpoint yet; train it first")
-            method.load_state_dict(read_weights(ckpt))
+            _load(method, read_weights(ckpt), ckpt, run)
         method.to(device, dtype).eval()
         return Encoder.of_image_text(method, cfg.views, in_chans, str(run), run, cfg)
     backbone, cfg = load_backbone(run, trained=trained and weights is None)
@@ -212,5 +211,12 @@ def _run_encoder(
         state = read_weights(Path(weights))
         if any(k.startswith("backbone.") for k in state):  # a whole method's checkpoint
             state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-        backbone.load_state_dict(state)
+        _load(backbone, state, weights, run)
     return Encoder(str(run), backbone.to(device, dtype), cfg.views, in_chans, run_dir=run, config=cfg)
+
+
+def _load(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path, run: Path) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise RunError(f"the weights in {source} do not fit {run} ({str(e).strip().splitlines()[0]})") from None

@@ -12,6 +12,7 @@ Both carry ``view``, the size/mean/std their input is made with (:func:`freelabe
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -100,7 +101,11 @@ def load_torchvision(name: str, device: torch.device, dtype: torch.dtype,
             raise PretrainedError(f"cannot get torchvision's {name} weights ({e}); pass weights=PATH") from e
     else:
         net = builder(weights=None)
-        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        try:
+            net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        except (OSError, RuntimeError, pickle.UnpicklingError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PretrainedError(f"cannot use {weights} as torchvision's {name} weights ({first})") from None
     if not (hasattr(net, "features") and hasattr(net, "classifier")):
         raise PretrainedError(f"torchvision:{name} is not a features + classifier network (try mobilenet_v2)")
     return TorchvisionClassifier(net, f"torchvision:{name}").to(device, dtype).eval()
