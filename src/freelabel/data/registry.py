@@ -16,16 +16,15 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .captions import CAPTIONED, emoji_captions, is_captioned, open_captions
+from .captions import emoji_captions, is_captioned, open_captions
 from .emoji import emoji
-from .sources import EMBEDDED, fashion_mnist, image_folder
+from .sources import fashion_mnist, image_folder
 
 NAMED: dict[str, Callable[[str], Dataset]] = {
     "fashion-mnist": lambda split: fashion_mnist("train" if split == "all" else split),
     "emoji": emoji,
     "emoji-captions": emoji_captions,
 }
-ABOUT = {**EMBEDDED, **CAPTIONED}  # one line on each named source
 
 
 def open_dataset(spec: str, split: str = "train", size: int | None = None, channels: int = 3) -> Dataset:
