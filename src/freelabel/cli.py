@@ -296,7 +296,7 @@ def cmd_list(args: argparse.Namespace) -> None:
         for name, (_, text) in REGISTRY.items():
             print(f"{name:12s} {text}")
     elif args.command == "backbones":
-        from .backbones import NAMED
+        from .catalog import NAMED
 
         for name, text in NAMED.items():
             print(f"{name:12s} {text}")
