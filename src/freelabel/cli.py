@@ -160,16 +160,17 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from .errors import ConfigError
-    from .methods import method_class
+    from .methods import known_method
 
     if not args.resume:
         if not args.method:
             raise ConfigError("name a method (see `freelabel methods`), or give --resume RUN_DIR")
-        method_class(args.method)  # an unknown name fails here, before torch and the training libraries load
+        known_method(args.method)  # an unknown name fails here, before torch and the training libraries load
     from .config import default_recipe, load_recipe, resolve, to_dict
-    from .run import load_config
 
     if args.resume:
+        from .run import load_config
+
         out = Path(args.resume)
         cfg = resolve(to_dict(load_config(out)), _overrides(args))
     else:
