@@ -159,26 +159,23 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from .errors import ConfigError
+    from .config import ConfigError, default_recipe, load_recipe, resolve, to_dict
     from .methods import known_method
-
-    if not args.resume:
-        if not args.method:
-            raise ConfigError("name a method (see `freelabel methods`), or give --resume RUN_DIR")
-        known_method(args.method)  # an unknown name fails here, before torch and the training libraries load
-    from .config import default_recipe, load_recipe, resolve, to_dict
 
     if args.resume:
         from .run import load_config
 
         out = Path(args.resume)
         cfg = resolve(to_dict(load_config(out)), _overrides(args))
+    elif not args.method:
+        raise ConfigError("name a method (see `freelabel methods`), or give --resume RUN_DIR")
     else:
         data = args.data or "fashion-mnist"
+        known_method(args.method)  # an unknown name fails at once, before torch and the training libraries load
         name = args.recipe or default_recipe(args.method, data)
         cfg = resolve({**load_recipe(name), "recipe": name}, {"method": args.method, **_overrides(args)})
         out = Path(args.out or f"runs/{args.method}-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    from .engine import pretrain
+    from .engine import pretrain  # torch and the training libraries load only now
 
     pretrain(cfg, out, resume=bool(args.resume))
 
