@@ -9,6 +9,7 @@ from two_processes import in_two_processes, randn
 from freelabel import losses
 from freelabel.backbones import build_backbone
 from freelabel.cli import main
+from freelabel.data.loader import Batch
 from freelabel.data.masking import block_masks
 from freelabel.data.views import ViewConfig
 from freelabel.methods.dinov2 import DINOv2
@@ -137,7 +138,8 @@ def test_the_gram_teacher_is_the_ema_teacher_frozen_when_gram_anchoring_starts()
     method.on_step(0.75)  # taken once: later teacher updates leave it
     for k, v in method.gram_teacher.state_dict().items():
         torch.testing.assert_close(v, snapshot[k])
-    batch = {"views": [torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)]}
+    views = [torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)]
+    batch = Batch(views[0], views=views)
     out = method.training_step(batch)
     assert out["gram"] > 0 and torch.isfinite(out["loss"])
     assert out["loss"].item() == pytest.approx((out["dino"] + out["ibot"] + 0.1 * out["koleo"] + out["gram"]).item())

@@ -10,7 +10,7 @@ from PIL import Image
 
 from freelabel.backbones import BackboneError, build_backbone
 from freelabel.cli import main
-from freelabel.data.loader import batches
+from freelabel.data.loader import Batch, batches
 from freelabel.data.masking import MultiBlockMasks, RandomMasks, places
 from freelabel.data.sources import TensorImages, open_dataset
 from freelabel.data.views import ViewConfig
@@ -145,7 +145,7 @@ def test_mae_step_uses_the_hidden_patches_only():
     mae = MAE(tiny_vit(), VIEWS, decoder_dim=16, decoder_depth=1, decoder_heads=2)
     x = torch.randn(4, 1, 28, 28)
     mask = mae.masks(4, torch.Generator().manual_seed(0))["mask"]
-    loss = mae.training_step({"views": [x], "masks": {"mask": mask}})["loss"]
+    loss = mae.training_step(Batch(x, views=[x], masks={"mask": mask}))["loss"]
     pred = mae.reconstruct(x, mask)
     assert pred.shape == (4, 37, 16)
     full = torch.zeros(4, 49, 16)
@@ -161,7 +161,7 @@ def test_ijepa_target_gets_no_gradient_and_follows_the_ema():
     assert not any(p.requires_grad for p in ijepa.target.parameters())
     x = torch.randn(8, 1, 28, 28)
     masks = ijepa.masks(8, torch.Generator().manual_seed(0))
-    out = ijepa.training_step({"views": [x], "masks": masks})
+    out = ijepa.training_step(Batch(x, views=[x], masks=masks))
     out["loss"].backward()
     assert all(p.grad is None for p in ijepa.target.parameters())
     assert ijepa.backbone.model.patch_embed.proj.weight.grad.abs().sum() > 0

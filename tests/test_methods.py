@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from freelabel.cli import main
-from freelabel.ema import cosine_schedule, ema_update, frozen_copy
-from freelabel.engine import lr_at
+from freelabel.ema import ema_update, frozen_copy
 from freelabel.methods import METHODS
+from freelabel.schedules import cosine_schedule, lr_at
 
 TINY_ARGS = {
     "simclr": ["method_args.hidden_dim=32"],

@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
-
-
-def cosine_schedule(progress: float, start: float, end: float) -> float:
-    """``start`` at progress 0, ``end`` at progress 1, along half a cosine (BYOL's momentum, DINO's
-    teacher momentum and weight decay)."""
-    return end - (end - start) * (math.cos(math.pi * min(max(progress, 0.0), 1.0)) + 1) / 2
 
 
 @torch.no_grad()

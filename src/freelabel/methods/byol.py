@@ -14,10 +14,12 @@ import dataclasses
 import torch
 import torch.nn as nn
 
+from ..data.loader import Batch
 from ..data.views import ViewConfig
-from ..ema import cosine_schedule, ema_update, frozen_copy
+from ..ema import ema_update, frozen_copy
 from ..heads import mlp
 from ..losses import normalized_mse
+from ..schedules import cosine_schedule
 from .base import Method
 
 
@@ -37,8 +39,8 @@ class BYOL(Method):
     def on_step(self, progress: float) -> None:
         self.momentum = cosine_schedule(progress, self.base_momentum, 1.0)
 
-    def training_step(self, batch: dict) -> dict:
-        x1, x2 = batch["views"]  # each view through the networks on its own: batch statistics per view
+    def training_step(self, batch: Batch) -> dict:
+        x1, x2 = batch.views  # each view through the networks on its own: batch statistics per view
         p1, p2 = (self.predictor(self.projector(self.backbone(x))) for x in (x1, x2))
         with torch.no_grad():
             z1, z2 = (self.target(x) for x in (x1, x2))

@@ -27,6 +27,7 @@ from torchvision.utils import save_image
 from ..backbones import build_backbone
 from ..config import ConfigError
 from ..data.colour import ab_bins, annealed_mean, lab_to_rgb, rgb_to_lab, soft_encode
+from ..data.loader import Batch
 from ..data.sources import DataError
 from ..data.views import ViewConfig, normalise
 from ..losses import rebalanced_cross_entropy, rebalancing_weights, update_histogram
@@ -95,8 +96,8 @@ class Colorization(Method):
         out = self.head(tokens.transpose(1, 2).reshape(len(x), -1, side, side))
         return F.interpolate(out, size=self.out_size, mode="bilinear") if out.shape[-1] != self.out_size else out
 
-    def training_step(self, batch: dict) -> dict:
-        x = batch["views"][0]
+    def training_step(self, batch: Batch) -> dict:
+        x = batch.views[0]
         out = self.predict(x).float()
         ab = F.adaptive_avg_pool2d(self.backbone.lab(x)[:, 1:], self.out_size)  # the true colour, same grid
         if self.loss == "regression":
@@ -114,9 +115,9 @@ class Colorization(Method):
         lab = self.backbone.lab(x)
         return lab_to_rgb(torch.cat([lab[:, :1], F.interpolate(ab, size=x.shape[-2:], mode="bilinear")], 1))
 
-    def artefacts(self, batch: dict) -> dict[str, bytes]:
+    def artefacts(self, batch: Batch) -> dict[str, bytes]:
         """``colorization.png``: rows of input lightness, predicted colour and true colour."""
-        x = normalise(batch["images"][:16], self.views[0])
+        x = normalise(batch.images[:16], self.views[0])
         training = self.training
         self.eval()
         predicted = self.colourise(x)

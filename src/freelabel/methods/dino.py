@@ -16,10 +16,12 @@ import dataclasses
 import torch
 import torch.nn as nn
 
+from ..data.loader import Batch
 from ..data.views import ViewConfig
-from ..ema import cosine_schedule, ema_update, frozen_copy
+from ..ema import ema_update, frozen_copy
 from ..heads import DINOHead
 from ..losses import dino_loss, update_center
+from ..schedules import cosine_schedule
 from .base import Method
 
 
@@ -51,8 +53,8 @@ class DINO(Method):
         self.teacher_temp = end if progress >= warmup else start + (end - start) * progress / warmup
         self.momentum = cosine_schedule(progress, self.base_momentum, 1.0)
 
-    def training_step(self, batch: dict) -> dict:
-        views = batch["views"]
+    def training_step(self, batch: Batch) -> dict:
+        views = batch.views
         with torch.no_grad():
             teacher = self.teacher(torch.cat(views[:2])).chunk(2)
         student = list(self.head(self.backbone(torch.cat(views[:2]))).chunk(2))

@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from ..backbones import BackboneError
 from ..config import ConfigError
+from ..data.loader import Batch
 from ..data.masking import block_masks
 from ..data.views import ViewConfig
 from ..ema import frozen_copy
@@ -99,8 +100,8 @@ class DINOv2(DINO):
         center.copy_(update_center(center, logits, self.center_momentum))
         return probs
 
-    def training_step(self, batch: dict) -> dict:
-        views = batch["views"]
+    def training_step(self, batch: Batch) -> dict:
+        views = batch.views
         glob = torch.cat(views[:2])
         teacher = self.teacher
         with torch.no_grad():

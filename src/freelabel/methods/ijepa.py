@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ConfigError
+from ..data.loader import Batch
 from ..data.masking import MultiBlockMasks, places
 from ..data.views import ViewConfig
 from ..ema import ema_update, frozen_copy
@@ -45,8 +46,8 @@ class IJEPA(Method):
     def on_step(self, progress: float) -> None:
         self.momentum = self.base_momentum + (1 - self.base_momentum) * min(progress, 1.0)
 
-    def training_step(self, batch: dict) -> dict:
-        x, masks = batch["views"][0], batch["masks"]
+    def training_step(self, batch: Batch) -> dict:
+        x, masks = batch.views[0], batch.masks
         hidden, at = masks["context"], masks["targets"]  # bool [B, N] (True: not context), long [B, M, K]
         b, m, k = at.shape
         with torch.no_grad():

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..backbones import build_backbone
 from ..config import ConfigError
+from ..data.loader import Batch
 from ..data.views import ViewConfig
 from ..heads import mlp
 from .base import Method
@@ -125,8 +126,8 @@ class Jigsaw(Method):
         self.tile_head = nn.Sequential(nn.Linear(backbone.embed_dim, tile_dim), nn.ReLU(inplace=True))  # fc6, shared
         self.classifier = mlp(grid * grid * tile_dim, hidden_dim, permutations, 2)  # fc7, fc8
 
-    def training_step(self, batch: dict) -> dict:
-        tiles = puzzle_tiles(batch["views"][0], self.grid, self.tile, self.channel_jitter)
+    def training_step(self, batch: Batch) -> dict:
+        tiles = puzzle_tiles(batch.views[0], self.grid, self.tile, self.channel_jitter)
         b = len(tiles)
         target = torch.randint(0, len(self.permutations), (b,), device=tiles.device)
         shuffled = tiles[torch.arange(b, device=tiles.device)[:, None], self.permutations[target]]
@@ -135,5 +136,5 @@ class Jigsaw(Method):
         accuracy = (logits.argmax(1) == target).float().mean()
         return {"loss": F.cross_entropy(logits.float(), target), "accuracy": accuracy}
 
-    def artefacts(self, batch: dict) -> dict[str, bytes]:
+    def artefacts(self, batch: Batch) -> dict[str, bytes]:
         return {"permutations.json": json.dumps(self.permutations.tolist()).encode()}

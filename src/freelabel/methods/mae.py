@@ -16,6 +16,7 @@ import torch.nn as nn
 from torchvision.utils import save_image
 
 from ..config import ConfigError
+from ..data.loader import Batch
 from ..data.masking import RandomMasks, grid_of, places
 from ..data.views import ViewConfig, normalise
 from ..heads import MaskedTokenDecoder
@@ -63,19 +64,19 @@ class MAE(Method):
         z = self.backbone.forward_tokens(x, mask)
         return self.decoder(z, places(~mask), places(mask))
 
-    def training_step(self, batch: dict) -> dict:
-        x, mask = batch["views"][0], batch["masks"]["mask"]
+    def training_step(self, batch: Batch) -> dict:
+        x, mask = batch.views[0], batch.masks["mask"]
         pred = torch.zeros(*mask.shape, self.patch**2 * self.channels, device=x.device)
         pred[mask] = self.reconstruct(x, mask).float().flatten(0, 1)
         return {"loss": masked_patch_loss(pred, patchify(x.float(), self.patch), mask, self.norm_pix)}
 
     @torch.no_grad()
-    def artefacts(self, batch: dict) -> dict[str, bytes]:
+    def artefacts(self, batch: Batch) -> dict[str, bytes]:
         """``reconstruction.png``: rows of originals, the visible patches (hidden ones grey) and the
         reconstruction (predicted hidden patches, in each patch's true mean and spread when ``norm_pix``,
         pasted among the visible ones), for 16 images with a fresh mask."""
         view = self.views[0]
-        x = normalise(batch["images"][:16], view)
+        x = normalise(batch.images[:16], view)
         mask = self.masks(len(x), torch.Generator().manual_seed(0))["mask"].to(x.device)
         training = self.training
         self.eval()

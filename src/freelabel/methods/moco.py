@@ -22,11 +22,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.loader import Batch
 from ..data.views import ViewConfig
-from ..ema import cosine_schedule, ema_update, frozen_copy
+from ..ema import ema_update, frozen_copy
 from ..heads import mlp
 from ..losses import info_nce
 from ..memory import Queue
+from ..schedules import cosine_schedule
 from .base import Method
 
 
@@ -45,8 +47,8 @@ class MoCoV2(Method):
         self.queue = Queue(queue_size, proj_dim)
         self.temperature, self.momentum, self.bn_splits = temperature, momentum, bn_splits
 
-    def training_step(self, batch: dict) -> dict:
-        x1, x2 = batch["views"]
+    def training_step(self, batch: Batch) -> dict:
+        x1, x2 = batch.views
         q = in_splits(self.encoder(), x1, self.bn_splits)
         with torch.no_grad():
             order = torch.randperm(len(x2), device=x2.device)
@@ -79,8 +81,8 @@ class MoCoV3(Method):
     def on_step(self, progress: float) -> None:
         self.momentum = cosine_schedule(progress, self.base_momentum, 1.0)
 
-    def training_step(self, batch: dict) -> dict:
-        x1, x2 = batch["views"]  # each view through the networks on its own: batch statistics per view
+    def training_step(self, batch: Batch) -> dict:
+        x1, x2 = batch.views  # each view through the networks on its own: batch statistics per view
         q1, q2 = (self.predictor(self.projector(self.backbone(x))) for x in (x1, x2))
         with torch.no_grad():
             k1, k2 = (self.momentum_encoder(x) for x in (x1, x2))
