@@ -96,16 +96,16 @@ def test_block_masks_hide_a_ratio_in_range_in_blocks_on_the_asked_share_of_image
 def test_a_vit_replaces_hidden_patches_with_the_mask_token():
     vit = build_backbone("vit_tiny", 1, 16, patch_size=4, depth=2, embed_dim=32, num_heads=2).eval()
     x = randn(2, 1, 16, 16)
-    pooled, tokens = vit.forward_tokens(x, pooled=True)
+    pooled, tokens = vit.forward_pooled_tokens(x)
     torch.testing.assert_close(pooled, vit(x))
     mask = torch.zeros(2, 16, dtype=torch.bool)
     mask[:, :4] = True  # the top row of patches
     token = torch.randn(32, requires_grad=True)
     y = x.clone()
     y[:, :, :4] = 5.0  # changes only hidden pixels
-    a = vit.forward_tokens(x, mask, token)
-    assert a.shape == (2, 16, 32)
-    torch.testing.assert_close(a, vit.forward_tokens(y, mask, token))
+    p, a = vit.forward_masked(x, mask, token)
+    assert a.shape == (2, 16, 32) and p.shape == (2, 32)
+    torch.testing.assert_close(a, vit.forward_masked(y, mask, token)[1])
     assert not torch.allclose(a, tokens)
     a.sum().backward()
     assert token.grad.abs().sum() > 0
@@ -139,7 +139,7 @@ def test_the_gram_teacher_is_the_ema_teacher_frozen_when_gram_anchoring_starts()
     for k, v in method.gram_teacher.state_dict().items():
         torch.testing.assert_close(v, snapshot[k])
     views = [torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)]
-    batch = Batch(views[0], views=views)
+    batch = Batch(views[0], views=views, masks=method.masks(4, torch.Generator().manual_seed(0)))
     out = method.training_step(batch)
     assert out["gram"] > 0 and torch.isfinite(out["loss"])
     assert out["loss"].item() == pytest.approx((out["dino"] + out["ibot"] + 0.1 * out["koleo"] + out["gram"]).item())

@@ -42,7 +42,7 @@ class CLIP(Method):
         self.backbone = backbone
         self.views = [views]
         self.view = views  # the evaluation view: resize and normalise as in training
-        self.in_chans = next(p for p in backbone.parameters() if p.ndim == 4).shape[1]
+        self.in_chans = backbone.in_chans
         self.text = TextTower(text_tower, **(text_args or {}))
         self.image_proj = nn.Linear(backbone.embed_dim, embed_dim, bias=False)
         self.text_proj = nn.Linear(self.text.embed_dim, embed_dim, bias=False)

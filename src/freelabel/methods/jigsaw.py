@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..backbones import build_backbone
+from ..backbones import InputTransform, build_backbone
 from ..config import ConfigError
 from ..data.loader import Batch
 from ..data.views import ViewConfig
@@ -72,19 +72,12 @@ def standardise(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return (x - x.mean(dims, keepdim=True)) / (x.std(dims, keepdim=True) + 1e-5)
 
 
-class Standardised(nn.Module):
+class Standardised(InputTransform):
     """A backbone that standardises each input on its own, as every jigsaw tile is in training, so that
     whole images in evaluation meet the statistics the network learned on."""
 
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net, self.embed_dim = net, net.embed_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(standardise(x, (1, 2, 3)))
-
-    def forward_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net.forward_tokens(standardise(x, (1, 2, 3)), mask)
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return standardise(x, (1, 2, 3))
 
 
 def puzzle_tiles(x: torch.Tensor, grid: int = 3, tile: float = 64 / 75, channel_jitter: int = 0) -> torch.Tensor:
