@@ -216,3 +216,25 @@ def test_tiny_dinov2_runs_with_sinkhorn_then_gram_anchoring_switches_on_mid_run(
     state = load_file(str(anchored / "checkpoints" / "step-00000004" / "model.safetensors"))
     torch.testing.assert_close(state["gram_teacher.model.cls_token"], earlier["teacher.backbone.model.cls_token"])
     assert all(v > 0 for v in _scalars(anchored, "train/gram").values())
+
+
+@pytest.mark.slow
+def test_a_resumed_dinov2_run_draws_the_same_ibot_masks_and_losses(fmnist_folder, tmp_path):
+    """The iBOT masks come from the loader's seeded stream, not the global one (which a data loader, made
+    anew on resume, draws from): a run resumed at step 2 repeats steps 3 and 4."""
+    import shutil
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    args = ["pretrain", "dinov2", "--backbone", "vit_tiny", "--steps", "4", "--batch-size", "8",
+            "--data", str(fmnist_folder), "--recipe", "dinov2-fashion-mnist",
+            *[a for s in TINY + ["checkpoint_every=2"] for a in ("--set", s)]]  # fmt: skip
+    assert main([*args, "--out", str(full)]) == 0
+    shutil.copytree(full, part)
+    shutil.rmtree(part / "checkpoints" / "step-00000004")
+    (part / "backbone.safetensors").unlink()
+    shutil.rmtree(part / "tb")
+    assert main(["pretrain", "--resume", str(part)]) == 0
+    for tag in ("train/ibot", "train/loss"):
+        resumed, whole = _scalars(part, tag), _scalars(full, tag)
+        assert sorted(resumed) == [3, 4] and resumed[3] == pytest.approx(whole[3], abs=1e-6)
+        assert resumed[4] == pytest.approx(whole[4], abs=1e-6)

@@ -34,7 +34,6 @@ from ..heads import DINOHead
 from ..losses import cross_view_entropy, gram_loss, ibot_patch_loss, koleo, sinkhorn_knopp, update_center
 from .base import Method
 from .dino import drop_last_layer_grads, multi_crop, teacher_temperature
-from .mae import vit_grid
 
 
 class DINOv2(Method):
@@ -54,7 +53,7 @@ class DINOv2(Method):
             raise ConfigError(f"method_args.centering must be center or sinkhorn, got {centering!r}")
         self.backbone = backbone
         self.views = multi_crop(views, local_crops, local_size, local_scale)
-        self.masks = BlockMasks(vit_grid(backbone, "dinov2"), tuple(mask_ratio), mask_probability)
+        self.masks = BlockMasks(backbone.grid, tuple(mask_ratio), mask_probability)
         shape = dict(hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim, norm_last_layer=norm_last_layer)
         self.head = DINOHead(backbone.embed_dim, out_dim, **shape)
         self.mask_token = nn.Parameter(torch.zeros(backbone.embed_dim))
@@ -108,7 +107,7 @@ class DINOv2(Method):
         glob = torch.cat(views[:2])
         teacher = self.teacher
         with torch.no_grad():
-            t_cls, t_patch = teacher["backbone"].forward_pooled_tokens(glob)
+            t_cls, t_patch = teacher["backbone"].forward_pooled_tokens(glob)  # the teacher sees every patch
         s_cls, s_patch = self.backbone.forward_masked(glob, masks, self.mask_token)
 
         with torch.no_grad():
@@ -116,9 +115,9 @@ class DINOv2(Method):
             t_ibot_head = teacher["ibot_head"] if "ibot_head" in teacher else teacher["head"]
             ibot_targets = self.targets(t_ibot_head(t_patch[masks]), self.patch_center)
         student = self.head(s_cls).chunk(2)
-        ibot_head = self.ibot_head if self.ibot_head is not None else self.head
         if len(views) > 2:
             student += self.head(self.backbone(torch.cat(views[2:]))).chunk(len(views) - 2)
+        ibot_head = self.ibot_head if self.ibot_head is not None else self.head
         out = {
             "dino": cross_view_entropy(list(student), list(dino_targets), self.temps[0]),
             "ibot": ibot_patch_loss(ibot_head(s_patch[masks]), ibot_targets, masks, self.temps[0]),
