@@ -1,7 +1,9 @@
 """The training loop: one short loop on Lightning Fabric for every method.
 
-Fabric picks devices and precision and wraps DDP; this module keeps the rest readable: the data
-order, the views, the learning-rate schedule, the budget, logging, checkpoints and resume. It knows
+Fabric picks devices and precision and wraps DDP. The loop in :func:`_pretrain` reads in one screen;
+its parts have names: the budget clock (:mod:`freelabel.train.clock`), the optimiser schedule
+(:mod:`freelabel.schedules`), what a run shows (:mod:`freelabel.train.monitor`), the online k-NN
+(:mod:`freelabel.train.online_knn`) and, below in this module, checkpoints, resume and Ctrl-C. It knows
 no method by name: a method is any :class:`freelabel.methods.Method`.
 """
 
@@ -15,6 +17,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -116,7 +119,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     rank, world = fabric.global_rank, fabric.world_size
     views = [Views(v) for v in method.views]
     monitor = Monitor(out, state, cfg.log_every, fabric.is_global_zero, lambda v: fabric.all_reduce(v, reduce_op="mean"))
-    save = lambda: _save_checkpoint(out, state, method, optimizer, fabric)  # noqa: E731
+    save = partial(_save_checkpoint, out, state, method, optimizer, fabric)
     last: Batch | None = None  # the last batch, for the method's artefacts
 
     with monitor, _checkpoint_on_interrupt(save, state, out):
