@@ -57,7 +57,7 @@ from freelabel.data.views import ViewConfig
 from freelabel.engine import pretrain
 from freelabel.evaluate.knn import knn_eval
 from freelabel.hardware import resolve_precision
-from freelabel.run import load_backbone
+from freelabel.methods import load_backbone
 from freelabel.schedules import lr_at
 
 Tensors = list[torch.Tensor]

@@ -10,10 +10,8 @@ no method by name: a method is any :class:`freelabel.methods.Method`.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import math
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -27,20 +25,17 @@ from lightning.fabric import Fabric
 from . import run as rundir
 from .config import ConfigError, RunConfig
 from .data.loader import Batch, batches, steps_per_epoch
-from .data.sources import open_dataset
+from .data.registry import open_dataset
 from .data.views import Views
+from .errors import TrainingError
 from .hardware import resolve_precision
-from .methods import METHODS, Method
+from .methods import Method, build_method
 from .schedules import OptimizerSchedule
 from .train.clock import BudgetClock
 from .train.monitor import Monitor
 from .train.online_knn import OnlineKNN
 
 log = logging.getLogger("freelabel")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a NaN loss, say); the message says what to change."""
 
 
 @dataclass
@@ -59,18 +54,6 @@ class TrainState:
         self.step += 1
         self.position += 1
         self.images_seen += images
-
-
-def build_method(cfg: RunConfig, in_chans: int) -> Method:
-    if cfg.method not in METHODS:
-        raise ConfigError(f"unknown method {cfg.method!r}; valid: {', '.join(METHODS)}")
-    cls = METHODS[cfg.method]
-    backbone = cls.make_backbone(cfg.backbone.name, in_chans, cfg.views, **cfg.backbone.args)
-    accepted = set(inspect.signature(cls).parameters) - {"backbone", "views"}
-    bad = set(cfg.method_args) - accepted
-    if bad:
-        raise ConfigError(f"{cfg.method} has no option {sorted(bad)[0]!r}; valid: {', '.join(sorted(accepted))}")
-    return cls(backbone, views=cfg.views, **cfg.method_args)
 
 
 def build_optimizer(method: Method, cfg: RunConfig, world: int) -> torch.optim.Optimizer:
@@ -270,10 +253,3 @@ def _finish(cfg: RunConfig, out: Path, state: TrainState, method: Method, last: 
         log.info("done: %d steps, %.1f min, %.0f images/s; run directory %s",
                  state.step, result["train_minutes"], result["images_per_s"], out)
     return result
-
-
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(message)s")  # fmt: skip
-    for name in ("lightning.fabric", "lightning.pytorch"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)

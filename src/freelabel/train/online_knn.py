@@ -8,7 +8,7 @@ import math
 import torch
 
 from ..config import RunConfig
-from ..data.sources import open_dataset
+from ..data.registry import open_dataset
 from ..evaluate.knn import knn_eval
 from .clock import Position
 
