@@ -23,8 +23,17 @@ from torch.utils.data import Dataset, Subset
 from ..config import ConfigError
 from ..data.sources import TensorImages
 from ..data.views import ViewConfig, Views
-from .common import (Model, autocast_enabled, class_names, labels_of, load_model, open_split, progress, progress_bar,
-                     record)
+from .common import (
+    Model,
+    autocast_enabled,
+    class_names,
+    labels_of,
+    load_model,
+    open_split,
+    progress,
+    progress_bar,
+    record,
+)
 
 log = logging.getLogger("freelabel")
 SUBSET_FILE = "labels-subset.txt"
