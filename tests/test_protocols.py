@@ -10,6 +10,11 @@ from PIL import Image
 
 from freelabel.cli import main
 from freelabel.config import ConfigError, RunConfig
+from freelabel.data.composed import THRESHOLD, compose
+from freelabel.data.views import ViewConfig
+from freelabel.evaluate.attention import attention_maps, cls_attention, evaluate_attention, jaccard, mass_mask
+from freelabel.evaluate.common import Model
+from freelabel.evaluate.dense import evaluate_dense, fit_dense
 from freelabel.evaluate.finetune import SUBSET_FILE, choose_subset, finetune, parse_labels
 from freelabel.evaluate.linear import fit_linear
 
@@ -23,12 +28,23 @@ def intensity_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.array(LEVELS)[labels, None, None] + noise, 0, 255).astype(np.uint8), labels
 
 
+def make_run(run: Path, data: str, backbone: str, args: dict, size: int) -> Path:
+    """A run directory of a tiny backbone saved at its random initialisation."""
+    from freelabel.run import load_backbone, save_backbone, save_config
+
+    cfg = RunConfig(method="simclr")
+    cfg.backbone.name, cfg.backbone.args = backbone, args
+    cfg.data.name, cfg.data.image_size, cfg.data.channels, cfg.data.workers = data, size, 1, 0
+    cfg.views.size, cfg.views.mean, cfg.views.std = size, (0.5,), (0.5,)
+    run.mkdir()
+    save_config(run, cfg)
+    save_backbone(run, load_backbone(run, trained=False)[0].state_dict())
+    return run
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A run directory of a tiny CNN at its random initialisation, on a folder of 16-px grey images in four
-    classes (train/ 40 per class, val/ 10 per class)."""
-    from freelabel.run import save_backbone, save_config
-
+    """A tiny CNN's run on a folder of 16-px grey images in four classes (train/ 40 per class, val/ 10)."""
     root = tmp_path_factory.mktemp("protocols")
     data = root / "data"
     for split, n, seed in (("train", 160, 0), ("val", 40, 1)):
@@ -36,17 +52,15 @@ def tiny_run(tmp_path_factory):
         for i, (img, c) in enumerate(zip(images, labels)):
             (data / split / f"level{c}").mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(data / split / f"level{c}" / f"{i:03d}.png")
-    cfg = RunConfig(method="simclr")
-    cfg.backbone.name, cfg.backbone.args = "convnet", {"widths": [8, 16]}
-    cfg.data.name, cfg.data.image_size, cfg.data.channels, cfg.data.workers = str(data), 16, 1, 0
-    cfg.views.size, cfg.views.mean, cfg.views.std = 16, (0.5,), (0.5,)
-    run = root / "run"
-    run.mkdir()
-    save_config(run, cfg)
-    from freelabel.run import load_backbone
+    return make_run(root / "run", str(data), "convnet", {"widths": [8, 16]}, 16)
 
-    save_backbone(run, load_backbone(run, trained=False)[0].state_dict())
-    return run
+
+def tiny_vit() -> Model:
+    from freelabel.backbones import build_backbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone("vit_tiny", 1, 16, patch_size=4, depth=2, embed_dim=32, num_heads=2).eval()
+    return Model(backbone, ViewConfig(size=16, mean=(0.5,), std=(0.5,)), "tiny", "0", 1, 16, "composed")
 
 
 def test_linear_probe_recovers_a_linear_rule():
@@ -117,3 +131,110 @@ def test_finetune_on_a_listed_subset(tiny_run, tmp_path):
     (tmp_path / "bad.txt").write_text("no/such/image.png\n")
     assert main(["eval", "finetune", str(tiny_run), "--subset", str(tmp_path / "bad.txt")]) == 2
     assert main(["eval", "finetune", str(tiny_run), "--labels", "300%"]) == 2
+
+
+def test_composed_masks_match_their_objects_pixel_for_pixel(fmnist):
+    scenes = compose("train", 30, size=56, objects=(2, 4), seed=5)
+    assert torch.equal(scenes.images, compose("train", 30, size=56, objects=(2, 4), seed=5).images)
+    assert not torch.equal(scenes.images, compose("train", 30, size=56, objects=(2, 4), seed=6).images)
+    for image, mask, objects in zip(scenes.images, scenes.masks, scenes.objects):
+        assert 2 <= len(objects) <= 4
+        expected = torch.zeros(56, 56, dtype=torch.long)
+        pixels = torch.full((56, 56), -1, dtype=torch.long)
+        for o in objects:  # later garments cover earlier ones
+            garment = fmnist.images[o["garment"], 0].long()
+            assert o["class"] == int(fmnist.labels[o["garment"]])
+            cover = garment > THRESHOLD
+            window = (slice(o["top"], o["top"] + 28), slice(o["left"], o["left"] + 28))
+            expected[window][cover] = 1 + o["class"]
+            pixels[window][cover] = garment[cover]
+        assert torch.equal(mask, expected)
+        assert torch.equal(image[0].long()[mask > 0], pixels[mask > 0])  # an object's pixels are its garment's
+
+
+def test_a_folder_of_images_with_png_masks(tmp_path):
+    from freelabel.data.composed import mask_folder
+    from freelabel.data.sources import DataError
+
+    scenes = compose("test", 3, size=56, seed=0)
+    for split in ("train", "test"):
+        (tmp_path / split / "images").mkdir(parents=True)
+        (tmp_path / split / "masks").mkdir()
+        for i, (image, mask) in enumerate(zip(scenes.images, scenes.masks)):
+            Image.fromarray(image[0].numpy()).convert("RGB").save(tmp_path / split / "images" / f"{i}.jpg", quality=95)
+            Image.fromarray(mask.numpy().astype(np.uint8)).save(tmp_path / split / "masks" / f"{i}.png")
+    data = mask_folder(tmp_path, "test", 56, channels=3)
+    assert data.images.shape == (3, 3, 56, 56) and torch.equal(data.masks, scenes.masks)
+    assert len(data.classes) == int(scenes.masks.max()) + 1
+    (tmp_path / "test" / "masks" / "2.png").unlink()
+    with pytest.raises(DataError, match="lacks the masks of 1 images"):
+        mask_folder(tmp_path, "test", 56)
+
+
+def test_dense_probe_recovers_a_linear_rule():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 8, generator=g)
+
+    def scenes(n):  # a 4x4 token grid of 2x2 regions, each of one class, linear in the region's features
+        f = torch.randn(n, 8, 2, 2, generator=g).repeat_interleave(2, 2).repeat_interleave(2, 3)
+        classes = torch.einsum("cd,ndhw->nchw", w, f).argmax(1)
+        return f, classes.repeat_interleave(4, 1).repeat_interleave(4, 2)  # masks at 16 px
+
+    (f, m), (ft, mt) = scenes(256), scenes(64)
+    r = fit_dense(f, m, ft, mt, 3, epochs=40, lr=3e-2)
+    assert r["miou"] > 75 and len(r["iou"]) == 3
+    assert fit_dense(f, m[torch.randperm(256, generator=g)], ft, mt, 3, epochs=3)["miou"] < 50
+
+
+def test_attention_maps_have_the_grid_shape_and_sum_like_attention():
+    model = tiny_vit()
+    images = torch.randint(0, 256, (3, 1, 16, 16), dtype=torch.uint8)
+    rows, prefix = cls_attention(model, images)
+    assert prefix == 1 and rows.shape == (3, 2, 17)
+    assert torch.allclose(rows.sum(-1), torch.ones(3, 2), atol=1e-5)
+    maps = attention_maps(model, images)
+    assert maps.shape == (3, 2, 4, 4) and torch.equal(maps.flatten(2), rows[..., 1:])
+    # the same rows computed from the last block's own query and key projections
+    blk, seen = model.backbone.model.blocks[-1], []
+    hook = blk.norm1.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    model.encode_image(images)
+    hook.remove()
+    q, k, _ = blk.attn.qkv(seen[0]).view(3, 17, 3, 2, 16).permute(2, 0, 3, 1, 4)
+    expected = (q[:, :, :1] @ k.transpose(-2, -1) / 4).softmax(-1)[:, :, 0]
+    assert torch.allclose(rows, expected, atol=1e-5)
+
+
+def test_the_dino_mask_keeps_the_top_patches_holding_the_mass():
+    maps = torch.tensor([[[0.1, 0.5], [0.3, 0.1]]])
+    assert mass_mask(maps, 0.6).tolist() == [[[False, True], [True, False]]]
+    assert mass_mask(maps, 0.4).tolist() == [[[False, True], [False, False]]]
+    a, b = torch.tensor([[1, 1], [0, 0]]).bool(), torch.tensor([[1, 0], [1, 0]]).bool()
+    assert jaccard(a, b).item() == pytest.approx(1 / 3)
+
+
+def test_attention_of_a_pretrained_vit_counts_its_registers(tmp_path):
+    import tiny_models
+
+    from freelabel.evaluate.common import load_model
+
+    model = load_model(tiny_models.vision("dinov2_with_registers", tmp_path / "m"), device="cpu")
+    rows, prefix = cls_attention(model, torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8))
+    assert prefix == 5 and rows.shape == (2, 2, 21)  # CLS + 4 registers + a 4x4 grid of 8-px patches at 32 px
+    assert torch.allclose(rows.sum(-1), torch.ones(2, 2), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_dense_probe_and_attention_on_runs(tiny_run, tmp_path):
+    from freelabel.run import read_metrics
+
+    r = evaluate_dense(tiny_run, "composed", epochs=1)
+    assert r["trained"]["grid"] == [14, 14] and 0 < r["trained"]["miou"] < 100
+    assert read_metrics(tiny_run)["dense"]["trained"]["miou"] == r["trained"]["miou"]
+    assert main(["eval", "attention", str(tiny_run)]) == 2  # a CNN: one line naming what works
+    vit = make_run(tmp_path / "vit", "fashion-mnist", "vit_tiny", {"patch_size": 4, "depth": 2, "embed_dim": 32,
+                   "num_heads": 2}, 28)  # fmt: skip
+    a = evaluate_attention(vit, out=tmp_path / "maps", images=2, baselines=True)
+    assert a["trained"]["grid"] == [14, 14] and len(a["trained"]["jaccard_per_head"]) == 2
+    assert 0 < a["random_init"]["jaccard_mean_head"] < 100
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == [
+        "random_init-000.png", "random_init-001.png", "trained-000.png", "trained-001.png"]  # fmt: skip
