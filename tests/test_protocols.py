@@ -118,6 +118,8 @@ def test_finetune_learns_then_predict_and_export_round_trip(tiny_run, tmp_path):
     assert torch.allclose(backbone(x), clf.backbone.cpu()(x), atol=1e-5)
     assert main(["predict", str(out), str(val), "--out", str(tmp_path / "cli.csv")]) == 0
     assert main(["predict", str(tmp_path), str(val)]) == 2  # not a classifier folder: one line, status 2
+    assert main(["predict", str(out), str(tmp_path / "nowhere")]) == 2
+    assert main(["predict", str(out), str(val), "-k", "0"]) == 2
 
 
 @pytest.mark.slow
@@ -130,7 +132,8 @@ def test_finetune_on_a_listed_subset(tiny_run, tmp_path):
     assert (tmp_path / "c" / SUBSET_FILE).read_text().split() == listed
     (tmp_path / "bad.txt").write_text("no/such/image.png\n")
     assert main(["eval", "finetune", str(tiny_run), "--subset", str(tmp_path / "bad.txt")]) == 2
-    assert main(["eval", "finetune", str(tiny_run), "--labels", "300%"]) == 2
+    for bad in (["--labels", "300%"], ["--minutes", "0"], ["--batch-size", "0"], ["--epochs", "-1"]):
+        assert main(["eval", "finetune", str(tiny_run), *bad]) == 2
 
 
 def test_composed_masks_match_their_objects_pixel_for_pixel(fmnist):

@@ -94,9 +94,12 @@ def predict_folder(classifier: str | Path, folder: str | Path, out: str | Path |
                    batch_size: int = 64) -> tuple[list[list], list[str]]:  # fmt: skip
     """Top-``k`` labels and scores of every image under ``folder``: rows ``[image, label_1, score_1, ...]``
     (paths relative to ``folder``) and the paths that could not be decoded; written as CSV to ``out``."""
+    from .config import ConfigError
     from .data.loader import sequential
     from .data.sources import DataError, ImageFiles, scan_folder
 
+    if k < 1 or batch_size < 1:
+        raise ConfigError(f"-k and the batch size must be at least 1; got {k} and {batch_size}")
     clf = load_classifier(classifier)
     root = Path(folder).expanduser()
     paths = scan_folder(root)[0]

@@ -36,10 +36,6 @@ class Model:
     def embed_dim(self) -> int:
         return self.backbone.embed_dim
 
-    @property
-    def is_vit(self) -> bool:
-        return bool(getattr(self.backbone, "is_vit", False)) or hasattr(getattr(self.backbone, "model", None), "config")
-
     def input(self, images: torch.Tensor) -> torch.Tensor:
         """``uint8 [B, C, H, W]`` (or floats in [0, 1]) -> the backbone's normalised input."""
         from ..pretrained import model_input
@@ -93,6 +89,7 @@ def open_split(model: Model, data: str, split: str) -> Dataset:
 
 
 def labels_of(ds: Dataset) -> torch.Tensor:
+    """The labels of a labelled data set; an unlabelled one is an error naming the fix."""
     labels = ds.labels if isinstance(ds.labels, torch.Tensor) else torch.tensor(ds.labels)
     if (labels < 0).any():
         from ..data.sources import DataError

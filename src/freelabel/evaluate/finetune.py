@@ -154,6 +154,9 @@ def train(model: Model, train: Dataset, classes: int, *, epochs: float | None = 
 
     if epochs is not None and minutes is not None:
         raise ConfigError("give fine-tuning one budget: epochs or minutes")
+    if any(v is not None and v <= 0 for v in (epochs, minutes)) or batch_size < 1 or lr <= 0:
+        raise ConfigError(f"fine-tuning needs a positive budget, batch size and learning rate; got epochs={epochs}, "
+                          f"minutes={minutes}, batch size {batch_size}, lr {lr}")  # fmt: skip
     device = next(model.backbone.parameters()).device
     torch.manual_seed(seed)
     head = nn.Linear(model.embed_dim, classes)

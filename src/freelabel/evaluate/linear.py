@@ -107,7 +107,8 @@ def evaluate_linear(spec: str | Path, data: str | None = None, baselines: bool =
     model = load_model(spec)
     data = data or model.data
     train, test = open_split(model, data, "train"), open_split(model, data, "test")
-    labels_of(train), labels_of(test)
+    for ds in (train, test):
+        labels_of(ds)  # fails early, before any feature is extracted, when the data has no labels
     size = model.image_size or model.view.size
 
     def score(m: Model | None) -> tuple[dict, nn.Linear]:
