@@ -152,7 +152,7 @@ def _protocol_parsers(evsub) -> None:
     for p in (lin, ft):
         p.add_argument("--data", help="labelled data (default: the run's data; fashion-mnist for a pretrained model)")
         p.add_argument("--out", help="classifier folder to write (default: inside the run directory)")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0, help="seed of the validation split, label subset and training")
     for p in (de, at):
         p.add_argument("--data", default="composed", help="composed (Fashion-MNIST garments on canvases with exact "
                        "masks, the default), or a folder with images/ and masks/ (PNG class ids, 255 ignored)")  # fmt: skip

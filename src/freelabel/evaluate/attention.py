@@ -92,12 +92,13 @@ def jaccard(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def draw(image: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor, path: Path, zoom: int = 4) -> None:
-    """One row: the image, then each head's attention (scaled to its maximum) with its 60%-mass mask below."""
+    """One row: the image, then each head's attention (stretched from its minimum to its maximum) with its
+    60%-mass mask below."""
     from PIL import Image
 
     size = image.shape[-1]
     up = F.interpolate(maps[None], size=(size, size), mode="nearest")[0]
-    top = [image[0].numpy()] + [(255 * m / m.max().clamp(min=1e-12)).byte().numpy() for m in up]
+    top = [image[0].numpy()] + [(255 * (m - m.min()) / (m.max() - m.min()).clamp(min=1e-12)).byte().numpy() for m in up]
     bottom = [np.zeros((size, size), np.uint8)] + [(255 * m).byte().numpy() for m in masks]
     grid = np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)
     Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST).save(path)

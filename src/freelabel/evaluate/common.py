@@ -40,7 +40,8 @@ class Model:
         """``uint8 [B, C, H, W]`` (or floats in [0, 1]) -> the backbone's normalised input."""
         from ..pretrained import model_input
 
-        return model_input(images, self.view)
+        x = model_input(images, self.view)
+        return x.expand(-1, self.channels, -1, -1) if x.shape[1] == 1 else x
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.input(images))

@@ -186,8 +186,8 @@ def train(model: Model, train: Dataset, classes: int, *, epochs: float | None = 
                 for group in opt.param_groups:
                     group["lr"] = group["lr_scale"] * lr * batch_size / 256 * scale
                 images = batch.images.to(device)
-                if images.shape[1] != len(model.view.mean):  # grey data, colour model
-                    images = images.expand(-1, len(model.view.mean), -1, -1)
+                if images.shape[1] == 1 and model.channels == 3:  # grey data, colour model
+                    images = images.expand(-1, 3, -1, -1)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                     loss = F.cross_entropy(net(views(images, g)), batch.labels.to(device), label_smoothing=label_smoothing)
                 if not torch.isfinite(loss):
