@@ -241,3 +241,21 @@ def test_dense_probe_and_attention_on_runs(tiny_run, tmp_path):
     assert 0 < a["random_init"]["jaccard_mean_head"] < 100
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == [
         "random_init-000.png", "random_init-001.png", "trained-000.png", "trained-001.png"]  # fmt: skip
+
+
+def test_layer_decay_scales_vit_blocks_from_the_head_down():
+    import torch.nn as nn
+
+    from freelabel.evaluate.finetune import _Net, param_groups
+
+    backbone = tiny_vit().backbone  # 2 blocks
+    net = _Net(backbone, nn.Linear(32, 4))
+    groups = param_groups(net, backbone, lr=1.0, weight_decay=0.05, layer_decay=0.5)
+    scale_of = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    named = dict(net.named_parameters())
+    assert scale_of[id(named["head.weight"])] == (1.0, 0.05) and scale_of[id(named["head.bias"])] == (1.0, 0.0)
+    assert scale_of[id(named["backbone.model.blocks.1.mlp.fc1.weight"])] == (0.5, 0.05)
+    assert scale_of[id(named["backbone.model.blocks.0.mlp.fc1.weight"])] == (0.25, 0.05)
+    assert scale_of[id(named["backbone.model.patch_embed.proj.weight"])] == (0.125, 0.05)
+    assert scale_of[id(named["backbone.model.cls_token"])] == (0.125, 0.0)
+    assert sum(len(g["params"]) for g in groups) == len(named)
