@@ -77,8 +77,8 @@ def table(results: dict, methods: list[str], columns: list[str]) -> str:
         for row, name in (("trained", method), ("random_init", f"{method}: random init / supervised from scratch")):
             cells = [spread([seed[c][row] for seed in results[method] if row in seed.get(c, {})]) for c in columns]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    pixels = [spread([s[c]["raw_pixels"] for m in methods for s in results[m][:1] if "raw_pixels" in s.get(c, {})])
-              for c in columns]  # fmt: skip
+    seeds = results[methods[0]]  # raw pixels are the same for every method: one value per seed
+    pixels = [spread([s[c]["raw_pixels"] for s in seeds if "raw_pixels" in s.get(c, {})]) for c in columns]
     lines.append("| raw pixels | " + " | ".join(pixels) + " |")
     return "\n".join(lines)
 
