@@ -110,11 +110,12 @@ def evaluate_linear(spec: str | Path, data: str | None = None, baselines: bool =
     for ds in (train, test):
         labels_of(ds)  # fails early, before any feature is extracted, when the data has no labels
     size = model.image_size or model.view.size
+    device = next(model.backbone.parameters()).device  # the heads train where the model runs
 
     def score(m: Model | None) -> tuple[dict, nn.Linear]:
         tr, tr_y = cached_features(m, data, "train", train, size)
         te, te_y = cached_features(m, data, "test", test, size)
-        return fit_linear(tr, tr_y, te, te_y, epochs=epochs, seed=seed)
+        return fit_linear(*(t.to(device) for t in (tr, tr_y, te, te_y)), epochs=epochs, seed=seed)
 
     trained, head = score(model)
     results: dict = {"data": data, "train_images": len(train), "test_images": len(test), "trained": trained}
