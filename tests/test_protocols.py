@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 from freelabel.cli import main
-from freelabel.config import ConfigError, RunConfig
+from freelabel.config import RunConfig
 from freelabel.data.composed import THRESHOLD, compose
 from freelabel.data.views import ViewConfig
+from freelabel.errors import ConfigError
 from freelabel.evaluate.attention import attention_maps, cls_attention, evaluate_attention, jaccard, mass_mask
 from freelabel.evaluate.common import Model
 from freelabel.evaluate.dense import evaluate_dense, fit_dense
@@ -30,7 +31,8 @@ def intensity_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def make_run(run: Path, data: str, backbone: str, args: dict, size: int) -> Path:
     """A run directory of a tiny backbone saved at its random initialisation."""
-    from freelabel.run import load_backbone, save_backbone, save_config
+    from freelabel.methods import load_backbone
+    from freelabel.run import save_backbone, save_config
 
     cfg = RunConfig(method="simclr")
     cfg.backbone.name, cfg.backbone.args = backbone, args
@@ -92,9 +94,9 @@ def test_label_subset_is_the_asked_size_per_class_and_seeded():
 
 @pytest.mark.slow
 def test_finetune_learns_then_predict_and_export_round_trip(tiny_run, tmp_path):
-    from freelabel.classifier import load_classifier, predict_folder
+    from freelabel.evaluate.classifier import load_classifier, predict_folder
     from freelabel.evaluate.common import load_model
-    from freelabel.run import load_backbone
+    from freelabel.methods import load_backbone
 
     out = tmp_path / "clf"
     r = finetune(tiny_run, labels="100%", epochs=40, lr=4e-3, out=out)
@@ -157,7 +159,7 @@ def test_composed_masks_match_their_objects_pixel_for_pixel(fmnist):
 
 def test_a_folder_of_images_with_png_masks(tmp_path):
     from freelabel.data.composed import mask_folder
-    from freelabel.data.sources import DataError
+    from freelabel.errors import DataError
 
     scenes = compose("test", 3, size=56, seed=0)
     for split in ("train", "test"):

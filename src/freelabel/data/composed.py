@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .sources import FASHION_MNIST_CLASSES, DataError, fashion_mnist, load_image
+from ..errors import DataError
+from .sources import FASHION_MNIST_CLASSES, fashion_mnist, load_image
 
 THRESHOLD = 10  # a garment covers its pixels brighter than this
 IGNORE = 255  # mask value of pixels that count for no class

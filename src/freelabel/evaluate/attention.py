@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.composed import IGNORE
-from ..run import RunError
+from ..errors import RunError
 from .common import Model, load_model, progress, record
 from .dense import dense_model, masked_data
 

@@ -4,7 +4,6 @@ written into the run's ``metrics.json``."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from ..data.views import ViewConfig, resize
+from ..errors import DataError
 
 
 @dataclass
@@ -38,10 +38,9 @@ class Model:
 
     def input(self, images: torch.Tensor) -> torch.Tensor:
         """``uint8 [B, C, H, W]`` (or floats in [0, 1]) -> the backbone's normalised input."""
-        from ..pretrained import model_input
+        from ..encoder import model_input
 
-        x = model_input(images, self.view)
-        return x.expand(-1, self.channels, -1, -1) if x.shape[1] == 1 else x
+        return model_input(images, self.view, self.channels)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.input(images))
@@ -50,42 +49,25 @@ class Model:
         return self.backbone.forward_tokens(self.input(images))
 
 
-def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha1()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def load_model(spec: str | Path, trained: bool = True, device: torch.device | str | None = None) -> Model:
-    """The one place protocols open a model: a freelabel run directory (``trained=False``: the same
-    architecture at the run's seeded random initialisation) or a pretrained model (hub name, local
-    transformers folder, ``torchvision:NAME``)."""
-    from ..hardware import default_device
-    from ..pretrained import is_pretrained_name, load
-    from ..run import RunError, load_backbone
+    """The one place protocols open a model, through :func:`freelabel.encoder.load_encoder`: a freelabel run
+    directory (``trained=False``: the same architecture at the run's seeded random initialisation) or a
+    pretrained model (hub name, local transformers folder, ``torchvision:NAME``), in float32 so that it
+    can be fine-tuned."""
+    from ..encoder import load_encoder
 
-    device = torch.device(device) if device is not None else default_device()
-    if not is_pretrained_name(spec):
-        backbone, cfg = load_backbone(Path(spec), trained=trained)
-        view = ViewConfig(size=cfg.views.size, mean=tuple(cfg.views.mean), std=tuple(cfg.views.std))
-        return Model(backbone.to(device), view, str(spec), state_fingerprint(backbone.state_dict()),
-                     cfg.data.channels or 3, cfg.data.image_size or cfg.views.size, cfg.data.name, Path(spec))  # fmt: skip
-    if not trained:
-        raise RunError(f"a random initialisation needs a run directory; {spec} is a pretrained model")
-    backbone = load(str(spec), device=device, dtype=torch.float32)
-    if not hasattr(backbone, "forward_tokens"):
-        raise RunError(f"{spec} is not an image backbone (detectors and segmenters have no features to evaluate)")
-    return Model(backbone, backbone.view, str(spec), state_fingerprint(backbone.state_dict()), 3, None, "fashion-mnist")
+    enc = load_encoder(spec, device=device, dtype=torch.float32, trained=trained)
+    cfg = enc.config
+    size, data = (cfg.data.image_size or cfg.views.size, cfg.data.name) if cfg is not None else (None, "fashion-mnist")
+    return Model(enc.backbone.eval(), enc.view, str(spec), enc.fingerprint, enc.in_chans, size, data, enc.run_dir)
 
 
 def open_split(model: Model, data: str, split: str) -> Dataset:
     """A labelled split of ``data`` decoded the way ``model`` was trained (embedded sets stay at their size
     for pretrained models and are resized batch by batch)."""
-    from ..data.sources import EMBEDDED, open_dataset
+    from ..data.registry import NAMED, open_dataset
 
-    size = model.image_size or (None if data in EMBEDDED else model.view.size)
+    size = model.image_size or (None if data in NAMED else model.view.size)
     return open_dataset(data, split, size, model.channels)
 
 
@@ -93,8 +75,6 @@ def labels_of(ds: Dataset) -> torch.Tensor:
     """The labels of a labelled data set; an unlabelled one is an error naming the fix."""
     labels = ds.labels if isinstance(ds.labels, torch.Tensor) else torch.tensor(ds.labels)
     if (labels < 0).any():
-        from ..data.sources import DataError
-
         raise DataError("this protocol needs labels: use a folder with one sub-folder per class")
     return labels
 

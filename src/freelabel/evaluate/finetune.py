@@ -20,9 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from ..config import ConfigError
 from ..data.sources import TensorImages
 from ..data.views import ViewConfig, Views
+from ..errors import ConfigError, DataError
 from .common import (
     Model,
     autocast_enabled,
@@ -73,8 +73,6 @@ def item_names(ds: Dataset) -> list[str]:
 def read_subset(path: str | Path, ds: Dataset) -> torch.Tensor:
     """Indices of the items a file list names (one per line: a path, or a row number of an embedded set;
     blank lines and ``#`` comments ignored)."""
-    from ..data.sources import DataError
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"subset file {path} does not exist; give a file with one image path (or row number) per line")
@@ -211,7 +209,7 @@ def finetune(spec: str | Path, data: str | None = None, labels: str = "100%", *,
     lists), score it on the test set, keep it as a classifier folder at ``out`` (default
     ``RUN/finetune-LABELS-INIT-seedS``) with the subset's file list, and record it in ``metrics.json``
     under ``finetune``."""
-    from ..classifier import Classifier, save_classifier
+    from .classifier import Classifier, save_classifier
 
     if init not in ("trained", "random"):
         raise ConfigError(f"--init is trained or random, not {init!r}")

@@ -102,7 +102,7 @@ def evaluate_linear(spec: str | Path, data: str | None = None, baselines: bool =
     """Linear-probe top-1 of a run's backbone or a pretrained model on ``data`` (default: the run's data),
     written to ``metrics.json`` under ``linear``; ``baselines`` adds the random-init backbone and raw
     pixels. The trained probe is kept as a classifier folder at ``out`` (default: ``RUN/classifier-linear``)."""
-    from ..classifier import Classifier, save_classifier
+    from .classifier import Classifier, save_classifier
 
     model = load_model(spec)
     data = data or model.data

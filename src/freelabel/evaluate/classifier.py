@@ -21,8 +21,9 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from .data.views import ViewConfig
-from .evaluate.common import Model, progress, state_fingerprint
+from ..data.views import ViewConfig
+from ..errors import ConfigError, DataError, RunError
+from .common import Model, progress
 
 INFO, HEAD = "classifier.json", "head.safetensors"
 
@@ -48,7 +49,7 @@ class Classifier(nn.Module):
 def save_classifier(clf: Classifier, out: str | Path, about: dict, texts: dict[str, str] | None = None) -> Path:
     """Write the folder atomically (a temporary folder renamed into place); ``about`` goes into
     ``classifier.json``, ``texts`` (name: content) into text files beside it."""
-    from .run import CONFIG
+    from ..run import CONFIG
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +61,7 @@ def save_classifier(clf: Classifier, out: str | Path, about: dict, texts: dict[s
     if m.run_dir is not None:
         shutil.copy(m.run_dir / CONFIG, tmp / CONFIG)
     info = {"classes": clf.classes, "source": m.spec if m.run_dir is None else None, "channels": m.channels,
-            "image_size": m.image_size, "view": asdict(m.view), "fingerprint": state_fingerprint(state), **about}  # fmt: skip
+            "image_size": m.image_size, "view": asdict(m.view), **about}  # fmt: skip
     (tmp / INFO).write_text(json.dumps(info, indent=2))
     for name, text in (texts or {}).items():
         (tmp / name).write_text(text)
@@ -71,8 +72,8 @@ def save_classifier(clf: Classifier, out: str | Path, about: dict, texts: dict[s
 
 
 def load_classifier(folder: str | Path, device: torch.device | str | None = None) -> Classifier:
-    from .evaluate.common import load_model
-    from .run import CONFIG, RunError
+    from ..run import CONFIG
+    from .common import load_model
 
     folder = Path(folder)
     if not (folder / INFO).is_file():
@@ -94,9 +95,8 @@ def predict_folder(classifier: str | Path, folder: str | Path, out: str | Path |
                    batch_size: int = 64) -> tuple[list[list], list[str]]:  # fmt: skip
     """Top-``k`` labels and scores of every image under ``folder``: rows ``[image, label_1, score_1, ...]``
     (paths relative to ``folder``) and the paths that could not be decoded; written as CSV to ``out``."""
-    from .config import ConfigError
-    from .data.loader import sequential
-    from .data.sources import DataError, ImageFiles, scan_folder
+    from ..data.loader import sequential
+    from ..data.sources import ImageFiles, scan_folder
 
     if k < 1 or batch_size < 1:
         raise ConfigError(f"-k and the batch size must be at least 1; got {k} and {batch_size}")
