@@ -248,11 +248,12 @@ def test_dense_probe_and_attention_on_runs(tiny_run, tmp_path):
 def test_layer_decay_scales_vit_blocks_from_the_head_down():
     import torch.nn as nn
 
-    from freelabel.evaluate.finetune import _Net, param_groups
+    from freelabel.evaluate.classifier import Classifier
+    from freelabel.evaluate.finetune import param_groups
 
-    backbone = tiny_vit().backbone  # 2 blocks
-    net = _Net(backbone, nn.Linear(32, 4))
-    groups = param_groups(net, backbone, lr=1.0, weight_decay=0.05, layer_decay=0.5)
+    model = tiny_vit()  # 2 blocks
+    net = Classifier(model, nn.Linear(32, 4), list("abcd"))
+    groups = param_groups(net, model.backbone, lr=1.0, weight_decay=0.05, layer_decay=0.5)
     scale_of = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
     named = dict(net.named_parameters())
     assert scale_of[id(named["head.weight"])] == (1.0, 0.05) and scale_of[id(named["head.bias"])] == (1.0, 0.0)

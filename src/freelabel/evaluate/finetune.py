@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, Subset
 from ..data.sources import TensorImages
 from ..data.views import ViewConfig, Views
 from ..errors import ConfigError, DataError
+from .classifier import Classifier
 from .common import (
     Model,
     autocast_enabled,
@@ -118,36 +119,27 @@ def param_groups(model: nn.Module, backbone: nn.Module, lr: float, weight_decay:
     return [{"params": ps, "lr": lr * s, "lr_scale": s, "weight_decay": d} for (s, d), ps in groups.items()]
 
 
-class _Net(nn.Module):
-    def __init__(self, backbone: nn.Module, head: nn.Linear):
-        super().__init__()
-        self.backbone, self.head = backbone, head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-
 @torch.no_grad()
-def accuracy(net: nn.Module, model: Model, ds: Dataset, batch_size: int = 256) -> float:
+def accuracy(clf: Classifier, ds: Dataset, batch_size: int = 256) -> float:
     from ..data.loader import sequential
 
-    net.eval()
-    device = next(net.parameters()).device
+    clf.eval()
+    device = clf.head.weight.device
     correct = total = 0
     for batch in progress(sequential(ds, batch_size), (len(ds) + batch_size - 1) // batch_size, "test"):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_enabled(device)):
-            pred = net(model.input(batch.images.to(device))).argmax(1).cpu()
+            pred = clf(clf.model.input(batch.images.to(device))).argmax(1).cpu()
         correct += int((pred == batch.labels).sum())
         total += len(batch.labels)
     return 100.0 * correct / max(1, total)
 
 
-def train(model: Model, train: Dataset, classes: int, *, epochs: float | None = None, minutes: float | None = None,
+def train(model: Model, train: Dataset, classes: list[str], *, epochs: float | None = None, minutes: float | None = None,
           lr: float = 1e-3, weight_decay: float = 0.05, layer_decay: float = 0.75, batch_size: int = 256,
           warmup: float = 0.05, label_smoothing: float = 0.1, seed: int = 0) -> tuple[nn.Module, int]:  # fmt: skip
-    """Fine-tune ``model.backbone`` with a new linear head on labelled ``train``; a budget of ``epochs`` or
+    """Fine-tune ``model.backbone`` with a new linear head for ``classes`` on labelled ``train``; a budget of ``epochs`` or
     ``minutes`` of training (default: 10 epochs and at least 500 steps); ``lr`` for a batch of 256, scaled
-    linearly. Returns the network (backbone + ``head``) and the number of steps trained."""
+    linearly. Returns the classifier and the number of steps trained."""
     from ..data.loader import batches, steps_per_epoch
 
     if epochs is not None and minutes is not None:
@@ -157,10 +149,10 @@ def train(model: Model, train: Dataset, classes: int, *, epochs: float | None = 
                           f"minutes={minutes}, batch size {batch_size}, lr {lr}")  # fmt: skip
     device = next(model.backbone.parameters()).device
     torch.manual_seed(seed)
-    head = nn.Linear(model.embed_dim, classes)
+    head = nn.Linear(model.embed_dim, len(classes))
     nn.init.trunc_normal_(head.weight, std=0.01)
     nn.init.zeros_(head.bias)
-    net = _Net(model.backbone, head).to(device)
+    net = Classifier(model, head, classes).to(device)
     batch_size = min(batch_size, len(train))
     opt = torch.optim.AdamW(param_groups(net, model.backbone, lr * batch_size / 256, weight_decay, layer_decay))
     views, g = Views(train_view(model.view)), torch.Generator().manual_seed(seed)
@@ -209,7 +201,7 @@ def finetune(spec: str | Path, data: str | None = None, labels: str = "100%", *,
     lists), score it on the test set, keep it as a classifier folder at ``out`` (default
     ``RUN/finetune-LABELS-INIT-seedS``) with the subset's file list, and record it in ``metrics.json``
     under ``finetune``."""
-    from .classifier import Classifier, save_classifier
+    from .classifier import save_classifier
 
     if init not in ("trained", "random"):
         raise ConfigError(f"--init is trained or random, not {init!r}")
@@ -221,18 +213,17 @@ def finetune(spec: str | Path, data: str | None = None, labels: str = "100%", *,
     names = item_names(train_ds)
     n_classes = int(train_labels.max()) + 1
     start = time.perf_counter()
-    net, steps = train(model, subset(train_ds, idx), n_classes, epochs=epochs, minutes=minutes, lr=lr,
+    clf, steps = train(model, subset(train_ds, idx), class_names(train_ds, n_classes), epochs=epochs, minutes=minutes, lr=lr,
                 weight_decay=weight_decay, layer_decay=layer_decay, batch_size=batch_size, seed=seed)  # fmt: skip
     minutes_used = (time.perf_counter() - start) / 60
     key = f"{'subset' if subset_file else labels}/{init}/seed{seed}"
     results = {"data": data, "labels": labels if not subset_file else str(subset_file), "init": init, "seed": seed,
-               "train_images": len(idx), "test_images": len(test_ds), "top1": accuracy(net, model, test_ds),
+               "train_images": len(idx), "test_images": len(test_ds), "top1": accuracy(clf, test_ds),
                "steps": steps, "minutes": round(minutes_used, 2), "budget": {"epochs": epochs, "minutes": minutes}}  # fmt: skip
     default = model.run_dir / f"finetune-{key.replace('/', '-').replace('%', 'pc')}" if model.run_dir else None
     out = out or default
     if out is not None:
         listing = "".join(f"{names[i]}\n" for i in idx.tolist())
-        clf = Classifier(model, net.head, class_names(train_ds, n_classes))
         results["classifier"] = str(save_classifier(clf, out, {"protocol": "finetune", **results}, {SUBSET_FILE: listing}))
     record(model, "finetune", {key: results})
     return results
