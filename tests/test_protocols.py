@@ -92,6 +92,22 @@ def test_label_subset_is_the_asked_size_per_class_and_seeded():
             parse_labels(bad)
 
 
+def test_finetune_recovers_a_linear_rule_in_images():
+    from freelabel.backbones import build_backbone
+    from freelabel.data.sources import TensorImages
+    from freelabel.evaluate.finetune import accuracy, train
+
+    def data(n, seed):
+        images, labels = intensity_images(n, seed)
+        return TensorImages(torch.from_numpy(images)[:, None], torch.from_numpy(labels))
+
+    torch.manual_seed(0)
+    backbone = build_backbone("convnet", 1, 16, widths=(8, 16))
+    model = Model(backbone, ViewConfig(size=16, mean=(0.5,), std=(0.5,)), "tiny", "0", 1, 16, "x")
+    clf, steps = train(model, data(160, 0), list("abcd"), epochs=10, lr=4e-3, batch_size=32)
+    assert steps == 50 and accuracy(clf, data(80, 1)) >= 90
+
+
 @pytest.mark.slow
 def test_finetune_learns_then_predict_and_export_round_trip(tiny_run, tmp_path):
     from freelabel.evaluate.classifier import load_classifier, predict_folder
