@@ -18,13 +18,8 @@ import torch.nn.functional as F
 
 from ..data.composed import IGNORE
 from ..errors import RunError
-from .common import Model, load_model, progress, record
+from .common import Model, load_model, progress, record, timm_vit
 from .dense import dense_model, masked_data
-
-
-def _timm_vit(model: Model):
-    vit = getattr(model.backbone, "model", None)
-    return vit if getattr(model.backbone, "is_vit", False) else None
 
 
 def _hf_vit(model: Model):
@@ -34,7 +29,7 @@ def _hf_vit(model: Model):
 
 
 def check_vit(model: Model) -> None:
-    vit = _timm_vit(model)
+    vit = timm_vit(model.backbone)
     if vit is not None and vit.num_prefix_tokens - getattr(vit, "num_reg_tokens", 0) > 0:
         return
     if vit is None and _hf_vit(model) is not None:
@@ -49,7 +44,7 @@ def cls_attention(model: Model, images: torch.Tensor) -> tuple[torch.Tensor, int
     all tokens: CLS, registers, patches), and the number of tokens before the patches."""
     check_vit(model)
     x = model.input(images.to(next(model.backbone.parameters()).device))
-    vit = _timm_vit(model)
+    vit = timm_vit(model.backbone)
     if vit is None:
         hf = _hf_vit(model)
         hf.set_attn_implementation("eager")

@@ -49,6 +49,12 @@ class Model:
         return self.backbone.forward_tokens(self.input(images))
 
 
+def timm_vit(backbone: nn.Module) -> nn.Module | None:
+    """The timm VisionTransformer inside a freelabel ViT backbone (``None`` for any other backbone)."""
+    vit = getattr(backbone, "model", None)
+    return vit if getattr(backbone, "grid", None) is not None and hasattr(vit, "blocks") else None
+
+
 def load_model(spec: str | Path, trained: bool = True, device: torch.device | str | None = None) -> Model:
     """The one place protocols open a model, through :func:`freelabel.encoder.load_encoder`: a freelabel run
     directory (``trained=False``: the same architecture at the run's seeded random initialisation) or a

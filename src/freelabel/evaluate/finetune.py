@@ -34,6 +34,7 @@ from .common import (
     progress,
     progress_bar,
     record,
+    timm_vit,
 )
 
 log = logging.getLogger("freelabel")
@@ -103,7 +104,7 @@ def param_groups(model: nn.Module, backbone: nn.Module, lr: float, weight_decay:
                  layer_decay: float) -> list[dict]:  # fmt: skip
     """AdamW groups: no decay on biases and norms; for a timm ViT, block ``i`` of ``L`` gets ``lr *
     layer_decay ** (L - i)`` (embeddings ``L + 1`` levels down), the head the full ``lr``."""
-    vit = getattr(backbone, "model", None) if getattr(backbone, "is_vit", False) else None
+    vit = timm_vit(backbone)
     depth = len(vit.blocks) if vit is not None else 0
     groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
