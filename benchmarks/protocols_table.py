@@ -26,7 +26,7 @@ from pathlib import Path
 from freelabel.config import load_recipe, resolve
 from freelabel.engine import pretrain
 from freelabel.evaluate.finetune import finetune
-from freelabel.evaluate.knn import evaluate_run
+from freelabel.evaluate.knn import evaluate_knn
 from freelabel.evaluate.linear import evaluate_linear
 from freelabel.hardware import cpu_has_bf16
 
@@ -48,7 +48,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict:
         overrides |= {"data.name": args.data, "data.image_size": 28}
     if not (run / "backbone.safetensors").is_file():
         pretrain(resolve(load_recipe(f"{method}-fashion-mnist"), {"method": method, **overrides}), run)
-    knn = evaluate_run(run, baselines=True, ks=(20,))
+    knn = evaluate_knn(run, baselines=True, ks=(20,))
     linear = evaluate_linear(run, baselines=True, seed=seed)
     cells = {
         "knn": {k: knn[k]["top1_k20"] for k in ("trained", "random_init", "raw_pixels")},
