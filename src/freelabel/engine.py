@@ -181,7 +181,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
             while progress() < 1:
                 for batch in batches(data, cfg.optim.batch_size, seed=cfg.seed, epoch=state.epoch, start=state.position,
                                      rank=fabric.global_rank, world=fabric.world_size, workers=cfg.data.workers,
-                                     masks=method.masks):  # fmt: skip
+                                     masks=method.masks, views=method.views):  # fmt: skip
                     if progress() >= 1:
                         break
                     state.skipped += batch.skipped
@@ -193,7 +193,9 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                     method.on_step(p)
                     g = step_generator(cfg.seed, state.step, fabric.global_rank)
                     images = batch.images.to(fabric.device, non_blocking=True)
-                    made = [v(images, g).contiguous(memory_format=torch.channels_last) for v in views]
+                    inputs = [c.to(fabric.device, non_blocking=True) for c in batch.crops] if batch.crops else [images] * len(views)
+                    made = [v(x, g, cropped=batch.crops is not None).contiguous(memory_format=torch.channels_last)
+                            for v, x in zip(views, inputs)]  # fmt: skip
                     masks = {k: m.to(fabric.device, non_blocking=True) for k, m in batch.masks.items()}
                     last = {"images": images, "labels": batch.labels, "views": made, "texts": batch.texts, "masks": masks}
                     outputs = model(last)

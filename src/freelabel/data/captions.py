@@ -43,8 +43,8 @@ class CaptionFiles(ImageFiles):
         super().__init__(paths, labels or [-1] * len(paths), classes or [], size, channels)
         self.texts = texts
 
-    def __getitem__(self, i: int) -> tuple:
-        image, label = super().__getitem__(i)
+    def item(self, i: int, crops=None, g: torch.Generator | None = None) -> tuple:
+        image, label = super().item(i, crops, g)
         return (image, label) if image is None else (image, label, self.texts[i])
 
 

@@ -3,7 +3,8 @@
 One :class:`Views` call turns ``uint8 [B, C, H, W]`` images into normalised ``float [B, C, S, S]``
 views on the images' device. Each sample gets its own random parameters, drawn on the CPU from a
 ``torch.Generator``, so a seed fixes the result on any device. Random-resized-crop and flip are a
-single ``grid_sample`` with a per-sample affine grid; colour jitter, grey, blur and solarize are
+single ``grid_sample`` with a per-sample affine grid (for images held in memory; files are cropped
+from the whole image where they are decoded, :mod:`freelabel.data.crops`); colour jitter, grey, blur and solarize are
 per-sample blends, so the cost is a few batched tensor ops rather than a Python loop per image.
 
 The jitter order is fixed (brightness, contrast, saturation, hue) where torchvision draws a random
@@ -124,10 +125,16 @@ class Views:
     def __init__(self, cfg: ViewConfig):
         self.cfg = cfg
 
-    def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, g: torch.Generator, cropped: bool = False) -> torch.Tensor:
+        """Views of ``images``; ``cropped``: they are this view's crops already (made from the whole
+        image where it was decoded, :mod:`freelabel.data.crops`), so only the mirror is left to do."""
         c, n = self.cfg, images.shape[0]
         x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-        x = resized_crop(x, crop_boxes(g, n, c.scale, c.ratio), _coin(g, n, c.hflip), c.size)
+        boxes, flip = crop_boxes(g, n, c.scale, c.ratio), _coin(g, n, c.hflip)
+        if cropped:
+            x = torch.where(_per_sample(flip, x).bool(), x.flip(-1), x)
+        else:
+            x = resized_crop(x, boxes, flip, c.size)
         # Every random number is drawn whether or not it is used, so the stream never depends on data.
         on = _coin(g, n, c.jitter)
         factors = [_uniform(g, n, 1 - s, 1 + s) for s in (c.brightness, c.contrast, c.saturation)]
