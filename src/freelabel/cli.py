@@ -71,12 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     zs.add_argument("--model", required=True, help="clip/siglip run directory, or a pretrained model (hub name or local folder)")
     zs.add_argument("--out", help="CSV to write (image, label, score); default: print it")
 
-    sh = sub.add_parser("shards", help="WebDataset shards of image-caption pairs")
+    sh = sub.add_parser("shards", help="WebDataset shards of images (labels, captions), streamed in training")
     shsub = sh.add_subparsers(dest="action", required=True, metavar="ACTION")
-    mk = shsub.add_parser("make", help="write shards from a CSV/JSONL of image,caption or a folder with .txt captions")
-    mk.add_argument("src", help="CSV/JSONL file or captioned folder")
-    mk.add_argument("out", help="folder for shard-000000.tar, ...")
+    mk = shsub.add_parser("make", help="write shards from an image folder (class sub-folders become labels), a "
+                          "CSV/JSONL of image,caption or a folder with .txt captions")  # fmt: skip
+    mk.add_argument("src", help="image folder, CSV/JSONL file or captioned folder")
+    mk.add_argument("out", help="folder for shard-000000.tar, ... and shards.json")
     mk.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
+    mk.add_argument("--workers", type=int, help="processes writing shards (default: the cores available)")
 
     ix = sub.add_parser("index", help="an embedding index of images: build, search, evaluate")
     ixsub = ix.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -218,9 +220,9 @@ def cmd_zeroshot(args: argparse.Namespace) -> None:
 
 
 def cmd_shards(args: argparse.Namespace) -> None:
-    from .data.captions import make_shards
+    from .data.shards import make_shards
 
-    shards = make_shards(args.src, args.out, args.per_shard)
+    shards = make_shards(args.src, args.out, args.per_shard, args.workers)
     print(f"{len(shards)} shards written to {args.out}")
 
 

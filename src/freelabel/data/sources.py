@@ -235,10 +235,16 @@ def image_folder(root: str | Path, split: str, size: int, channels: int = 3, hol
 
 def open_dataset(spec: str, split: str = "train", size: int | None = None, channels: int = 3) -> Dataset:
     """``spec`` is an embedded name (``fashion-mnist``, ``emoji``) or a folder path; ``split`` is ``train``,
-    ``test`` or ``all`` (pretraining on a folder uses every image). Caption data (``emoji-captions``, a
-    CSV/JSONL file, shards, a folder with captions) opens through :mod:`.captions`."""
+    ``test`` or ``all`` (pretraining on a folder uses every image). WebDataset shards (of images, labelled
+    or captioned) stream through :mod:`.shards`; caption data (``emoji-captions``, a CSV/JSONL file, a
+    folder with captions) opens through :mod:`.captions`."""
     from .captions import is_captioned, open_captions
+    from .shards import ImageShards, is_shards
 
+    if is_shards(spec):
+        if size is None:
+            raise DataError("shards need an image size (data.image_size or views.size in the recipe)")
+        return ImageShards(spec, split, size, channels)
     if is_captioned(spec):
         return open_captions(spec, split, size, channels)
     if spec in EMBEDDED:
