@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -154,8 +155,17 @@ def _overrides(args: argparse.Namespace) -> dict:
     return o
 
 
+def _no_gpu(accelerator: str | None) -> bool:
+    """Whether a run would train on the CPU: asked to, or left to choose on a machine with no GPU."""
+    import torch
+
+    if accelerator in (None, "auto"):
+        return not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    return accelerator == "cpu"
+
+
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from .config import ConfigError, default_recipe, load_recipe, resolve, to_dict
+    from .config import ConfigError, cpu_recipe, default_recipe, load_recipe, resolve, to_dict
     from .engine import pretrain
     from .run import load_config
 
@@ -171,8 +181,15 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     if args.method not in METHODS:
         raise ConfigError(f"unknown method {args.method!r}; valid: {', '.join(METHODS)}")
     data = args.data or "fashion-mnist"
-    recipe = load_recipe(args.recipe or default_recipe(args.method, data))
-    recipe["recipe"] = args.recipe or default_recipe(args.method, data)
+    name = args.recipe or default_recipe(args.method, data)
+    recipe = load_recipe(name)
+    if not args.recipe and name == args.method and Path(data).expanduser().exists() and _no_gpu(args.accelerator):
+        name, recipe = cpu_recipe(args.method) or (name, recipe)
+        if name != args.method:
+            logging.getLogger("freelabel").info(
+                "no GPU here: pretraining with %s's CPU-sized recipe (%s); for the paper recipe give --recipe %s",
+                args.method, recipe["about"].split(": ", 1)[1], args.method)  # fmt: skip
+    recipe["recipe"] = name
     cfg = resolve(recipe, {"method": args.method, **_overrides(args)})
     out = Path(args.out or f"runs/{args.method}-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
     pretrain(cfg, out)

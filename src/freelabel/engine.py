@@ -28,7 +28,7 @@ from .data.sources import open_dataset
 from .data.views import Views
 from .ema import cosine_schedule
 from .evaluate.knn import knn_eval
-from .hardware import resolve_precision
+from .hardware import loader_workers, resolve_precision
 from .methods import METHODS, Method
 
 log = logging.getLogger("freelabel")
@@ -82,6 +82,24 @@ def build_optimizer(method: Method, cfg: RunConfig, world: int) -> torch.optim.O
         return create_optimizer_v2(method, opt=o.name, lr=lr, weight_decay=o.weight_decay, **kwargs)
     except (AssertionError, ValueError, KeyError) as e:
         raise ConfigError(f"optimizer {o.name!r} cannot be made ({e}); try adamw, lars, sgd or lamb") from None
+
+
+FORECAST_AFTER, FORECAST_OVER = 3, 10  # steps of warm-up, then the steps whose speed the forecast uses
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def forecast(images_per_s: float, images_per_step: int, budget, steps_left: int | None, epoch_images: int) -> str:
+    """What the measured speed means for the budget: the time a budget of steps or epochs takes, or
+    the images and epochs a budget of minutes covers."""
+    speed = f"expected speed {images_per_s:,.0f} images/s"
+    if steps_left is not None:
+        seconds = steps_left * images_per_step / images_per_s
+        return f"{speed}: the {steps_left:,} steps left of the budget take about {_duration(seconds)} of training"
+    images = images_per_s * budget.minutes * 60
+    return f"{speed}: the budget of {budget.minutes:g} min covers about {images:,.0f} images ({images / epoch_images:.1f} epochs)"
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -156,6 +174,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
         return state.train_seconds / (budget.minutes * 60)
 
     views = [Views(v) for v in method.views]
+    workers = loader_workers(cfg.data.workers, fabric.world_size // cfg.num_nodes)  # this machine's cores at most
     writer = _tensorboard(out) if main else None
     evaluator = _online_knn(cfg, method, fabric.device, precision) if cfg.eval_every_minutes and main else None
     interval = (cfg.eval_every_minutes or 0) * 60
@@ -176,11 +195,12 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     last_log = -1.0
     metrics: dict[str, float] = {}
     tick = time.perf_counter()  # training time runs from here, loading included, evaluation excluded
+    session_steps, speed_from = 0, (0.0, 0)
     try:
         with bar:
             while progress() < 1:
                 for batch in batches(data, cfg.optim.batch_size, seed=cfg.seed, epoch=state.epoch, start=state.position,
-                                     rank=fabric.global_rank, world=fabric.world_size, workers=cfg.data.workers,
+                                     rank=fabric.global_rank, world=fabric.world_size, workers=workers,
                                      masks=method.masks, views=method.views):  # fmt: skip
                     if progress() >= 1:
                         break
@@ -222,6 +242,13 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                     if budget.minutes and fabric.world_size > 1:  # every process stops at the same step
                         state.train_seconds = fabric.broadcast(state.train_seconds, 0)
                     window_images += len(images) * fabric.world_size
+                    session_steps += 1
+                    if session_steps == FORECAST_AFTER:
+                        speed_from = (state.train_seconds, state.images_seen)
+                    elif session_steps == FORECAST_AFTER + FORECAST_OVER and main:
+                        rate = (state.images_seen - speed_from[1]) / max(state.train_seconds - speed_from[0], 1e-9)
+                        log.info(forecast(rate, cfg.optim.batch_size * fabric.world_size, budget,
+                                          total_steps - state.step if total_steps else None, len(data)))  # fmt: skip
                     if state.step % cfg.log_every == 0:
                         now = time.perf_counter()
                         metrics = {k: fabric.all_reduce(v.detach().float(), reduce_op="mean").item()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..hardware import loader_workers
 from .crops import RandomCrops, crop_generator
 from .sources import TensorImages
 from .views import ViewConfig
@@ -141,4 +142,4 @@ def sequential(ds: Dataset, batch_size: int, workers: int = 0) -> Iterator[Batch
             texts = _texts(ds, range(s, min(s + batch_size, len(ds))))
             yield Batch(ds.images[s : s + batch_size], ds.labels[s : s + batch_size], [], texts)
         return
-    yield from DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    yield from DataLoader(ds, batch_size=batch_size, num_workers=loader_workers(workers), collate_fn=collate)
