@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
                         "NAME.png (overlay) per image into --out. By text: --text with --detector (Grounding DINO or "
                         "OWLv2) and a SAM/SAM2 --segmenter, or a SAM3 --segmenter alone. By prompts: --points and/or "
                         "--boxes with a SAM/SAM2 --segmenter. Models are hub names or save_pretrained folders.")  # fmt: skip
-    sg.add_argument("images", nargs="+", metavar="IMAGE")
+    sg.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or with --coco also folders of images")
     sg.add_argument("--text", help='comma-separated phrases, e.g. "cat,dog"')
     sg.add_argument("--detector", help="Grounding DINO or OWLv2 model turning --text into boxes")
     sg.add_argument("--segmenter", required=True, help="SAM, SAM2 or SAM3 model")
@@ -127,7 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     sg.add_argument("--batch-size", type=int, default=4, help="images per detector forward pass")
     sg.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     sg.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: bf16 on GPU, fp32 on CPU")
-    sg.add_argument("--out", required=True, help="output folder")
+    sg.add_argument("--out", help="output folder (a JSON and an overlay PNG per image)")
+    sg.add_argument("--coco", metavar="FILE", help="instead: one COCO instances file for all the images (by --text), "
+                    "resumable: a rerun continues where a stopped one left off")  # fmt: skip
 
     sub.add_parser("methods", help="list the methods")
     sub.add_parser("backbones", help="list the backbones")
@@ -290,6 +292,21 @@ def cmd_segment(args: argparse.Namespace) -> None:
     from .config import ConfigError
 
     text = [t.strip() for t in args.text.split(",") if t.strip()] if args.text else None
+    if (args.out is None) == (args.coco is None):
+        raise ConfigError("give --out FOLDER (a JSON and an overlay per image) or --coco FILE (one COCO file), not both")
+    if args.coco:
+        if args.points or args.boxes:
+            raise ConfigError("--coco labels images by --text phrases; points and boxes prompt single images (use --out)")
+        from .pipelines.segment import label_folder
+
+        r = label_folder(args.images, args.coco, segmenter=args.segmenter, text=text, detector=args.detector,
+                         box_threshold=args.box_threshold, text_threshold=args.text_threshold, nms_threshold=args.nms,
+                         batch_size=args.batch_size, device=args.device, dtype=args.dtype)  # fmt: skip
+        for name in r["unreadable"]:
+            print(f"  unreadable, left out: {name}")
+        print(f"wrote {r['annotations']} objects in {r['images']} images to {r['coco']}"
+              + (f" ({r['resumed']} images from the stopped run)" if r["resumed"] else ""))  # fmt: skip
+        return
     records = segment(args.images, args.out, segmenter=args.segmenter, text=text, detector=args.detector,
                       points=numbers(args.points, "--points"), boxes=numbers(args.boxes, "--boxes"),
                       box_threshold=args.box_threshold, text_threshold=args.text_threshold, nms_threshold=args.nms,
