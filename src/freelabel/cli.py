@@ -187,12 +187,12 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     recipe = load_recipe(name)
     if not args.recipe and name == args.method and Path(data).expanduser().exists() and _no_gpu(args.accelerator):
         name, recipe = cpu_recipe(args.method) or (name, recipe)
-        if name != args.method:
-            logging.getLogger("freelabel").info(
-                "no GPU here: pretraining with %s's CPU-sized recipe (%s); for the paper recipe give --recipe %s",
-                args.method, recipe["about"].split(": ", 1)[1], args.method)  # fmt: skip
     recipe["recipe"] = name
     cfg = resolve(recipe, {"method": args.method, **_overrides(args)})
+    if name != (args.recipe or default_recipe(args.method, data)):
+        logging.getLogger("freelabel").info(
+            "no GPU here: pretraining with %s's CPU-sized recipe (%s at %d px); for the paper recipe give --recipe %s",
+            args.method, cfg.backbone.name, cfg.views.size, args.method)  # fmt: skip
     out = Path(args.out or f"runs/{args.method}-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
     pretrain(cfg, out)
 
