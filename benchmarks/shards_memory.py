@@ -2,12 +2,12 @@
 once per epoch by two processes.
 
 1. The emoji set as a folder of real-size JPEGs (``photo_folders.emoji_jpegs``), repeated 2x and 8x
-   (each copy its own samples), written as shards with ``freelabel shards make``; then one epoch of
-   SimCLR pretraining (the CPU recipe at 32 px) over each, with the peak resident memory of the
-   whole process tree (the run and its loader workers) sampled every 0.2 s.
+   (each copy its own samples), written as shards with ``freelabel shards make``; then a short SimCLR
+   run (``--steps``, a small CNN at 32 px, 2 loader workers) over each, with the peak resident memory
+   of the whole process tree (the run and its loader workers) sampled every 0.2 s.
 2. Two processes (torch.distributed, gloo) stream one epoch of the 2x shards with loader workers,
    as a two-process run reads them, and gather the samples they saw: each must appear once.
-3. A two-process CPU pretraining run over the 2x shards for one epoch.
+3. A two-process CPU pretraining run for one epoch over shards of the emoji JPEGs once.
 
     python benchmarks/shards_memory.py [--work /tmp/shards-memory] [--copies 2 8]
 """
@@ -25,8 +25,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from photo_folders import emoji_jpegs, run_measured
 
+from freelabel.data.shards import ImageShards
+
 CLI = [sys.executable, "-m", "freelabel.cli"]
-TRAIN = ["pretrain", "simclr", "--epochs", "1", "--batch-size", "64", "--set", "views.size=32", "--set", "data.workers=2"]
+TRAIN = ["pretrain", "simclr", "--batch-size", "64", "--set", "views.size=32", "--set", "data.workers=2", "--set",
+         "backbone.args.widths=[16,32]", "--set", "method_args.hidden_dim=64"]  # a small CNN: the data path dominates
 
 
 def make(work: Path, copies: int) -> Path:
@@ -67,6 +70,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="/tmp/shards-memory")
     p.add_argument("--copies", type=int, nargs="+", default=[2, 8])
+    p.add_argument("--steps", type=int, default=40, help="steps of each memory run (batch 64)")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -75,7 +79,8 @@ def main() -> None:
     for copies in args.copies:
         shards = make(work, copies)
         index = json.loads((shards / "shards.json").read_text())
-        rc, seconds, peak = run_measured([*CLI, *TRAIN, "--data", str(shards), "--out", str(work / f"run-{copies}x")], env)
+        rc, seconds, peak = run_measured([*CLI, *TRAIN, "--steps", str(args.steps), "--data", str(shards), "--out",
+                                          str(work / f"run-{copies}x")], env)  # fmt: skip
         metrics = json.loads((work / f"run-{copies}x" / "metrics.json").read_text())["pretrain"] if rc == 0 else {}
         results[f"{copies}x"] = {"shards": len(index["shards"]), "samples": sum(s["samples"] for s in index["shards"]),
                                  "exit": rc, "wall_s": round(seconds, 1), "peak_rss_mib": round(peak / 1024),
@@ -85,11 +90,12 @@ def main() -> None:
     mp.spawn(_read_epoch, args=(2, str(two), 2, 29_517), nprocs=2)
     results["two_process_epoch"] = json.loads((two / "epoch-check.json").read_text())
     print(f"two processes, one epoch: {results['two_process_epoch']}", flush=True)
-    run = work / "run-2proc"
-    rc, seconds, peak = run_measured([*CLI, *TRAIN, "--data", str(two), "--devices", "2", "--accelerator", "cpu",
-                                      "--out", str(run)], env)  # fmt: skip
+    run, one = work / "run-2proc", make(work, 1)
+    rc, seconds, peak = run_measured([*CLI, *TRAIN, "--epochs", "1", "--batch-size", "32", "--data", str(one), "--devices",
+                                      "2", "--accelerator", "cpu", "--out", str(run)], env)  # fmt: skip
     m = json.loads((run / "metrics.json").read_text())["pretrain"] if rc == 0 else {}
-    results["two_process_run"] = {"exit": rc, "wall_s": round(seconds, 1), "steps": m.get("steps"),
+    results["two_process_run"] = {"exit": rc, "wall_s": round(seconds, 1), "samples_in_split": len(ImageShards(str(one), "train", 32)),
+                                  "steps": m.get("steps"), "batch_per_process": 32,
                                   "images_seen": m.get("images_seen"), "peak_rss_mib": round(peak / 1024)}  # fmt: skip
     print(f"two-process pretraining, one epoch: {results['two_process_run']}")
     (work / "results.json").write_text(json.dumps(results, indent=2))

@@ -33,10 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def source_tree(commit: str, work: Path) -> Path:
-    """A checkout of ``commit`` (a detached git worktree) to run the 'before' code from."""
+    """The source of ``commit`` (``git archive``, unpacked) to run the 'before' code from."""
     tree = work / f"freelabel-{commit}"
-    if not tree.is_dir():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True)
+    if not (tree / "src").is_dir():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "src"], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
     return tree
 
 
