@@ -89,19 +89,22 @@ def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def colour_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
                   saturation: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """Per-sample jitter of images in [0, 1]; factors of 1 (and hue 0) leave an image unchanged."""
-    x = (x * _per_sample(brightness, x)).clamp(0, 1)
+    """Per-sample jitter of images in [0, 1]; factors of 1 (and hue 0) leave an image unchanged.
+    Each blend ``a + (x - a) * f`` is computed in place as ``x * f + a * (1 - f)`` (one pass fewer)."""
+    x = (x * _per_sample(brightness, x)).clamp_(0, 1)
+    c = _per_sample(contrast, x)
     mean = _grey(x).mean((1, 2, 3), keepdim=True)
-    x = (mean + (x - mean) * _per_sample(contrast, x)).clamp(0, 1)
+    x.mul_(c).add_(mean * (1 - c)).clamp_(0, 1)
     if x.shape[1] == 3:
-        grey = _grey(x)
-        x = (grey + (x - grey) * _per_sample(saturation, x)).clamp(0, 1)
+        s = _per_sample(saturation, x)
+        grey = _grey(x).mul_(1 - s)
+        x.mul_(s).add_(grey).clamp_(0, 1)
         angle = 2 * math.pi * hue
         cos, sin = torch.cos(angle), torch.sin(angle)
         rot = torch.zeros(len(hue), 3, 3)
         rot[:, 0, 0], rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = 1, cos, -sin, sin, cos
         m = (_YIQ2RGB @ rot @ _RGB2YIQ).to(x.device, x.dtype)  # [B, 3, 3]
-        x = torch.einsum("bij,bjhw->bihw", m, x).clamp(0, 1)
+        x = torch.bmm(m, x.flatten(2)).view_as(x).clamp_(0, 1)
     return x
 
 
