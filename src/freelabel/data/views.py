@@ -132,32 +132,39 @@ class Views:
         """Views of ``images``; ``cropped``: they are this view's crops already (made from the whole
         image where it was decoded, :mod:`freelabel.data.crops`), so only the mirror is left to do."""
         c, n = self.cfg, images.shape[0]
-        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+        x = images.float().div_(255) if images.dtype == torch.uint8 else images.to(torch.float32, copy=True)
         boxes, flip = crop_boxes(g, n, c.scale, c.ratio), _coin(g, n, c.hflip)
         if cropped:
-            x = torch.where(_per_sample(flip, x).bool(), x.flip(-1), x)
+            _where(x, flip, lambda y: y.flip(-1))
         else:
             x = resized_crop(x, boxes, flip, c.size)
         # Every random number is drawn whether or not it is used, so the stream never depends on data.
+        # Each augmentation then runs, in place, on the samples that drew it.
         on = _coin(g, n, c.jitter)
         factors = [_uniform(g, n, 1 - s, 1 + s) for s in (c.brightness, c.contrast, c.saturation)]
         hue = _uniform(g, n, -c.hue, c.hue)
         if c.jitter > 0:
-            b_, c_, s_ = (torch.where(on, f, torch.ones_like(f)) for f in factors)
-            x = colour_jitter(x, b_, c_, s_, torch.where(on, hue, torch.zeros_like(hue)))
+            _where(x, on, lambda y: colour_jitter(y, *(f[on] for f in factors), hue[on]))
         grey = _coin(g, n, c.grayscale)
         if c.grayscale > 0 and x.shape[1] == 3:
-            x = torch.where(_per_sample(grey, x).bool(), _grey(x).expand_as(x), x)
+            _where(x, grey, lambda y: _grey(y).expand_as(y))
         blur_on = _coin(g, n, c.blur)
         sigma = _uniform(g, n, *c.blur_sigma) * (c.size / 224)
-        if c.blur > 0 and bool(blur_on.any()):
-            x = gaussian_blur(x, torch.where(blur_on, sigma, torch.zeros_like(sigma)))
+        if c.blur > 0:
+            _where(x, blur_on, lambda y: gaussian_blur(y, sigma[blur_on]))
         sol = _coin(g, n, c.solarize)
         if c.solarize > 0:
-            x = torch.where(_per_sample(sol, x).bool() & (x >= 0.5), 1 - x, x)
+            _where(x, sol, lambda y: torch.where(y >= 0.5, 1 - y, y))
         mean = torch.tensor(c.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
         std = torch.tensor(c.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return x.sub_(mean).div_(std)
+
+
+def _where(x: torch.Tensor, chosen: torch.Tensor, fn) -> None:
+    """``x[chosen] = fn(x[chosen])`` in place, for a per-sample boolean ``chosen`` drawn on the CPU."""
+    if bool(chosen.any()):
+        idx = chosen.nonzero().squeeze(1).to(x.device)
+        x.index_copy_(0, idx, fn(x.index_select(0, idx)))
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
