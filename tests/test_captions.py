@@ -5,8 +5,10 @@ from PIL import Image
 
 from freelabel.data.captions import CaptionImages, emoji_captions, open_captions, read_pairs
 from freelabel.data.loader import batches, collate
+from freelabel.data.registry import open_dataset
 from freelabel.data.shards import make_shards
-from freelabel.data.sources import DataError, load_image, open_dataset
+from freelabel.data.sources import load_image
+from freelabel.errors import DataError
 
 
 def test_csv_jsonl_and_folder_readers_give_the_same_pairs(captioned):

@@ -10,8 +10,8 @@ from skimage import data
 
 import freelabel.hardware as hardware
 from freelabel.config import CPU_VIEW_SIZE, BudgetConfig, cpu_recipe, resolve
-from freelabel.engine import forecast
 from freelabel.methods import METHODS
+from freelabel.train.forecast import forecast
 
 
 def test_loader_workers_never_exceed_the_cores(monkeypatch):

@@ -12,8 +12,8 @@ from PIL import Image
 
 from freelabel.cli import main
 from freelabel.data.loader import batches
+from freelabel.data.registry import open_dataset
 from freelabel.data.shards import ImageShards, make_shards
-from freelabel.data.sources import open_dataset
 from freelabel.data.views import ViewConfig
 
 

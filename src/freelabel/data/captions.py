@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from .shards import ImageShards, is_shards
-from .sources import IMAGE_EXTENSIONS, DataError, ImageFiles, TensorImages
+from ..errors import DataError
+from .emoji import emoji, emoji_records
+from .sources import IMAGE_EXTENSIONS, ImageFiles, TensorImages
 
 CAPTIONED = {"emoji-captions": "the emoji set captioned by name ('an emoji of grinning face'), split by emoji"}
 IMAGE_KEYS, CAPTION_KEYS = ("image", "path", "file", "filepath"), ("caption", "text", "title")
@@ -71,14 +72,14 @@ def sample_key(path: Path) -> str:
     return path.stem.replace(".", "_")
 
 
-def _held_out(key: str) -> bool:
+def held_out(key: str) -> bool:
     return zlib.crc32(key.encode()) % 5 == 0
 
 
 def _keep(key: str, split: str) -> bool:
     if split not in ("train", "test", "all"):
         raise DataError(f"caption data has splits 'train', 'test' and 'all', not {split!r}")
-    return split == "all" or _held_out(key) == (split == "test")
+    return split == "all" or held_out(key) == (split == "test")
 
 
 def _pick(row: dict, keys: tuple[str, ...], where: str) -> str:
@@ -138,8 +139,6 @@ def read_pairs(spec: str) -> list[tuple[Path, str]]:
 def emoji_captions(split: str) -> CaptionImages:
     """The emoji set with the caption "an emoji of NAME" per image, and its category and subcategory
     label sets (names with hyphens as spaces: "face smiling")."""
-    from .emoji import emoji, emoji_records
-
     ds = emoji(split)
     every = emoji_records("all")
     sets = {}
@@ -153,12 +152,8 @@ def emoji_captions(split: str) -> CaptionImages:
 
 def open_captions(spec: str, split: str, size: int | None, channels: int = 3):
     """Caption data (see the module) as a dataset of ``(image, -1, caption)`` items."""
-    if spec in CAPTIONED:
-        return emoji_captions(split)
     if size is None:
         raise DataError("caption data needs an image size (data.image_size or views.size in the recipe)")
-    if is_shards(spec):
-        return ImageShards(spec, split, size, channels)
     every, root = read_pairs(spec), Path(spec).expanduser()
     folder_of = {p: p.relative_to(root).parts[0] for p, _ in every if root.is_dir() and p.parent != root}
     classes = sorted(set(folder_of.values())) if len(folder_of) == len(every) else []  # class sub-folders

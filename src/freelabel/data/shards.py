@@ -36,19 +36,15 @@ import torch
 from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..errors import DataError
+from .captions import held_out, is_captioned, read_pairs, sample_key
 from .crops import RandomCrops, crop_generator
 from .loader import Batch, MaskMaker, collate, mask_generator
-from .sources import IMAGE_EXTENSIONS, DataError, load_image, scan_folder
+from .sources import IMAGE_EXTENSIONS, load_image, scan_folder
 from .views import ViewConfig
 
 INDEX = "shards.json"
 _BAD = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
-
-
-def held_out(key: str) -> bool:
-    from .captions import _held_out
-
-    return _held_out(key)
 
 
 def _in_split(key: str, split: str) -> bool:
@@ -242,8 +238,6 @@ class _Plan(IterableDataset):
 # ---------------------------------------------------------------------------------- writing shards
 def _records(src: str) -> tuple[list[tuple[Path, int, str | None]], list[str]]:
     """(image path, label, caption or None) of every image of ``src``, and the class names."""
-    from .captions import is_captioned, read_pairs
-
     root = Path(src).expanduser()
     if is_captioned(src) and not is_shards(src):
         pairs = read_pairs(src)
@@ -278,8 +272,6 @@ def make_shards(src: str, out: str | Path, per_shard: int = 1000, workers: int |
     ``out/shard-000000.tar``, ... of ``per_shard`` samples in a seeded shuffled order, by ``workers``
     processes (default: the cores available), and ``out/shards.json``. Shards appear only once all
     are written."""
-    from .captions import sample_key
-
     if per_shard < 1:
         raise DataError(f"--per-shard must be at least 1, got {per_shard}")
     records, classes = _records(src)
