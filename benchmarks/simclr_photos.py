@@ -44,7 +44,7 @@ def source_tree(commit: str, work: Path) -> Path:
 
 def train_and_score(label: str, src: Path, folder: Path, recipe: Path, minutes: float, work: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src / "src"), OMP_WAIT_POLICY="PASSIVE")
-    run = work / f"run-{label}"
+    run = work / f"run-{label}-{minutes:g}min"
     cli = [sys.executable, "-m", "freelabel.cli"]
     if not (run / "backbone.safetensors").is_file():
         subprocess.run([*cli, "pretrain", "simclr", "--data", str(folder), "--recipe", str(recipe), "--minutes",
