@@ -113,3 +113,17 @@ def test_pretraining_streams_shards(numbered, tmp_path):
                  "method_args.hidden_dim=32", "--set", "backbone.args.widths=[8,16]", "--out", str(run)]) == 0  # fmt: skip
     metrics = json.loads((run / "metrics.json").read_text())["pretrain"]
     assert metrics["steps"] == 3 and metrics["images_seen"] == 24
+
+
+def test_an_index_that_overcounts_is_named_in_the_error(numbered, tmp_path):
+    import shutil
+
+    from freelabel.errors import DataError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(numbered, copy)
+    index = json.loads((copy / "shards.json").read_text())
+    index["shards"][0]["samples"] += 20
+    (copy / "shards.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match="hold fewer samples than shards.json counts; delete it"):
+        _epoch(copy, 0, 1, 0)

@@ -22,6 +22,7 @@ rest, ``all`` everything.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import random
@@ -209,7 +210,10 @@ class _Plan(IterableDataset):
             while pos + len(pending) < at + self.b or not pending:  # read the window holding it
                 pos += len(pending)
                 size = min(window, len(steps) * self.b - pos)
-                raw = [next(samples) for _ in range(size)]
+                raw = list(itertools.islice(samples, size))
+                if len(raw) < size:
+                    raise DataError(f"the shards at {self.ds.spec} hold fewer samples than {INDEX} counts; "
+                                    f"delete it to have them counted again")  # fmt: skip
                 g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + begin + pos)
                 pending = [raw[i] for i in torch.randperm(size, generator=g).tolist()]
             picked = pending[at - pos : at - pos + self.b]
