@@ -83,12 +83,14 @@ def _parser() -> argparse.ArgumentParser:
     zs.add_argument("--weights", help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)")
     zs.add_argument("--out", help="CSV to write (image, label, score); default: print it")
 
-    sh = sub.add_parser("shards", help="WebDataset shards of image-caption pairs")
+    sh = sub.add_parser("shards", help="WebDataset shards of images (labels, captions), streamed in training")
     shsub = sh.add_subparsers(dest="action", required=True, metavar="ACTION")
-    mk = shsub.add_parser("make", help="write shards from a CSV/JSONL of image,caption or a folder with .txt captions")
-    mk.add_argument("src", help="CSV/JSONL file or captioned folder")
-    mk.add_argument("out", help="folder for shard-000000.tar, ...")
+    mk = shsub.add_parser("make", help="write shards from an image folder (class sub-folders become labels), a "
+                          "CSV/JSONL of image,caption or a folder with .txt captions")  # fmt: skip
+    mk.add_argument("src", help="image folder, CSV/JSONL file or captioned folder")
+    mk.add_argument("out", help="folder for shard-000000.tar, ... and shards.json")
     mk.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
+    mk.add_argument("--workers", type=int, help="processes writing shards (default: the cores available)")
 
     ix = sub.add_parser("index", help="an embedding index of images: build, search, evaluate")
     ixsub = ix.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -126,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
                         "NAME.png (overlay) per image into --out. By text: --text with --detector (Grounding DINO or "
                         "OWLv2) and a SAM/SAM2 --segmenter, or a SAM3 --segmenter alone. By prompts: --points and/or "
                         "--boxes with a SAM/SAM2 --segmenter. Models are hub names or save_pretrained folders.")  # fmt: skip
-    sg.add_argument("images", nargs="+", metavar="IMAGE")
+    sg.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or with --coco also folders of images")
     sg.add_argument("--text", help='comma-separated phrases, e.g. "cat,dog"')
     sg.add_argument("--detector", help="Grounding DINO or OWLv2 model turning --text into boxes")
     sg.add_argument("--segmenter", required=True, help="SAM, SAM2 or SAM3 model")
@@ -138,7 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     sg.add_argument("--batch-size", type=int, default=4, help="images per detector forward pass")
     sg.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     sg.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: bf16 on GPU, fp32 on CPU")
-    sg.add_argument("--out", required=True, help="output folder")
+    sg.add_argument("--out", help="output folder (a JSON and an overlay PNG per image)")
+    sg.add_argument("--coco", metavar="FILE", help="instead: one COCO instances file for all the images (by --text), "
+                    "resumable: a rerun continues where a stopped one left off")  # fmt: skip
 
     sub.add_parser("methods", help="list the methods")
     sub.add_parser("backbones", help="list the backbones")
@@ -201,6 +205,15 @@ def _overrides(args: argparse.Namespace) -> dict:
     return o
 
 
+def _no_gpu(accelerator: str | None) -> bool:
+    """Whether a run would train on the CPU: asked to, or left to choose on a machine with no GPU."""
+    import torch
+
+    if accelerator in (None, "auto"):
+        return not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    return accelerator == "cpu"
+
+
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from .errors import ConfigError
     from .methods import method_class
@@ -209,7 +222,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         if not args.method:
             raise ConfigError("name a method (see `freelabel methods`), or give --resume RUN_DIR")
         method_class(args.method)  # an unknown name fails here, before torch and the training libraries load
-    from .config import default_recipe, load_recipe, resolve, to_dict
+    from .config import cpu_recipe, default_recipe, load_recipe, resolve, to_dict
     from .run import load_config
 
     if args.resume:
@@ -218,7 +231,14 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     else:
         data = args.data or "fashion-mnist"
         name = args.recipe or default_recipe(args.method, data)
-        cfg = resolve({**load_recipe(name), "recipe": name}, {"method": args.method, **_overrides(args)})
+        recipe = load_recipe(name)
+        if not args.recipe and name == args.method and Path(data).expanduser().exists() and _no_gpu(args.accelerator):
+            name, recipe = cpu_recipe(args.method) or (name, recipe)
+        cfg = resolve({**recipe, "recipe": name}, {"method": args.method, **_overrides(args)})
+        if name != (args.recipe or default_recipe(args.method, data)):
+            logging.getLogger("freelabel").info(
+                "no GPU here: pretraining with %s's CPU-sized recipe (%s at %d px); for the paper recipe give --recipe %s",
+                args.method, cfg.backbone.name, cfg.views.size, args.method)  # fmt: skip
         out = Path(args.out or f"runs/{args.method}-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
     from .engine import pretrain
 
@@ -318,9 +338,9 @@ def cmd_zeroshot(args: argparse.Namespace) -> None:
 
 
 def cmd_shards(args: argparse.Namespace) -> None:
-    from .data.captions import make_shards
+    from .data.shards import make_shards
 
-    shards = make_shards(args.src, args.out, args.per_shard)
+    shards = make_shards(args.src, args.out, args.per_shard, args.workers)
     print(f"{len(shards)} shards written to {args.out}")
 
 
@@ -371,6 +391,21 @@ def cmd_segment(args: argparse.Namespace) -> None:
     from .config import ConfigError
 
     text = [t.strip() for t in args.text.split(",") if t.strip()] if args.text else None
+    if (args.out is None) == (args.coco is None):
+        raise ConfigError("give --out FOLDER (a JSON and an overlay per image) or --coco FILE (one COCO file), not both")
+    if args.coco:
+        if args.points or args.boxes:
+            raise ConfigError("--coco labels images by --text phrases; points and boxes prompt single images (use --out)")
+        from .pipelines.segment import label_folder
+
+        r = label_folder(args.images, args.coco, segmenter=args.segmenter, text=text, detector=args.detector,
+                         box_threshold=args.box_threshold, text_threshold=args.text_threshold, nms_threshold=args.nms,
+                         batch_size=args.batch_size, device=args.device, dtype=args.dtype)  # fmt: skip
+        for name in r["unreadable"]:
+            print(f"  unreadable, left out: {name}")
+        print(f"wrote {r['annotations']} objects in {r['images']} images to {r['coco']}"
+              + (f" ({r['resumed']} images from the stopped run)" if r["resumed"] else ""))  # fmt: skip
+        return
     records = segment(args.images, args.out, segmenter=args.segmenter, text=text, detector=args.detector,
                       points=numbers(args.points, "--points"), boxes=numbers(args.boxes, "--boxes"),
                       box_threshold=args.box_threshold, text_threshold=args.text_threshold, nms_threshold=args.nms,
