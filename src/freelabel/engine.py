@@ -29,6 +29,7 @@ from .data.views import Views
 from .ema import cosine_schedule
 from .evaluate.knn import knn_eval
 from .hardware import resolve_precision
+from .interrupts import StopBetweenSteps
 from .methods import METHODS, Method
 
 log = logging.getLogger("freelabel")
@@ -48,6 +49,8 @@ class TrainState:
     train_seconds: float = 0.0
     images_seen: int = 0
     skipped: list[str] = field(default_factory=list)  # files that failed to decode
+    loss: float | None = None  # the last logged loss
+    knn_curve: list[dict] = field(default_factory=list)  # the online k-NN points so far
 
 
 def lr_at(progress: float, warmup: float, min_lr: float = 0.0) -> float:
@@ -94,7 +97,10 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
     """Pretrain ``cfg.method`` and return the run's metrics; the run directory is ``out``."""
     out = Path(out)
     if not resume and (out / rundir.CONFIG).exists():
-        raise rundir.RunError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")
+        if rundir.has_results(out):
+            raise rundir.RunError(f"{out} already holds a run; continue it with {rundir.resume_hint(out)}, "
+                                  "or choose another --out")
+        log.info("%s holds a run stopped before its first checkpoint: starting it again", out)
     out.mkdir(parents=True, exist_ok=True)
     handler = rundir.file_logger(out)
     handler.addFilter(lambda record: not dist.is_initialized() or dist.get_rank() == 0)  # one log.txt writer
@@ -118,9 +124,12 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     if cfg.sync_bn and fabric.world_size > 1 and fabric.device.type != "cuda":  # before anything is written
         raise ConfigError("sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); leave it off on the CPU")
     if main:
+        rundir.tidy_checkpoints(out)
+        rundir.check_room(out, method.state_dict())
         rundir.save_config(out, cfg)
         log.info("%s on %s: %d images, %s backbone, %s, %d device(s)", cfg.method, cfg.data.name, len(data),
                  cfg.backbone.name, precision, fabric.world_size)  # fmt: skip
+        log.info("if training stops, continue it with %s", rundir.resume_hint(out))
     fabric.barrier()
     if cfg.sync_bn and fabric.world_size > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
@@ -132,17 +141,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
         model = torch.compile(model)
 
     peak_lrs = [g["lr"] for g in optimizer.param_groups]  # before a resumed optimiser brings its last lr
-    state = TrainState()
-    if resume:
-        ckpt = rundir.latest_checkpoint(out)
-        if ckpt is None:
-            raise rundir.RunError(f"{out} has no checkpoint to resume from; start it again without --resume")
-        weights, saved = rundir.load_checkpoint(ckpt)
-        method.load_state_dict(weights)
-        optimizer.load_state_dict(saved["optimizer"])
-        state = TrainState(**saved["train"])
-        torch.set_rng_state(saved["torch_rng"])
-        log.info("resumed from %s (step %d)", ckpt, state.step)
+    state = _restore(out, method, optimizer) if resume else TrainState()
 
     per_epoch = steps_per_epoch(len(data), cfg.optim.batch_size, fabric.world_size)
     if per_epoch == 0:
@@ -156,19 +155,23 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
         return state.train_seconds / (budget.minutes * 60)
 
     views = [Views(v) for v in method.views]
-    writer = _tensorboard(out) if main else None
+    writer = _tensorboard(out, purge_step=state.step + 1) if main else None
     evaluator = _online_knn(cfg, method, fabric.device, precision) if cfg.eval_every_minutes and main else None
     interval = (cfg.eval_every_minutes or 0) * 60
     next_eval = (state.train_seconds // interval + 1) * interval if evaluator else math.inf
-    curve: list[dict] = []
     last: dict | None = None  # the last batch, for the method's artefacts
+    saved_at = None
 
     def checkpoint() -> None:
+        nonlocal saved_at
+        if saved_at == (state.step, len(state.knn_curve)):  # saved already (an interrupt just after a periodic save)
+            return
         if main:
             train = asdict(state)
             rundir.save_checkpoint(out, state.step, method.state_dict(), {
                 "optimizer": optimizer.state_dict(), "train": train, "torch_rng": torch.get_rng_state()})  # fmt: skip
         fabric.barrier()
+        saved_at = (state.step, len(state.knn_curve))
 
     bar = _progress_bar(enabled=main)
     task = bar.add_task("pretrain", total=1000, info="")
@@ -176,15 +179,15 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     last_log = -1.0
     metrics: dict[str, float] = {}
     tick = time.perf_counter()  # training time runs from here, loading included, evaluation excluded
+    in_step = False  # True while a step has changed some of the state and not yet all of it
     try:
-        with bar:
+        with bar, StopBetweenSteps() as stop:
             while progress() < 1:
                 for batch in batches(data, cfg.optim.batch_size, seed=cfg.seed, epoch=state.epoch, start=state.position,
                                      rank=fabric.global_rank, world=fabric.world_size, workers=cfg.data.workers,
                                      masks=method.masks):  # fmt: skip
                     if progress() >= 1:
                         break
-                    state.skipped += batch.skipped
                     p = progress()
                     for group, peak in zip(optimizer.param_groups, peak_lrs):
                         group["lr"] = peak * lr_at(p, cfg.optim.warmup, cfg.optim.min_lr)
@@ -196,13 +199,14 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                     made = [v(images, g).contiguous(memory_format=torch.channels_last) for v in views]
                     masks = {k: m.to(fabric.device, non_blocking=True) for k, m in batch.masks.items()}
                     last = {"images": images, "labels": batch.labels, "views": made, "texts": batch.texts, "masks": masks}
+                    in_step = True  # the forward pass updates BatchNorm statistics
                     outputs = model(last)
                     loss = outputs["loss"]
                     if not torch.isfinite(loss):
                         raise TrainingError(
                             f"the loss became {loss.item()} at step {state.step}; lower the learning rate "
-                            f"(--lr, now {cfg.optim.lr}), add optim.clip_grad, or use --precision 32-true. "
-                            f"The last good checkpoint is in {out / rundir.CHECKPOINTS}")  # fmt: skip
+                            f"(--lr, now {cfg.optim.lr}), add optim.clip_grad, or use --precision 32-true, and continue "
+                            f"from the last good checkpoint with {rundir.resume_hint(out)} and the changed flag")  # fmt: skip
                     optimizer.zero_grad(set_to_none=True)
                     fabric.backward(loss)
                     method.after_backward(p)
@@ -214,6 +218,8 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                     state.step += 1
                     state.position += 1
                     state.images_seen += len(images) * fabric.world_size
+                    state.skipped += batch.skipped
+                    in_step = False
                     now = time.perf_counter()
                     state.train_seconds += now - tick
                     tick = now
@@ -225,6 +231,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                         metrics = {k: fabric.all_reduce(v.detach().float(), reduce_op="mean").item()
                                    for k, v in outputs.items()}
                         metrics.update(lr=optimizer.param_groups[0]["lr"], images_per_s=window_images / (now - window_start))
+                        state.loss = metrics["loss"]
                         window_start, window_images = now, 0
                         if writer:
                             for k, v in metrics.items():
@@ -233,36 +240,36 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                         if main and not bar.console.is_terminal and state.train_seconds - last_log >= 30:
                             last_log = state.train_seconds
                             log.info("%s  %.0f%%", _describe(state.step, metrics), 100 * progress())
-                    if state.step % cfg.checkpoint_every == 0:
-                        checkpoint()
-                        tick = time.perf_counter()
-                    if state.train_seconds >= next_eval:
-                        curve.append(evaluator(state))
-                        writer.add_scalar("knn/top1_k20", curve[-1]["top1_k20"], state.step)
+                    if state.train_seconds >= next_eval:  # before the checkpoint, which keeps the curve
+                        state.knn_curve.append(evaluator(state))
+                        writer.add_scalar("knn/top1_k20", state.knn_curve[-1]["top1_k20"], state.step)
                         next_eval += interval
                         window_start, window_images = time.perf_counter(), 0
                         tick = window_start
+                    if state.step % cfg.checkpoint_every == 0:
+                        checkpoint()
+                        tick = time.perf_counter()
+                    if stop.agreed(fabric):
+                        raise KeyboardInterrupt
                 else:
                     state.epoch += 1
                     state.position = 0
             bar.update(task, completed=1000)
     except KeyboardInterrupt:
-        checkpoint()
-        log.warning("interrupted at step %d; a checkpoint is saved: resume with `freelabel pretrain --resume %s`",
-                    state.step, out)  # fmt: skip
+        _save_on_interrupt(checkpoint, in_step, state.step, out)
         raise
+    if evaluator and (not state.knn_curve or state.knn_curve[-1]["step"] != state.step):
+        state.knn_curve.append(evaluator(state))
     checkpoint()
-    if evaluator and (not curve or curve[-1]["step"] != state.step):
-        curve.append(evaluator(state))
     result = {
         "method": cfg.method, "backbone": cfg.backbone.name, "steps": state.step, "epochs": state.images_seen / len(data),
         "images_seen": state.images_seen, "train_minutes": state.train_seconds / 60,
-        "images_per_s": state.images_seen / max(state.train_seconds, 1e-9), "final_loss": metrics.get("loss"),
+        "images_per_s": state.images_seen / max(state.train_seconds, 1e-9), "final_loss": state.loss,
         "precision": precision, "devices": fabric.world_size, "skipped_files": len(state.skipped),
         "skipped_examples": state.skipped[:20],
     }  # fmt: skip
-    if curve:
-        result["knn_curve"] = curve
+    if state.knn_curve:
+        result["knn_curve"] = state.knn_curve
     if main:
         rundir.save_backbone(out, method.backbone.state_dict())
         for name, data in (method.artefacts(last) if last else {}).items():
@@ -277,6 +284,33 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     return result
 
 
+def _restore(out: Path, method: Method, optimizer: torch.optim.Optimizer) -> TrainState:
+    """Load the newest checkpoint that loads into ``method`` and ``optimizer`` and return where it stood;
+    a run stopped before its first checkpoint starts again from step 0."""
+    found = rundir.load_latest_checkpoint(out)
+    if found is None:
+        log.info("%s has no checkpoint yet: starting it from step 0 with its saved config", out)
+        return TrainState()
+    ckpt, weights, saved = found
+    method.load_state_dict(weights)
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["torch_rng"])
+    state = TrainState(**saved["train"])
+    log.info("resumed from %s (step %d)", ckpt, state.step)
+    return state
+
+
+def _save_on_interrupt(checkpoint, in_step: bool, step: int, out: Path) -> None:
+    """Ctrl-C: save the run where it stands if that is a step boundary; a step cut in the middle (a second
+    Ctrl-C) is dropped whole, and the last checkpoint stays the one to resume from."""
+    if in_step:
+        log.warning("stopped in the middle of step %d, which is dropped; continue from the last checkpoint with %s",
+                    step + 1, rundir.resume_hint(out))
+        return
+    checkpoint()
+    log.warning("interrupted at step %d; a checkpoint is saved: continue with %s", step, rundir.resume_hint(out))
+
+
 def _describe(step: int, m: dict[str, float]) -> str:
     return f"step {step}  loss {m.get('loss', float('nan')):.4f}  lr {m.get('lr', 0):.2e}  {m.get('images_per_s', 0):.0f} img/s"
 
@@ -287,10 +321,12 @@ def _progress_bar(enabled: bool) -> Progress:
                     disable=not enabled)  # fmt: skip
 
 
-def _tensorboard(out: Path):
+def _tensorboard(out: Path, purge_step: int):
+    """The TensorBoard writer; events from ``purge_step`` on, left by a run that stopped after its last
+    checkpoint, are hidden, so a resumed run's curves have each step once."""
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(str(out / "tb"))
+    return SummaryWriter(str(out / "tb"), purge_step=purge_step)
 
 
 def _online_knn(cfg: RunConfig, method: Method, device: torch.device, precision: str):
