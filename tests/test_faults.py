@@ -8,6 +8,7 @@ The random steps are drawn from FREELABEL_FAULT_SEED (default: the time), printe
 """
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -19,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import freelabel.run as rundir
 from freelabel.cli import main
@@ -29,8 +30,22 @@ from freelabel.interrupts import StopBetweenSteps
 
 SEED = int(os.environ.get("FREELABEL_FAULT_SEED", time.time_ns() % 10_000))
 STEPS, EVERY = 8, 3  # checkpoints at steps 3 and 6, and 8 at the end
-TRAIN = ["pretrain", "simclr", "--steps", str(STEPS), "--batch-size", "32", "--set", "method_args.hidden_dim=64",
-         "--set", "backbone.args.widths=[16,32]", "--set", f"checkpoint_every={EVERY}", "--set", "log_every=1"]  # fmt: skip
+TRAIN = [
+    "pretrain",
+    "simclr",
+    "--steps",
+    str(STEPS),
+    "--batch-size",
+    "32",
+    "--set",
+    "method_args.hidden_dim=64",
+    "--set",
+    "backbone.args.widths=[16,32]",
+    "--set",
+    f"checkpoint_every={EVERY}",
+    "--set",
+    "log_every=1",
+]
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -43,6 +58,7 @@ def in_child(fault=None, argv: list[str] | None = None, timeout: float = 600) ->
         code = 1
         try:
             torch.set_num_threads(1)
+            logging.getLogger("freelabel").setLevel(logging.INFO)  # as the CLI sets it (pytest holds the root logger)
             if fault:
                 fault()
             code = main(argv) if argv else 0
@@ -151,9 +167,16 @@ def trained(run: Path) -> dict:
     """Everything a finished run leaves: losses, backbone, final checkpoint (weights, optimiser, counters)."""
     ckpt = rundir.latest_checkpoint(run)
     weights, state = rundir.load_checkpoint(ckpt)
-    return {"losses": losses(run), "backbone": load_file(str(run / rundir.BACKBONE)), "checkpoint": ckpt.name,
-            "weights": weights, "optimizer": state["optimizer"], "train": state["train"],
-            "metrics": json.loads((run / rundir.METRICS).read_text())["pretrain"]}  # fmt: skip
+    metrics = json.loads((run / rundir.METRICS).read_text())["pretrain"]
+    return {
+        "losses": losses(run),
+        "backbone": load_file(str(run / rundir.BACKBONE)),
+        "checkpoint": ckpt.name,
+        "weights": weights,
+        "optimizer": state["optimizer"],
+        "train": state["train"],
+        "metrics": metrics,
+    }
 
 
 def assert_identical(a, b, where="") -> None:
@@ -201,7 +224,10 @@ def resume(run: Path) -> None:
 
 def fake_state(step: int) -> tuple[dict, dict]:
     g = torch.Generator().manual_seed(step)
-    return {"w": torch.randn(64, 64, generator=g)}, {"train": {"step": step}, "moment": torch.randn(64, 64, generator=g)}
+    return {"w": torch.randn(64, 64, generator=g)}, {
+        "train": {"step": step},
+        "moment": torch.randn(64, 64, generator=g),
+    }
 
 
 def same_as(ckpt: Path, step: int) -> bool:
@@ -262,10 +288,10 @@ def test_only_the_newest_checkpoints_are_kept_and_no_temporary_files(tmp_path):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 1 MiB tmpfs (root only: skipped where mounting is refused)."""
+    """A 2 MiB tmpfs, room for three tiny checkpoints (root only: skipped where mounting is refused)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True)
     if done.returncode:
         pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip() or done.returncode}")
     yield disk
@@ -325,9 +351,11 @@ def test_sigkill_at_a_random_step_resumes_bit_for_bit(tmp_path, reference, n):
 def test_ctrl_c_stops_at_a_step_boundary_and_resumes_bit_for_bit(tmp_path, reference, fault):
     run = tmp_path / "run"
     n = random.Random(SEED).randint(1, STEPS - 1)
-    install = {"after-optimizer-step": after_optimizer_step(n, signal.SIGINT),
-               "inside-forward": inside_forward(n, signal.SIGINT),
-               "inside-checkpoint-write": inside_save("model", 1, signal.SIGINT)}[fault]  # fmt: skip
+    install = {
+        "after-optimizer-step": after_optimizer_step(n, signal.SIGINT),
+        "inside-forward": inside_forward(n, signal.SIGINT),
+        "inside-checkpoint-write": inside_save("model", 1, signal.SIGINT),
+    }[fault]
     assert in_child(install, [*TRAIN, "--out", str(run)]) == 130
     stopped = EVERY if fault == "inside-checkpoint-write" else n  # the step that was running finishes
     assert rundir.latest_checkpoint(run).name == f"step-{stopped:08d}"
@@ -402,8 +430,8 @@ def test_a_disk_full_during_training_is_one_line_and_resumes_bit_for_bit(small_d
 @pytest.mark.slow
 def test_resume_keeps_the_results_of_a_finished_run_and_the_knn_curve(fmnist_folder, tmp_path):
     run = tmp_path / "run"
-    args = [*TRAIN[:3], "--steps", "6", "--batch-size", "16", "--data", str(fmnist_folder), "--set", "data.workers=0",
-            *TRAIN[6:], "--eval-every", "0.00001"]  # fmt: skip
+    folder = ["--data", str(fmnist_folder), "--recipe", "simclr-fashion-mnist", "--set", "data.workers=0"]
+    args = [*TRAIN[:2], "--steps", "6", "--batch-size", "16", *folder, *TRAIN[6:], "--eval-every", "0.00001"]
     assert in_child(after_optimizer_step(4, signal.SIGINT), [*args, "--out", str(run)]) == 130
     _, state = rundir.load_checkpoint(rundir.latest_checkpoint(run))
     before = [p["step"] for p in state["train"]["knn_curve"]]
