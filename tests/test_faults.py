@@ -253,7 +253,7 @@ def test_a_kill_while_saving_leaves_a_complete_checkpoint(tmp_path, stage, repla
     path, _, _ = rundir.load_latest_checkpoint(run)
     assert path == newest
     # The writer tidies: no temporary folders, the step back under its name, and saving works again.
-    rundir.tidy_checkpoints(run)
+    rundir.tidy_run(run)
     names = sorted(p.name for p in (run / rundir.CHECKPOINTS).iterdir())
     assert names == (["step-00000003", "step-00000006"] if replacing or stage == "in" else ["step-00000003"])
     rundir.save_checkpoint(run, 6, *fake_state(6))
@@ -322,14 +322,37 @@ def test_a_full_disk_keeps_the_previous_checkpoint(small_disk, monkeypatch, chec
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]
 
 
-def test_the_first_ctrl_c_waits_for_the_step_and_the_second_stops_at_once():
-    before = signal.getsignal(signal.SIGINT)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_the_first_signal_waits_for_the_step_and_the_second_stops_at_once(sig):
+    before = signal.getsignal(sig)
     with StopBetweenSteps() as stop:
-        kill_self(signal.SIGINT)
+        kill_self(sig)
         assert stop.requested
         with pytest.raises(KeyboardInterrupt):
-            kill_self(signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before
+            kill_self(sig)
+    assert signal.getsignal(sig) is before
+
+
+def test_a_kill_while_writing_a_file_leaves_the_old_one_and_tidying_removes_the_rest(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    rundir.save_backbone(run, {"w": torch.zeros(1000)})
+    rundir.update_metrics(run, "pretrain", {"steps": 1})
+
+    def killed_half_way(path, data):
+        Path(path).write_bytes(data[: len(data) // 2])
+        kill_self()
+
+    def install():
+        rundir._write_synced = killed_half_way
+
+    assert in_child(lambda: (install(), rundir.save_backbone(run, {"w": torch.ones(1000)}))) == -signal.SIGKILL
+    assert in_child(lambda: (install(), rundir.update_metrics(run, "pretrain", {"steps": 2}))) == -signal.SIGKILL
+    assert torch.equal(load_file(str(run / rundir.BACKBONE))["w"], torch.zeros(1000))
+    assert rundir.read_metrics(run) == {"pretrain": {"steps": 1}}
+    assert len(list(run.glob(".*.tmp"))) == 2
+    rundir.tidy_run(run)
+    assert sorted(p.name for p in run.iterdir()) == [rundir.BACKBONE, rundir.METRICS]
 
 
 # --- training: killed, interrupted, resumed -----------------------------------------------------------

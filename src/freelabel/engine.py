@@ -124,7 +124,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     if cfg.sync_bn and fabric.world_size > 1 and fabric.device.type != "cuda":  # before anything is written
         raise ConfigError("sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); leave it off on the CPU")
     if main:
-        rundir.tidy_checkpoints(out)
+        rundir.tidy_run(out)
         rundir.check_room(out, method.state_dict())
         rundir.save_config(out, cfg)
         log.info("%s on %s: %d images, %s backbone, %s, %d device(s)", cfg.method, cfg.data.name, len(data),

@@ -1,8 +1,8 @@
-"""Ctrl-C between training steps, so that a run always stops with its weights, BatchNorm statistics,
-optimiser and step counter in agreement.
+"""Ctrl-C (and SIGTERM) between training steps, so that a run always stops with its weights, BatchNorm
+statistics, optimiser and step counter in agreement.
 
-The first SIGINT is only noted; the trainer asks :meth:`StopBetweenSteps.agreed` at each step boundary
-and stops there. A second SIGINT raises ``KeyboardInterrupt`` at once, wherever the run is.
+The first signal is only noted; the trainer asks :meth:`StopBetweenSteps.agreed` at each step boundary
+and stops there. A second one raises ``KeyboardInterrupt`` at once, wherever the run is.
 """
 
 from __future__ import annotations
@@ -15,26 +15,28 @@ import torch
 
 log = logging.getLogger("freelabel")
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 class StopBetweenSteps:
-    """A context in which SIGINT asks the training loop to stop at the next step boundary."""
+    """A context in which SIGINT or SIGTERM asks the training loop to stop at the next step boundary."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopBetweenSteps:
         self.requested = False
         if threading.current_thread() is threading.main_thread():  # Python runs signal handlers there only
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous = {s: signal.signal(s, self._on_signal) for s in SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
 
-    def _on_sigint(self, signum, frame) -> None:
+    def _on_signal(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True

@@ -133,7 +133,7 @@ def save_checkpoint(run: Path, step: int, model_state: dict, train_state: dict, 
     the checkpoint's size before anything is written."""
     root = Path(run) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    tidy_checkpoints(run)
+    tidy_run(run)
     final = root / f"step-{step:08d}"
     weights = save_safetensors(_contiguous(model_state))
     buffer = io.BytesIO()
@@ -154,7 +154,7 @@ def save_checkpoint(run: Path, step: int, model_state: dict, train_state: dict, 
         if _no_space(e):
             raise DiskFullError(f"no space left in {root} for checkpoint {final.name}; {advice}") from None
         raise
-    for old in _steps(root)[keep:]:
+    for old in checkpoints(run)[keep:]:
         shutil.rmtree(old)
     return final
 
@@ -175,9 +175,11 @@ def _replace_dir(new: Path, final: Path) -> None:
         shutil.rmtree(aside)
 
 
-def tidy_checkpoints(run: Path) -> None:
-    """Clean up after a run killed while saving: delete half-written checkpoints, and put back a replaced
-    one whose replacement never arrived. Only the process that writes the checkpoints may call this."""
+def tidy_run(run: Path) -> None:
+    """Clean up after a run killed while saving: delete half-written files and checkpoints, and put back a
+    replaced checkpoint whose replacement never arrived. Only the process that writes the run may call this."""
+    for path in Path(run).glob(".*.tmp"):
+        path.unlink(missing_ok=True)
     root = Path(run) / CHECKPOINTS
     for path in root.glob(_TMP + "*"):
         shutil.rmtree(path, ignore_errors=True)
@@ -192,8 +194,8 @@ def tidy_checkpoints(run: Path) -> None:
 
 def _steps(root: Path) -> list[Path]:
     """Checkpoint folders newest first (a replaced one still aside counts while its step is missing)."""
-    found = {p.name: p for p in root.glob("step-*")}
-    for aside in root.glob(_OLD + "step-*"):
+    found = {p.name: p for p in root.glob("step-[0-9]*")}
+    for aside in root.glob(_OLD + "step-[0-9]*"):
         found.setdefault(aside.name.removeprefix(_OLD), aside)
     return [found[name] for name in sorted(found, reverse=True)]
 
