@@ -53,6 +53,10 @@ TRAIN = [
 
 def in_child(fault=None, argv: list[str] | None = None, timeout: float = 600) -> int:
     """Run ``fault()`` then ``main(argv)`` in a forked child; its exit code, or -N if killed by signal N."""
+    return wait(start_child(fault, argv), timeout)
+
+
+def start_child(fault=None, argv: list[str] | None = None) -> int:
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -66,6 +70,10 @@ def in_child(fault=None, argv: list[str] | None = None, timeout: float = 600) ->
             traceback.print_exc()
         finally:
             os._exit(code)
+    return pid
+
+
+def wait(pid: int, timeout: float = 600) -> int:
     deadline = time.monotonic() + timeout
     while not (done := os.waitpid(pid, os.WNOHANG))[0]:
         if time.monotonic() > deadline:
@@ -383,6 +391,23 @@ def test_ctrl_c_stops_at_a_step_boundary_and_resumes_bit_for_bit(tmp_path, refer
     stopped = EVERY if fault == "inside-checkpoint-write" else n  # the step that was running finishes
     assert rundir.latest_checkpoint(run).name == f"step-{stopped:08d}"
     assert "interrupted at step" in (run / "log.txt").read_text()
+    resume(run)
+    assert_same_run(run, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_a_signal_at_a_random_moment_resumes_bit_for_bit(tmp_path, reference, sig):
+    """Sent from outside at a random time once training has begun: in a step, between steps, in a save."""
+    run = tmp_path / "run"
+    pid = start_child(argv=[*TRAIN, "--out", str(run)])
+    deadline = time.monotonic() + 300
+    while "if training stops" not in ((run / "log.txt").read_text() if (run / "log.txt").exists() else ""):
+        assert time.monotonic() < deadline, "the run never started training"
+        time.sleep(0.01)
+    time.sleep(random.Random(SEED).uniform(0, 2))
+    os.kill(pid, sig)
+    assert wait(pid) in (0, 130, -signal.SIGKILL)  # 0: it had finished
     resume(run)
     assert_same_run(run, reference)
 
