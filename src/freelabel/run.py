@@ -1,4 +1,5 @@
-"""The run directory: resolved config, metrics.json, checkpoints, logs. Every write is atomic."""
+"""The run directory: resolved config, metrics.json, checkpoints, logs; reading and writing them, nothing
+else (building a run's backbone is :func:`freelabel.methods.load_backbone`). Every write is atomic."""
 
 from __future__ import annotations
 
@@ -19,13 +20,10 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
 from .config import RunConfig, from_dict, read_yaml, to_dict
+from .errors import RunError
 
 CONFIG, METRICS, CHECKPOINTS, BACKBONE = "config.yaml", "metrics.json", "checkpoints", "backbone.safetensors"
 log = logging.getLogger("freelabel")
-
-
-class RunError(ValueError):
-    """A run directory that cannot be used as asked."""
 
 
 class DiskFullError(RunError):
@@ -260,6 +258,15 @@ def has_results(run: Path) -> bool:
     return (run / BACKBONE).exists() or (run / METRICS).exists() or latest_checkpoint(run) is not None
 
 
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The weights in a safetensors file, or in a checkpoint folder's ``model.safetensors``."""
+    path = Path(path).expanduser()
+    file = path / "model.safetensors" if path.is_dir() else path
+    if not file.is_file():
+        raise RunError(f"no weights at {path}: give a .safetensors file or a checkpoint folder (RUN/checkpoints/step-N)")
+    return load_file(str(file))
+
+
 def save_artefact(run: Path, name: str, data: bytes) -> None:
     """A file a method leaves in the run directory (colorization's image grid, jigsaw's permutations)."""
     _atomic_write(Path(run) / name, data)
@@ -282,20 +289,6 @@ def load_backbone_state(run: Path) -> dict[str, torch.Tensor]:
         raise RunError(f"{run} has no trained weights yet ({BACKBONE} or {CHECKPOINTS}/)")
     state = found[1]
     return {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-
-
-def load_backbone(run: Path, trained: bool = True) -> tuple[torch.nn.Module, RunConfig]:
-    """The run's backbone with its trained weights (``trained=False``: the same architecture with the
-    run's seeded random initialisation), in eval mode, and the run's config."""
-    from .methods import METHODS
-
-    cfg = load_config(run)
-    torch.manual_seed(cfg.seed)
-    backbone = METHODS[cfg.method].make_backbone(cfg.backbone.name, cfg.data.channels or 3, cfg.views,
-                                                 **cfg.backbone.args)  # fmt: skip
-    if trained:
-        backbone.load_state_dict(load_backbone_state(run))
-    return backbone.eval(), cfg
 
 
 class _LogFile(logging.FileHandler):
