@@ -13,7 +13,7 @@ PACKAGE = Path(freelabel.__file__).parent
 # Rank of each top-level module or sub-package; a module may import only modules of its own rank or below.
 LAYERS = {
     0: ["__init__", "errors", "config", "dist", "hardware", "data", "backbones", "heads", "losses", "memory"]
-    + ["ema", "text", "run"],
+    + ["ema", "text", "run", "interrupts"],
     1: ["methods"],
     2: ["pretrained"],
     3: ["encoder"],
