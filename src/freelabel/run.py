@@ -50,14 +50,17 @@ def _no_space(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _mb(n: float) -> str:
-    return f"{n / 1e6:.1f} MB"
+def _size(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} bytes"
 
 
 def _check_space(folder: Path, needed: int, what: str, advice: str) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise DiskFullError(f"no space for {what} in {folder}: it needs {_mb(needed)}, {_mb(free)} are free; {advice}")
+        raise DiskFullError(f"no space for {what} in {folder}: it needs {_size(needed)}, {_size(free)} are free; {advice}")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
