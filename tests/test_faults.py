@@ -26,7 +26,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import freelabel.run as rundir
 from freelabel.cli import main
-from freelabel.interrupts import StopBetweenSteps
+from freelabel.train.interrupts import StopBetweenSteps
 
 SEED = int(os.environ.get("FREELABEL_FAULT_SEED", time.time_ns() % 10_000))
 STEPS, EVERY = 8, 3  # checkpoints at steps 3 and 6, and 8 at the end

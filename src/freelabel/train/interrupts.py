@@ -1,8 +1,9 @@
 """Ctrl-C (and SIGTERM) between training steps, so that a run always stops with its weights, BatchNorm
 statistics, optimiser and step counter in agreement.
 
-The first signal is only noted; the trainer asks :meth:`StopBetweenSteps.agreed` at each step boundary
-and stops there. A second one raises ``KeyboardInterrupt`` at once, wherever the run is.
+The first signal is only noted; the loop asks :meth:`StopBetweenSteps.check` at each step boundary and
+stops there. A second one raises ``KeyboardInterrupt`` at once, wherever the run is; ``in_step`` then
+says whether a step was cut in the middle.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-
-import torch
+from collections.abc import Callable
 
 log = logging.getLogger("freelabel")
 
@@ -19,14 +19,19 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopBetweenSteps:
-    """A context in which SIGINT or SIGTERM asks the training loop to stop at the next step boundary."""
+    """A context in which SIGINT or SIGTERM asks the training loop to stop at the next step boundary.
 
-    def __init__(self) -> None:
+    ``agree`` (with several processes) turns this process's request into the decision of all of them,
+    so that every process stops at the same step."""
+
+    def __init__(self, agree: Callable[[bool], bool] | None = None) -> None:
+        self.agree = agree
         self.requested = False
+        self.in_step = False  # set by the loop while a step has changed some of the state and not yet all
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopBetweenSteps:
-        self.requested = False
+        self.requested = self.in_step = False
         if threading.current_thread() is threading.main_thread():  # Python runs signal handlers there only
             self._previous = {s: signal.signal(s, self._on_signal) for s in SIGNALS}
         return self
@@ -42,10 +47,7 @@ class StopBetweenSteps:
         self.requested = True
         log.warning("stopping after this step to save a checkpoint (Ctrl-C again to stop at once)")
 
-    def agreed(self, fabric) -> bool:
-        """Whether to stop now: asked on this process, or (with several) on any of them, so that all stop
-        at the same step."""
-        if fabric.world_size == 1:
-            return self.requested
-        asked = torch.tensor(float(self.requested), device=fabric.device)
-        return bool(fabric.all_reduce(asked, reduce_op="sum").item() > 0)
+    def check(self) -> None:
+        """At a step boundary: raise ``KeyboardInterrupt`` if a stop was asked for (on any process)."""
+        if self.agree(self.requested) if self.agree else self.requested:
+            raise KeyboardInterrupt
