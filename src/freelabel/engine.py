@@ -52,11 +52,12 @@ class TrainState:
     loss: float | None = None  # the last logged loss
     knn_curve: list[dict] = field(default_factory=list)  # the online k-NN points so far
 
-    def advance(self, images: int) -> None:
-        """One step done, on ``images`` images of all processes together."""
+    def advance(self, images: int, skipped: list[str]) -> None:
+        """One step done, on ``images`` images of all processes together; ``skipped`` failed to decode."""
         self.step += 1
         self.position += 1
         self.images_seen += images
+        self.skipped += skipped
 
 
 def build_optimizer(method: Method, cfg: RunConfig, world: int) -> torch.optim.Optimizer:
@@ -121,19 +122,17 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                 schedule(p)
                 method.on_step(p)
                 last = _on_device(batch, views, step_generator(cfg.seed, state.step, rank), fabric.device)
-                stop.in_step = True  # from the forward pass (BatchNorm statistics) to the step counter
-                outputs = model(last)
-                _stop_if_not_finite(outputs["loss"], state.step, cfg, out)
-                optimizer.zero_grad(set_to_none=True)
-                fabric.backward(outputs["loss"])
-                method.after_backward(p)
-                if cfg.optim.clip_grad:
-                    fabric.clip_gradients(model, optimizer, max_norm=cfg.optim.clip_grad)
-                optimizer.step()
-                method.after_step(p)
-                state.advance(len(batch.images) * world)
-                state.skipped += batch.skipped
-                stop.in_step = False
+                with stop.step():  # from the forward pass (BatchNorm statistics) to the step counter: one unit
+                    outputs = model(last)
+                    _stop_if_not_finite(outputs["loss"], state.step, cfg, out)
+                    optimizer.zero_grad(set_to_none=True)
+                    fabric.backward(outputs["loss"])
+                    method.after_backward(p)
+                    if cfg.optim.clip_grad:
+                        fabric.clip_gradients(model, optimizer, max_norm=cfg.optim.clip_grad)
+                    optimizer.step()
+                    method.after_step(p)
+                    state.advance(len(batch.images) * world, batch.skipped)
                 clock.tick(state)
                 monitor.step(outputs, optimizer.param_groups[0]["lr"], clock.progress(state))
                 state.loss = monitor.metrics.get("loss", state.loss)

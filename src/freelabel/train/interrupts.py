@@ -2,8 +2,8 @@
 statistics, optimiser and step counter in agreement.
 
 The first signal is only noted; the loop asks :meth:`StopBetweenSteps.check` at each step boundary and
-stops there. A second one raises ``KeyboardInterrupt`` at once, wherever the run is; ``in_step`` then
-says whether a step was cut in the middle.
+stops there. A second one raises ``KeyboardInterrupt`` at once, wherever the run is; ``in_step`` (see
+:meth:`StopBetweenSteps.step`) then says whether a step was cut in the middle.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger("freelabel")
 
@@ -27,7 +28,7 @@ class StopBetweenSteps:
     def __init__(self, agree: Callable[[bool], bool] | None = None) -> None:
         self.agree = agree
         self.requested = False
-        self.in_step = False  # set by the loop while a step has changed some of the state and not yet all
+        self.in_step = False  # while a step has changed some of the run's state and not yet all of it
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopBetweenSteps:
@@ -46,6 +47,14 @@ class StopBetweenSteps:
             raise KeyboardInterrupt
         self.requested = True
         log.warning("stopping after this step to save a checkpoint (Ctrl-C again to stop at once)")
+
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        """Around the part of a step that changes the run's state: ``in_step`` is true inside, and stays true
+        if an interrupt leaves it half-way."""
+        self.in_step = True
+        yield
+        self.in_step = False
 
     def check(self) -> None:
         """At a step boundary: raise ``KeyboardInterrupt`` if a stop was asked for (on any process)."""
