@@ -258,7 +258,8 @@ def test_a_kill_while_saving_leaves_a_complete_checkpoint(tmp_path, stage, repla
     rundir.save_checkpoint(run, 3, *fake_state(3))
     if replacing:
         rundir.save_checkpoint(run, 6, *fake_state(5))  # step 6 saved before with other contents
-    assert in_child(lambda: (inside_save(stage)(), rundir.save_checkpoint(run, 6, *fake_state(6)))) == -signal.SIGKILL
+    killed = in_child(lambda: (inside_save(stage)(), rundir.save_checkpoint(run, 6, *fake_state(6))), timeout=60)
+    assert killed == -signal.SIGKILL
     # Readers (export, evaluation) see a complete checkpoint without tidying: the old or the new step 6,
     # or step 3 where no step 6 was ever complete.
     newest = rundir.latest_checkpoint(run)
@@ -359,8 +360,8 @@ def test_a_kill_while_writing_a_file_leaves_the_old_one_and_tidying_removes_the_
     def install():
         rundir._write_synced = killed_half_way
 
-    assert in_child(lambda: (install(), rundir.save_backbone(run, {"w": torch.ones(1000)}))) == -signal.SIGKILL
-    assert in_child(lambda: (install(), rundir.update_metrics(run, "pretrain", {"steps": 2}))) == -signal.SIGKILL
+    assert in_child(lambda: (install(), rundir.save_backbone(run, {"w": torch.ones(1000)})), timeout=60) == -9
+    assert in_child(lambda: (install(), rundir.update_metrics(run, "pretrain", {"steps": 2})), timeout=60) == -9
     assert torch.equal(load_file(str(run / rundir.BACKBONE))["w"], torch.zeros(1000))
     assert rundir.read_metrics(run) == {"pretrain": {"steps": 1}}
     assert len(list(run.glob(".*.tmp"))) == 2
