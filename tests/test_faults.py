@@ -443,6 +443,17 @@ def test_sigkill_while_replacing_the_final_checkpoint(tmp_path, reference_run, r
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("nth", [1, 2])
+def test_sigkill_inside_a_checkpoint_write_during_training(tmp_path, reference, nth):
+    run = tmp_path / "run"
+    assert in_child(inside_save("state", nth), [*TRAIN, "--out", str(run)]) == -signal.SIGKILL
+    newest = rundir.latest_checkpoint(run)
+    assert (newest and newest.name) == (None if nth == 1 else f"step-{EVERY:08d}")
+    resume(run)
+    assert_same_run(run, reference)
+
+
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_restarts_in_place(tmp_path, reference):
     run = tmp_path / "run"
     assert in_child(after_optimizer_step(EVERY - 1, signal.SIGKILL), [*TRAIN, "--out", str(run)]) == -signal.SIGKILL
