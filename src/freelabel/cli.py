@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -466,6 +467,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"freelabel: error: no space left on the device for {e.filename or 'a file'}; free some space and run "
+              "the command again (a pretrain run continues with --resume RUN_DIR)", file=sys.stderr)
+        return 2
     return 0
 
 
