@@ -101,10 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="export a run's backbone for transformers, timm or freelabel",
                         description="Write a folder that loads outside freelabel and gives the run's features "
                         "(checked to 1e-4 before it is kept): transformers (AutoModel.from_pretrained), timm "
-                        "(timm.create_model; the call is in the folder's README.md), or safetensors (bare weights + "
+                        "(timm.create_model; the call is in the folder's README.md), onnx (onnxruntime, dynamic batch), or safetensors (bare weights + "
                         "config.yaml, loaded by freelabel.run.load_backbone).")  # fmt: skip
     ex.add_argument("run", help="run directory")
-    ex.add_argument("--format", required=True, choices=["transformers", "timm", "safetensors"])
+    ex.add_argument("--format", required=True, choices=["transformers", "timm", "onnx", "safetensors"])
     ex.add_argument("--out", help="export folder (default: RUN/export-FORMAT)")
 
     sg = sub.add_parser("segment", help="segment images by text phrases, points or boxes",
