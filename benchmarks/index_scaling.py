@@ -15,6 +15,7 @@ import argparse
 import platform
 import re
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -74,10 +75,9 @@ def main() -> None:
         exact_ids = torch.cat([ann.exact_search(queries[s : s + 100], x, 10)[1] for s in range(0, len(queries), 100)])
         _, ids = graph.search(queries, 10)
         recall = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(ids, exact_ids)) / exact_ids.numel()
-        e50, e99 = latencies(lambda q: ann.exact_search(q, x, 10), queries[:200])
-        a50, a99 = latencies(lambda q: graph.search(q, 10), queries)
+        e50, e99 = latencies(partial(ann.exact_search, vectors=x, k=10), queries[:200])
+        a50, a99 = latencies(partial(graph.search, k=10), queries)
         print(f"{n:>9} {build:>8.1f} {e50:>13.2f} {e99:>13.2f} {a50:>11.3f} {a99:>11.3f} {recall:>10.4f}", flush=True)
-        del x, graph
 
 
 if __name__ == "__main__":
