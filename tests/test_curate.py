@@ -34,6 +34,14 @@ def test_near_duplicates_are_grouped_behind_their_first_row(monkeypatch, graph):
     assert duplicate_groups(x, 0.9999) == []
 
 
+def test_similar_images_do_not_chain_into_one_group():
+    a, b = spread(2, seed=3)
+    chain = F.normalize(torch.stack([a, a + 0.35 * b, a + 0.75 * b]), dim=1)  # each close to the next only
+    sims = chain @ chain.T
+    assert sims[0, 1] > 0.9 and sims[1, 2] > 0.9 and sims[0, 2] < 0.9
+    assert [[i for i, _ in g] for g in duplicate_groups(chain, 0.9)] == [[0, 1]]  # 2 stays: far from 0, 1 is gone
+
+
 def test_balance_caps_clusters_and_select_takes_one_per_mode():
     centres = spread(4, seed=2) * 3
     sizes = [100, 10, 12, 8]

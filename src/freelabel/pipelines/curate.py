@@ -1,7 +1,7 @@
 """Curate an image set with a model's embeddings, before training on it or labelling it.
 
-1. Near-duplicates: images whose (centred) cosine similarity reaches ``threshold`` are linked, and each linked
-   group keeps its first image (in the source's order) and drops the rest.
+1. Near-duplicates: in the source's order, an image is dropped when an earlier kept image has (centred)
+   cosine similarity >= ``threshold`` with it (:func:`duplicate_groups`).
 2. Balance (``clusters``): k-means over the remaining embeddings, then at most ``per_cluster`` images
    (default: the median cluster size) drawn at random from each cluster, so that dense modes (the
    thousandth photo of the same kind) no longer outweigh rare ones: the idea behind the curated
@@ -37,9 +37,12 @@ NEIGHBOURS = 16  # candidates per image for the duplicate links
 
 
 def duplicate_groups(embeddings: torch.Tensor, threshold: float) -> list[list[tuple[int, float]]]:
-    """Groups of rows linked by cosine similarity >= ``threshold`` (with any of their ``NEIGHBOURS``
-    nearest rows; exact search up to :data:`ann.THRESHOLD` rows, the HNSW graph above), each as
-    ``[(row, similarity to the group's first row)]`` in row order; groups of one are left out."""
+    """Near-duplicate groups, greedily in row order: a row is dropped when one of its ``NEIGHBOURS``
+    nearest rows (exact search up to :data:`ann.THRESHOLD` rows, the HNSW graph above) comes before it,
+    is kept, and has cosine similarity >= ``threshold`` with it; it joins the group of the most similar
+    such row. Unlike linking every similar pair (single linkage), this never chains a dense region of
+    merely similar images into one group: each dropped row is itself close to the row that stays.
+    Groups are ``[(kept row, 1.0), (dropped row, similarity), ...]``; rows without duplicates are left out."""
     n = len(embeddings)
     k = min(NEIGHBOURS + 1, n)
     if n > ann.THRESHOLD:
@@ -47,24 +50,17 @@ def duplicate_groups(embeddings: torch.Tensor, threshold: float) -> list[list[tu
     else:
         found = [ann.exact_search(embeddings[s : s + 2048], embeddings, k) for s in range(0, n, 2048)]
         scores, ids = torch.cat([f[0] for f in found]), torch.cat([f[1] for f in found])
-    parent = list(range(n))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    rows, cols = ((scores >= threshold) & (ids >= 0)).nonzero(as_tuple=True)
-    for i, j in zip(rows.tolist(), ids[rows, cols].tolist()):
-        a, b = root(i), root(j)
-        if a != b:
-            parent[max(a, b)] = min(a, b)  # the group's root is its first row
-    members: dict[int, list[int]] = {}
+    scores, ids = scores.numpy(), ids.numpy()
+    kept = np.ones(n, dtype=bool)
+    groups: dict[int, list[tuple[int, float]]] = {}
     for i in range(n):
-        members.setdefault(root(i), []).append(i)
-    groups = [m for m in members.values() if len(m) > 1]
-    return [[(i, round(float(embeddings[i] @ embeddings[m[0]]), 4)) for i in m] for m in groups]
+        near = (scores[i] >= threshold) & (ids[i] >= 0) & (ids[i] < i)
+        near[near] &= kept[ids[i][near]]
+        if near.any():
+            best = int(np.argmax(np.where(near, scores[i], -np.inf)))
+            kept[i] = False
+            groups.setdefault(int(ids[i][best]), []).append((i, round(float(scores[i][best]), 4)))
+    return [[(j, 1.0), *members] for j, members in sorted(groups.items())]
 
 
 def kmeans(embeddings: torch.Tensor, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
