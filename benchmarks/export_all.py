@@ -9,7 +9,8 @@ few "steps" of noise, so that a dropped or misplaced weight shows), then:
 - onnx: ``onnxruntime.InferenceSession`` on the CPU, pooled features and tokens;
 - timm: ``timm.create_model(...)`` (freelabel's CNNs after ``import freelabel.timm_models``), pooled;
 - transformers: ``transformers.pipeline("image-feature-extraction")`` on PIL images, pooled (or the
-  mean of its patch tokens where the class has no pooler) and patch tokens.
+  mean of its patch tokens where the class has no pooler) and patch tokens; "no class" where no
+  transformers class has the architecture (the CNNs: they go to timm).
 
 Images: Fashion-MNIST test images for grey runs (given to every library as RGB: the exports average
 the channels), skimage photos for colour runs, at the run's input size. The error is the largest
@@ -111,6 +112,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="+", default=list_recipes())
     args = p.parse_args()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     groups: dict[str, list[str]] = {}
     for name in args.recipes:
         r = load_recipe(name)
@@ -128,7 +132,7 @@ def main() -> None:
                 try:
                     cells.append(compare(run, export_run(run, fmt, Path(tmp) / f"run{n}-{fmt}"), fmt, pixels))
                 except Exception as e:  # a format this backbone cannot take: say why, briefly
-                    cells.append("refused" if "cannot export" in str(e) else f"FAILED: {e}"[:60])
+                    cells.append("no class" if "cannot export" in str(e) else f"FAILED: {e}"[:60])
             names = ", ".join(recipes) if len(recipes) < 3 else f"{recipes[0]} +{len(recipes) - 1}"
             desc = backbone["name"] + (f" {backbone['args']}" if backbone.get("args") else "")
             chans = f"{'1' if grey else '3'}x{size}"

@@ -43,6 +43,7 @@ def photos(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_index_uses_a_graph_above_the_threshold_and_grows_it(photos, tmp_path, monkeypatch):
     monkeypatch.setattr(ann, "THRESHOLD", 2)
     loads = []

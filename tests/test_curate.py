@@ -78,6 +78,7 @@ def small_fmnist(monkeypatch):
     return train
 
 
+@pytest.mark.slow
 def test_curate_an_embedded_set_into_a_list_that_data_accepts(run, small_fmnist, tmp_path, capsys):
     out = tmp_path / "kept.txt"
     r = curate("fashion-mnist", run, out, threshold=0.999, device="cpu")
