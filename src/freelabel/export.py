@@ -1,9 +1,9 @@
 """Export a run's backbone for use outside freelabel: Hugging Face transformers, timm, ONNX, or bare safetensors.
 
 Every export is checked before it is kept: the folder is loaded back the way its README says
-(``AutoModel.from_pretrained``, ``timm.create_model``, ``run.load_backbone``) and must give the run's
-pooled features and patch tokens to 1e-4 (ONNX: by onnxruntime on the CPU). It is written to a temporary folder and renamed into place
-at the end, so a refused or failed export leaves nothing behind.
+(``AutoModel.from_pretrained``, ``timm.create_model``, ``onnxruntime.InferenceSession``, ``run.load_backbone``)
+and must give the run's pooled features and patch tokens to 1e-4. It is written to a temporary folder and
+renamed into place at the end, so a refused or failed export leaves nothing behind.
 
 transformers classes, chosen by the ViT's architecture (the run's method only breaks ties):
 
