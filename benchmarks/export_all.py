@@ -37,8 +37,8 @@ from freelabel.config import list_recipes, load_recipe, resolve
 from freelabel.data.sources import fashion_mnist
 from freelabel.data.views import normalise
 from freelabel.export import export_run
-from freelabel.methods import METHODS
-from freelabel.run import load_backbone, save_backbone, save_config
+from freelabel.methods import METHODS, load_backbone
+from freelabel.run import save_backbone, save_config
 
 
 def error(ours: torch.Tensor, theirs: torch.Tensor) -> float:

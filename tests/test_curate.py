@@ -8,8 +8,9 @@ from PIL import Image
 
 from freelabel.cli import main
 from freelabel.config import load_recipe, resolve
-from freelabel.data import sources
-from freelabel.data.sources import DataError, open_dataset
+from freelabel.data import registry, sources
+from freelabel.data.registry import open_dataset
+from freelabel.errors import DataError
 from freelabel.methods import METHODS
 from freelabel.pipelines import ann
 from freelabel.pipelines.curate import balance, curate, duplicate_groups, select
@@ -74,7 +75,7 @@ def small_fmnist(monkeypatch):
     train, test = sources.fashion_mnist("train"), sources.fashion_mnist("test")
     train.images, train.labels = train.images[:300].clone(), train.labels[:300].clone()
     train.images[290:], train.labels[290:] = train.images[:10], train.labels[:10]
-    monkeypatch.setattr(sources, "fashion_mnist", lambda split: train if split == "train" else test)
+    monkeypatch.setitem(registry.NAMED, "fashion-mnist", lambda split: train if split == "train" else test)
     return train
 
 
@@ -124,5 +125,5 @@ def test_a_folder_list_keeps_paths_and_classes(tmp_path):
     with pytest.raises(DataError, match="names 1 missing files"):
         open_dataset(str(listed), "train", size=32)
     listed.write_text("fashion-mnist/train/000001\nemoji/train/000002\n")
-    with pytest.raises(DataError, match="one embedded set and split per list"):
+    with pytest.raises(DataError, match="one named set and split per list"):
         open_dataset(str(listed), "train")

@@ -20,6 +20,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..errors import DataError
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -31,10 +33,6 @@ EMBEDDED = {
     "fashion-mnist": "Fashion-MNIST, 70k 28x28 grey images of clothes in 10 classes",
     "emoji": "Google's Noto emoji (npm emoji-datasource-google), 1.9k 64x64 colour images in 10 categories",
 }
-
-
-class DataError(ValueError):
-    """Bad or missing data; the message says what to do."""
 
 
 def cache_dir() -> Path:
@@ -215,72 +213,3 @@ def image_folder(root: str | Path, split: str, size: int, channels: int = 3, hol
         chosen += [i for i in members if (i in test) == (split != "train")]
     chosen.sort()
     return ImageFiles([paths[i] for i in chosen], [labels[i] for i in chosen], classes, size, channels, ignored)
-
-
-# ---------------------------------------------------------------------------------- file lists
-def file_list(path: str | Path, split: str, size: int | None, channels: int = 3) -> Dataset:
-    """A ``.txt`` list of images, one a line (``freelabel curate`` writes them): image files (absolute, or
-    relative to the list's folder), each optionally followed by a tab and its class, or items of an
-    embedded set as ``NAME/SPLIT/INDEX`` (``fashion-mnist/train/000123``), whose labels come with them.
-    The list is the ``train`` (and ``all``) split; ``test`` is the embedded set's own test split, and a
-    list of files has none."""
-    path = Path(path).expanduser()
-    lines = [ln.rstrip("\n") for ln in path.read_text(encoding="utf-8").splitlines()]
-    lines = [ln for ln in lines if ln.strip() and not ln.startswith("#")]
-    if not lines:
-        raise DataError(f"the file list {path} names no images")
-    parts = [ln.split("/") for ln in lines]
-    if all(len(p) == 3 and p[0] in EMBEDDED and p[2].isdigit() for p in parts):
-        sources = {(p[0], p[1]) for p in parts}
-        if len(sources) > 1:
-            raise DataError(f"the file list {path} mixes {sorted(sources)}; one embedded set and split per list")
-        (name, list_split), = sources
-        if split == "test":
-            return open_dataset(name, "test", size, channels)
-        ds = open_dataset(name, list_split, size, channels)
-        idx = torch.tensor([int(p[2]) for p in parts])
-        if int(idx.max()) >= len(ds):
-            raise DataError(f"the file list {path} names item {int(idx.max())} of {name}/{list_split}, which has {len(ds)}")
-        return TensorImages(ds.images[idx], ds.labels[idx], ds.classes)
-    if split == "test":
-        raise DataError(f"the file list {path} is a training set; evaluate on a folder or an embedded set")
-    if size is None:
-        raise DataError("a file list of images needs an image size (data.image_size in the recipe)")
-    files = [(ln.split("\t", 1) + [None])[:2] for ln in lines]
-    paths = [Path(f).expanduser() if Path(f).expanduser().is_absolute() else path.parent / f for f, _ in files]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise DataError(f"the file list {path} names {len(missing)} missing files, e.g. {missing[0]}")
-    classes = sorted({c for _, c in files if c})
-    labels = [classes.index(c) if c else -1 for _, c in files]
-    return ImageFiles(paths, labels, classes, size, channels)
-
-
-def open_dataset(spec: str, split: str = "train", size: int | None = None, channels: int = 3) -> Dataset:
-    """``spec`` is an embedded name (``fashion-mnist``, ``emoji``), a folder path or a ``.txt`` file list
-    (:func:`file_list`); ``split`` is ``train``, ``test`` or ``all`` (pretraining on a folder uses every
-    image). Caption data (``emoji-captions``, a CSV/JSONL file, shards, a folder with captions) opens
-    through :mod:`.captions`."""
-    from .captions import is_captioned, open_captions
-
-    if str(spec).endswith(".txt") and Path(spec).expanduser().is_file():
-        return file_list(spec, split, size, channels)
-    if is_captioned(spec):
-        return open_captions(spec, split, size, channels)
-    if spec in EMBEDDED:
-        if spec == "emoji":
-            from .emoji import emoji
-
-            ds = emoji(split)
-        else:
-            ds = fashion_mnist("train" if split == "all" else split)
-        if size is not None and size != ds.images.shape[-1]:
-            ds.images = torch.nn.functional.interpolate(ds.images.float(), size=size, mode="bilinear",
-                                                        antialias=True).round().clamp(0, 255).to(torch.uint8)
-        return ds
-    looks_like_path = os.sep in spec or spec.startswith(".") or Path(spec).exists()
-    if not looks_like_path:
-        raise DataError(f"unknown dataset {spec!r}; valid: {', '.join(EMBEDDED)}, emoji-captions, or a folder of images")
-    if size is None:
-        raise DataError("a folder of images needs an image size (data.image_size in the recipe)")
-    return image_folder(spec, split, size, channels)
