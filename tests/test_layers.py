@@ -17,7 +17,7 @@ LAYERS = {
     1: ["methods"],
     2: ["pretrained"],
     3: ["encoder"],
-    4: ["engine", "evaluate", "export", "pipelines"],
+    4: ["engine", "evaluate", "export", "timm_models", "pipelines"],
     5: ["cli", "__main__"],
 }
 RANK = {name: rank for rank, names in LAYERS.items() for name in names}
