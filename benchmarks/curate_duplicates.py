@@ -39,6 +39,7 @@ def augment(image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a run directory or pretrained model")
+    p.add_argument("--weights", help="weights of a torchvision:NAME model")
     p.add_argument("--copies", type=int, default=500)
     p.add_argument("--threshold", type=float, default=0.95)
     args = p.parse_args()
@@ -52,10 +53,10 @@ def main() -> None:
             Image.fromarray(image[0].numpy()).save(folder / f"{i:05d}.png")
         for i in sources:
             Image.fromarray(augment(ds.images[i], g)[0].numpy()).save(folder / f"{i:05d}-copy.png")
+        build_index(folder, args.model, Path(tmp) / "index", weights=args.weights)
         out = Path(tmp) / "kept.txt"
-        r = curate(folder, args.model, out, threshold=args.threshold)
+        r = curate(Path(tmp) / "index", None, out, threshold=args.threshold)  # as `freelabel curate INDEX`
         kept = {Path(line).name for line in out.read_text().splitlines()}
-        build_index(folder, args.model, Path(tmp) / "index")  # the same embeddings, for the other thresholds
         idx = open_index(Path(tmp) / "index")
     names = [Path(row["path"]).name for row in idx.rows]
     row = {n: i for i, n in enumerate(names)}

@@ -14,7 +14,7 @@ from freelabel.errors import DataError
 from freelabel.methods import METHODS
 from freelabel.pipelines import ann
 from freelabel.pipelines.curate import balance, curate, duplicate_groups, select
-from freelabel.pipelines.search import SearchError
+from freelabel.pipelines.search import SearchError, build_index
 from freelabel.run import save_backbone, save_config
 
 
@@ -103,6 +103,11 @@ def test_curate_an_embedded_set_into_a_list_that_data_accepts(run, small_fmnist,
     assert "near-duplicates dropped" in printed and "7 selected" in printed and "wrote 7 images to" in printed
     assert main(["curate", "fashion-mnist", "--model", str(run), "--out", str(tmp_path / "x.csv")]) == 2
     assert "a file list ends in .txt" in capsys.readouterr().err
+    build_index("fashion-mnist", run, tmp_path / "index", split="train", device="cpu")
+    again = curate(tmp_path / "index", None, tmp_path / "from-index.txt", threshold=0.999)  # no model: its embeddings
+    assert (tmp_path / "from-index.txt").read_text() == out.read_text() and again["duplicates"] == report["duplicates"]
+    with pytest.raises(SearchError, match="give --model"):
+        curate("fashion-mnist", None, out)
     with pytest.raises(SearchError, match="--select 5000 is not between 0 and the 300 images"):
         curate("fashion-mnist", run, out, n_select=5000, device="cpu")
 

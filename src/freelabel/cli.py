@@ -104,8 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     cu = sub.add_parser("curate", help="drop near-duplicates, balance clusters, pick images to label: a file list for --data")
-    cu.add_argument("source", help="a folder of images, or fashion-mnist / emoji (its --split)")
-    cu.add_argument("--model", required=True, help="run directory, hub name, model folder or torchvision:NAME")
+    cu.add_argument("source", help="a folder of images, fashion-mnist / emoji (its --split), or an index (no --model)")
+    cu.add_argument("--model", help="run directory, hub name, model folder or torchvision:NAME")
+    cu.add_argument("--weights", help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)")
     cu.add_argument("--out", required=True, help="file list to write (.txt), with the report beside it (.json)")
     cu.add_argument("--split", default="train", help="split of an embedded data set (default: train)")
     cu.add_argument("--threshold", type=float, default=0.95, help="cosine similarity from which images are near-duplicates")
@@ -275,7 +276,7 @@ def cmd_curate(args: argparse.Namespace) -> None:
     from .pipelines.curate import curate
 
     r = curate(args.source, args.model, args.out, split=args.split, threshold=args.threshold, clusters=args.clusters,
-               per_cluster=args.per_cluster, n_select=args.select, seed=args.seed)
+               per_cluster=args.per_cluster, n_select=args.select, seed=args.seed, weights=args.weights)
     d = r["duplicates"]
     print(f"{r['images']} images: {d['dropped']} near-duplicates dropped ({d['groups']} groups at cosine >= {d['threshold']})"
           + (f", {r['balance']['dropped']} by balancing {r['balance']['clusters']} clusters" if "balance" in r else "")

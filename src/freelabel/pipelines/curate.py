@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ann
-from .search import SearchError, build_index, open_index
+from .search import MANIFEST, SearchError, build_index, open_index
 
 NEIGHBOURS = 16  # candidates per image for the duplicate links
 
@@ -121,20 +121,28 @@ def select(embeddings: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     return torch.tensor(sorted(chosen))
 
 
-def curate(source: str | Path, model: str | Path, out: str | Path, *, split: str = "train", threshold: float = 0.95,
-           clusters: int = 0, per_cluster: int | None = None, n_select: int | None = None, seed: int = 0,
-           examples: int = 5, batch_size: int = 64, device: str | None = None) -> dict:
-    """Embed ``source`` (a folder, or an embedded set's ``split``) with ``model``, drop near-duplicates,
-    optionally balance clusters and select ``n_select`` images; write the kept images to ``out`` (a file
-    list for ``--data``) and the report (returned) to ``out`` with the suffix ``.json``."""
+def curate(source: str | Path, model: str | Path | None, out: str | Path, *, split: str = "train",
+           threshold: float = 0.95, clusters: int = 0, per_cluster: int | None = None, n_select: int | None = None,
+           seed: int = 0, examples: int = 5, batch_size: int = 64, device: str | None = None,
+           weights: str | Path | None = None) -> dict:
+    """Embed ``source`` (a folder, or an embedded set's ``split``) with ``model`` (and its ``weights``), or
+    take the embeddings of ``source`` when it is an index (``freelabel index build``; no ``model``), drop
+    near-duplicates, optionally balance clusters and select ``n_select`` images; write the kept images to
+    ``out`` (a file list for ``--data``) and the report (returned) to ``out`` with the suffix ``.json``."""
     out = Path(out)
     if out.suffix != ".txt":
         raise SearchError(f"--out {out}: a file list ends in .txt, which is what --data reads")
     if not 0 < threshold <= 1:
         raise SearchError(f"the duplicate threshold is a cosine similarity in (0, 1], not {threshold}")
-    with tempfile.TemporaryDirectory() as tmp:
-        built = build_index(source, model, Path(tmp) / "index", split, batch_size, device)
-        idx = open_index(Path(tmp) / "index")
+    if (Path(source) / MANIFEST).is_file():
+        idx, unreadable = open_index(source), []
+    elif model is None:
+        raise SearchError(f"give --model to embed {source} with (or an index folder as SOURCE)")
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            unreadable = build_index(source, model, Path(tmp) / "index", split, batch_size, device,
+                                     weights=weights)["failed"]
+            idx = open_index(Path(tmp) / "index")
     base = Path(idx.meta["source"])
     entries = [str(base / r["path"]) if base.is_dir() else r["path"] for r in idx.rows]
     labelled = base.is_dir() and any(r["label"] for r in idx.rows)
@@ -147,7 +155,7 @@ def curate(source: str | Path, model: str | Path, out: str | Path, *, split: str
     groups = duplicate_groups(emb, threshold)
     dropped = {i for g in groups for i, _ in g[1:]}
     keep = torch.tensor([i for i in range(n) if i not in dropped], dtype=torch.long)
-    report = {"source": str(source), "model": str(model), "images": n, "unreadable": built["failed"],
+    report = {"source": str(source), "model": idx.meta["model"], "images": n, "unreadable": unreadable,
               "duplicates": {"threshold": threshold, "groups": len(groups), "dropped": len(dropped),
                              "examples": [{"kept": entries[g[0][0]], "dropped": [{"image": entries[i], "similarity": s}
                                                                                   for i, s in g[1:]]}
