@@ -4,7 +4,8 @@ each loaded by that library's own client, with its features on real images compa
 For each distinct backbone of the recipes (name, arguments, input size, grey or colour data, and the
 method's input wrapper: colorization's lightness, jigsaw's standardisation) a run directory is
 written with the recipe's config and the backbone's seeded initial weights moved off their init (a
-few "steps" of noise, so that a dropped or misplaced weight shows), then:
+few "steps" of noise, so that a dropped or misplaced weight shows; image-text recipes: their image tower
+as a simclr run, and paper recipes on grey data with the mean of their ImageNet statistics), then:
 
 - onnx: ``onnxruntime.InferenceSession`` on the CPU, pooled features and tokens;
 - timm: ``timm.create_model(...)`` (freelabel's CNNs after ``import freelabel.timm_models``), pooled;
@@ -40,6 +41,8 @@ from freelabel.export import export_run
 from freelabel.methods import METHODS, load_backbone
 from freelabel.run import save_backbone, save_config
 
+IMAGE_TEXT = ("clip", "siglip", "lit")
+
 
 def error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     if ours.shape != theirs.shape:
@@ -60,7 +63,14 @@ def images(grey: bool, size: int) -> torch.Tensor:
 
 
 def make_run(folder: Path, recipe: str) -> Path:
-    cfg = resolve(load_recipe(recipe), {"data.channels": 1 if load_recipe(recipe)["data"]["name"] == "fashion-mnist" else 3})
+    r = load_recipe(recipe)
+    grey = r["data"]["name"] == "fashion-mnist"
+    overrides = {"data.channels": 1 if grey else 3}
+    if grey and len(r["views"].get("mean", [0.5])) == 3:  # a paper recipe (ImageNet statistics) on grey images
+        overrides |= {"views.mean": [sum(r["views"]["mean"]) / 3], "views.std": [sum(r["views"]["std"]) / 3]}
+    if r["method"] in IMAGE_TEXT:  # the image tower alone, as a simclr run: the same backbone, no text tower
+        overrides |= {"method": "simclr", "method_args": {}}
+    cfg = resolve(r, overrides)
     torch.manual_seed(0)
     net = METHODS[cfg.method].make_backbone(cfg.backbone.name, cfg.data.channels, cfg.views, **cfg.backbone.args)
     state = {k: v + 0.02 * torch.randn_like(v) if v.is_floating_point() else v for k, v in net.state_dict().items()}
@@ -123,7 +133,7 @@ def main() -> None:
         groups.setdefault(key, []).append(name)
     print(f"{'recipes':44s} {'backbone':46s} {'in':>7s} {'onnx':>8s} {'timm':>8s} {'transformers pipeline':>22s} {'s':>5s}")
     with tempfile.TemporaryDirectory() as tmp:
-        for n, (key, recipes) in enumerate(groups.items()):
+        for n, (key, recipes) in enumerate(sorted(groups.items(), key=lambda g: json.loads(g[0])[1])):  # small first
             backbone, size, grey, _ = json.loads(key)
             run = make_run(Path(tmp) / f"run{n}", recipes[0])
             pixels = images(grey, size)
