@@ -30,8 +30,8 @@ class ChannelMean(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.mean(1, keepdim=True))
 
-    def forward_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net.forward_tokens(x.mean(1, keepdim=True), mask)
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_tokens(x.mean(1, keepdim=True))
 
 
 def rgb_stem(backbone: nn.Module) -> nn.Module:
