@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -18,8 +19,34 @@ EXAMPLES = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (and exit status 2), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, low: float, *, strict: bool = True, high: float | None = None):
+    """An argparse type: a finite ``kind`` above ``low`` (or at least ``low`` when not ``strict``), at most ``high``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{'an integer' if kind is int else 'a number'} is needed, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low) or (high is not None and value > high):
+            bound = f"{'above' if strict else 'at least'} {low:g}" + (f" and at most {high:g}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT, POSITIVE, FRACTION = _number(int, 0), _number(float, 0), _number(float, 0, strict=False, high=1)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="freelabel", description="Learn visual representations without labels.",
+    p = _Parser(prog="freelabel", description="Learn visual representations without labels.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -48,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="override any recipe key, e.g. --set optim.weight_decay=1e-5 (repeatable)")  # fmt: skip
     pt.add_argument("--out", help="run directory (default: runs/METHOD-DATA-TIME)")
     pt.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    pt.add_argument("--allow-outside", action="store_true",
+                    help="let a CSV/JSONL caption list name images outside its own folder")  # fmt: skip
 
     ev = sub.add_parser("eval", help="evaluate a run's backbone")
     evsub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
@@ -56,8 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     knn.add_argument("--model", help="a pretrained model instead of a run: hub name, local folder or torchvision:NAME")
     knn.add_argument("--data", help="labelled data (default: the run's data); a folder uses train/ and val/ or a 20%% hold-out")
     knn.add_argument("--baselines", action="store_true", help="also score the random-init backbone and raw pixels")
-    knn.add_argument("-k", type=int, nargs="+", default=[20, 200], help="numbers of neighbours")
-    knn.add_argument("--temperature", type=float, default=0.07)
+    knn.add_argument("-k", type=POSITIVE_INT, nargs="+", default=[20, 200], help="numbers of neighbours")
+    knn.add_argument("--temperature", type=POSITIVE, default=0.07)
 
     for protocol, text in (("zeroshot", "zero-shot top-1 by class names (prompt ensembles) of a clip/siglip run or a pretrained model"),
                            ("retrieval", "image-caption retrieval recall@1/5/10 both ways and CLIPScore")):  # fmt: skip
@@ -76,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     mk = shsub.add_parser("make", help="write shards from a CSV/JSONL of image,caption or a folder with .txt captions")
     mk.add_argument("src", help="CSV/JSONL file or captioned folder")
     mk.add_argument("out", help="folder for shard-000000.tar, ...")
-    mk.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
+    mk.add_argument("--per-shard", type=POSITIVE_INT, default=1000, help="samples per shard")
+    mk.add_argument("--allow-outside", action="store_true", help="let the list name images outside its own folder")
 
     ix = sub.add_parser("index", help="an embedding index of images: build, search, evaluate")
     ixsub = ix.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -85,17 +115,17 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--model", required=True, help="run directory, hub name, model folder or torchvision:NAME")
     b.add_argument("--out", required=True, help="index folder")
     b.add_argument("--split", default="test", help="split of an embedded data set (default: test)")
-    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--batch-size", type=POSITIVE_INT, default=64)
     s = ixsub.add_parser("search", help="top-k images by similarity to an image or (image-text models) a text")
     s.add_argument("index", help="index folder")
     query = s.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", help="query image file")
     query.add_argument("--text", help="query text (CLIP/SigLIP indexes)")
-    s.add_argument("-k", type=int, default=10, help="number of results")
+    s.add_argument("-k", type=POSITIVE_INT, default=10, help="number of results")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e = ixsub.add_parser("eval", help="image-to-image precision@k by class (each image queries the rest)")
     e.add_argument("index", help="index folder")
-    e.add_argument("-k", type=int, default=10)
+    e.add_argument("-k", type=POSITIVE_INT, default=10)
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     ex = sub.add_parser("export", help="export a run's backbone for transformers, timm or freelabel",
@@ -118,10 +148,10 @@ def _parser() -> argparse.ArgumentParser:
     sg.add_argument("--segmenter", required=True, help="SAM, SAM2 or SAM3 model")
     sg.add_argument("--points", nargs="+", metavar="X,Y[,LABEL]", help="prompt points; LABEL 1 foreground (default), 0 background")  # fmt: skip
     sg.add_argument("--boxes", nargs="+", metavar="X0,Y0,X1,Y1", help="prompt boxes, one object each")
-    sg.add_argument("--box-threshold", type=float, default=0.3, help="keep detections (or SAM3 instances) scoring above this")  # fmt: skip
-    sg.add_argument("--text-threshold", type=float, default=0.25, help="Grounding DINO: a phrase's token score to label a box")  # fmt: skip
-    sg.add_argument("--nms", type=float, default=0.5, metavar="IOU", help="per-label NMS IoU threshold")
-    sg.add_argument("--batch-size", type=int, default=4, help="images per detector forward pass")
+    sg.add_argument("--box-threshold", type=FRACTION, default=0.3, help="keep detections (or SAM3 instances) scoring above this")  # fmt: skip
+    sg.add_argument("--text-threshold", type=FRACTION, default=0.25, help="Grounding DINO: a phrase's token score to label a box")  # fmt: skip
+    sg.add_argument("--nms", type=FRACTION, default=0.5, metavar="IOU", help="per-label NMS IoU threshold")
+    sg.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="images per detector forward pass")
     sg.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     sg.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: bf16 on GPU, fp32 on CPU")
     sg.add_argument("--out", required=True, help="output folder")
@@ -143,7 +173,9 @@ def _overrides(args: argparse.Namespace) -> dict:
     if any(v is not None for v in (args.epochs, args.steps, args.minutes)):
         o.update({"budget.epochs": args.epochs, "budget.steps": args.steps, "budget.minutes": args.minutes})
     if args.devices is not None:
-        o["devices"] = int(args.devices) if args.devices.isdigit() else args.devices
+        o["devices"] = int(args.devices) if args.devices.strip().isdigit() else args.devices
+    if args.allow_outside:
+        o["data.allow_outside"] = True
     for flag, key in [("batch_size", "optim.batch_size"), ("lr", "optim.lr"), ("seed", "seed"),
                       ("accelerator", "accelerator"), ("precision", "precision"), ("eval_every", "eval_every_minutes")]:  # fmt: skip
         if getattr(args, flag) is not None:
@@ -153,12 +185,12 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from .config import ConfigError, default_recipe, load_recipe, resolve, to_dict
+    from .config import ConfigError, check_writable, default_recipe, load_recipe, resolve, to_dict
     from .engine import pretrain
     from .run import load_config
 
     if args.resume:
-        out = Path(args.resume)
+        out = check_writable(args.resume, "--resume")
         cfg = resolve(to_dict(load_config(out)), _overrides(args))
         pretrain(cfg, out, resume=True)
         return
@@ -172,7 +204,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     recipe = load_recipe(args.recipe or default_recipe(args.method, data))
     recipe["recipe"] = args.recipe or default_recipe(args.method, data)
     cfg = resolve(recipe, {"method": args.method, **_overrides(args)})
-    out = Path(args.out or f"runs/{args.method}-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = check_writable(args.out or f"runs/{args.method}-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
     pretrain(cfg, out)
 
 
@@ -206,22 +238,31 @@ def cmd_eval_imagetext(args: argparse.Namespace) -> None:
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> None:
+    import csv
+
+    from .config import check_writable
     from .evaluate.zeroshot import classify_folder
 
+    if args.out:
+        check_writable(args.out, "--out", folder=False)
     rows = classify_folder(args.images, args.labels.split(","), args.model, args.out)
     if args.out:
         print(f"{len(rows)} images classified into {args.out}")
     else:
-        print("image,label,score")
-        for path, label, score in rows:
-            print(f"{path},{label},{score:.4f}")
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["image", "label", "score"])
+        writer.writerows((path, label, f"{score:.4f}") for path, label, score in rows)
 
 
 def cmd_shards(args: argparse.Namespace) -> None:
+    from .config import check_writable
     from .data.captions import make_shards
 
-    shards = make_shards(args.src, args.out, args.per_shard)
-    print(f"{len(shards)} shards written to {args.out}")
+    r = make_shards(args.src, check_writable(args.out), args.per_shard, args.allow_outside)
+    print(f"{len(r['shards'])} shards of {r['packed']} images written to {args.out}"
+          + (f"; {len(r['skipped'])} unreadable files skipped" if r["skipped"] else ""))
+    for line in r["skipped"]:
+        print(f"  skipped: {line}")
 
 
 def cmd_index(args: argparse.Namespace) -> None:
@@ -230,7 +271,11 @@ def cmd_index(args: argparse.Namespace) -> None:
     from .pipelines import search as ix
 
     if args.action == "build":
-        r = ix.build_index(args.source, args.model, args.out, args.split, args.batch_size)
+        from .config import check_writable
+
+        r = ix.build_index(args.source, args.model, check_writable(args.out), args.split, args.batch_size)
+        if r["model_changed"]:
+            print("the model's weights changed since the last build: every image embedded again")
         print(f"{r['index']}: {r['rows']} images ({r['embedded']} embedded, {r['kept']} unchanged, {r['removed']} removed, "
               f"{len(r['failed'])} unreadable) in {r['seconds']:.1f} s, {r['images_per_s']:.0f} images/s")  # fmt: skip
         for path in r["failed"]:
@@ -253,8 +298,11 @@ def cmd_index(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from .config import check_writable
     from .export import export_run
 
+    if args.out:
+        check_writable(args.out)
     out = export_run(args.run, args.format, args.out)
     print(f"exported {args.run} as {args.format} to {out} (how to load it: {out / 'README.md'})")
 
@@ -268,8 +316,9 @@ def cmd_segment(args: argparse.Namespace) -> None:
         except ValueError:
             raise ConfigError(f"{flag} takes comma-separated numbers, e.g. {flag} 10,20") from None
 
-    from .config import ConfigError
+    from .config import ConfigError, check_writable
 
+    check_writable(args.out)
     text = [t.strip() for t in args.text.split(",") if t.strip()] if args.text else None
     records = segment(args.images, args.out, segmenter=args.segmenter, text=text, detector=args.detector,
                       points=numbers(args.points, "--points"), boxes=numbers(args.boxes, "--boxes"),
@@ -304,6 +353,8 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import pickle
+
     from .backbones import BackboneError
     from .config import ConfigError
     from .data.sources import DataError
@@ -312,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     from .pretrained import PretrainedError
     from .run import RunError
 
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 come out as their own bytes
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
@@ -321,10 +375,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, BackboneError, RunError, TrainingError, PretrainedError, SearchError) as e:
         print(f"freelabel: error: {e}", file=sys.stderr)
         return 2
+    except pickle.UnpicklingError as e:
+        print("freelabel: error: refused to load a checkpoint file that is not plain tensors (a pickle that could run "
+              f"code): {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as e:  # a file that cannot be read or written where the command needs it
+        where = f": {e.filename}" if e.filename else ""
+        print(f"freelabel: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -23,11 +23,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import run as rundir
 from .config import ConfigError, RunConfig
-from .data.loader import batches, steps_per_epoch
-from .data.sources import open_dataset
+from .data.loader import MIN_BATCH, batches, steps_per_epoch, trim
+from .data.sources import DataError, open_dataset
 from .data.views import Views
 from .ema import cosine_schedule
-from .evaluate.knn import knn_eval
+from .evaluate.knn import knn_eval, labelled
 from .hardware import resolve_precision
 from .methods import METHODS, Method
 
@@ -48,6 +48,7 @@ class TrainState:
     train_seconds: float = 0.0
     images_seen: int = 0
     skipped: list[str] = field(default_factory=list)  # files that failed to decode
+    skipped_batches: int = 0  # batches with fewer than MIN_BATCH readable images: no step
 
 
 def lr_at(progress: float, warmup: float, min_lr: float = 0.0) -> float:
@@ -107,7 +108,8 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
 
 
 def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
-    data = open_dataset(cfg.data.name, "train", size=cfg.data.image_size or cfg.views.size)
+    data = open_dataset(cfg.data.name, "train", size=cfg.data.image_size or cfg.views.size,
+                        allow_outside=cfg.data.allow_outside)  # fmt: skip
     cfg.data.channels = data.channels
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
     method = build_method(cfg, data.channels)
@@ -179,12 +181,25 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     try:
         with bar:
             while progress() < 1:
+                tried = trained = 0  # batches of this pass over the epoch, and steps made from them
                 for batch in batches(data, cfg.optim.batch_size, seed=cfg.seed, epoch=state.epoch, start=state.position,
                                      rank=fabric.global_rank, world=fabric.world_size, workers=cfg.data.workers,
                                      masks=method.masks):  # fmt: skip
                     if progress() >= 1:
                         break
                     state.skipped += batch.skipped
+                    tried += 1
+                    n = len(batch.images)
+                    if fabric.world_size > 1:  # every process trains on as many images as the one with the fewest
+                        n = int(fabric.all_reduce(torch.tensor(n, device=fabric.device), reduce_op="min").item())
+                    if n < MIN_BATCH:  # every image of the batch broken, or all but one: no step
+                        state.skipped_batches += 1
+                        state.position += 1
+                        log.warning("batch %d of epoch %d skipped: %d readable image(s), a step needs %d",
+                                    state.position - 1, state.epoch, n, MIN_BATCH)  # fmt: skip
+                        continue
+                    batch = trim(batch, n)
+                    trained += 1
                     p = progress()
                     for group, peak in zip(optimizer.param_groups, peak_lrs):
                         group["lr"] = peak * lr_at(p, cfg.optim.warmup, cfg.optim.min_lr)
@@ -243,6 +258,9 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                         window_start, window_images = time.perf_counter(), 0
                         tick = window_start
                 else:
+                    if tried and not trained:
+                        raise DataError(f"no batch of epoch {state.epoch} had {MIN_BATCH} readable images ({len(state.skipped)} "
+                                        f"files skipped as unreadable, e.g. {state.skipped[:1]}); check --data {cfg.data.name}")  # fmt: skip
                     state.epoch += 1
                     state.position = 0
             bar.update(task, completed=1000)
@@ -258,8 +276,9 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
         "method": cfg.method, "backbone": cfg.backbone.name, "steps": state.step, "epochs": state.images_seen / len(data),
         "images_seen": state.images_seen, "train_minutes": state.train_seconds / 60,
         "images_per_s": state.images_seen / max(state.train_seconds, 1e-9), "final_loss": metrics.get("loss"),
-        "precision": precision, "devices": fabric.world_size, "skipped_files": len(state.skipped),
-        "skipped_examples": state.skipped[:20],
+        "precision": precision, "devices": fabric.world_size,
+        "skipped_files": len(state.skipped) + len(getattr(data, "skipped", [])),
+        "skipped_examples": (getattr(data, "skipped", []) + state.skipped)[:20], "skipped_batches": state.skipped_batches,
     }  # fmt: skip
     if curve:
         result["knn_curve"] = curve
@@ -270,8 +289,8 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
         rundir.update_metrics(out, "pretrain", result)
         if writer:
             writer.close()
-        if state.skipped:
-            log.warning("skipped %d unreadable files, e.g. %s", len(state.skipped), state.skipped[0])
+        if result["skipped_files"]:
+            log.warning("skipped %d unreadable files, e.g. %s", result["skipped_files"], result["skipped_examples"][0])
         log.info("done: %d steps, %.1f min, %.0f images/s; run directory %s",
                  state.step, result["train_minutes"], result["images_per_s"], out)  # fmt: skip
     return result
@@ -297,7 +316,7 @@ def _online_knn(cfg: RunConfig, method: Method, device: torch.device, precision:
     """k-NN of the backbone during training, for the curve of accuracy against training time."""
     size = cfg.data.image_size or cfg.views.size
     train, test = open_dataset(cfg.data.name, "train", size), open_dataset(cfg.data.name, "test", size)
-    if any(label < 0 for label in (train[0][1], test[0][1])):
+    if not (labelled(train) and labelled(test)):
         log.warning("eval_every_minutes ignored: %s has no labels", cfg.data.name)
         return None
 

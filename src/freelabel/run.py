@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from .config import RunConfig, from_dict, read_yaml, to_dict
+from .config import RunConfig, from_dict, read_yaml, to_dict, validate
 
 CONFIG, METRICS, CHECKPOINTS, BACKBONE = "config.yaml", "metrics.json", "checkpoints", "backbone.safetensors"
 
@@ -37,8 +37,10 @@ def load_config(run: Path) -> RunConfig:
     path = Path(run) / CONFIG
     if not path.is_file():
         raise RunError(f"{run} is not a freelabel run directory (no {CONFIG}); give the --out of a pretrain run")
-    d = read_yaml(path.read_text())
-    return from_dict(RunConfig, d)
+    d = read_yaml(path.read_text(encoding="utf-8", errors="replace"), str(path))
+    if not isinstance(d, dict):
+        raise RunError(f"{path} is not a run's settings (a YAML mapping); it was changed by hand or damaged")
+    return validate(from_dict(RunConfig, d))
 
 
 def read_metrics(run: Path) -> dict:
@@ -123,6 +125,6 @@ def load_backbone(run: Path, trained: bool = True) -> tuple[torch.nn.Module, Run
 
 
 def file_logger(run: Path) -> logging.Handler:
-    handler = logging.FileHandler(Path(run) / "log.txt")
+    handler = logging.FileHandler(Path(run) / "log.txt", errors="backslashreplace")  # non-UTF-8 file names
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     return handler

@@ -18,7 +18,6 @@ pairs whose image name hashes to 0 mod 5 (``test``); ``all`` is everything.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import tempfile
@@ -28,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .sources import IMAGE_EXTENSIONS, DataError, ImageFiles, TensorImages, load_image
+from .images import MAX_PIXELS, BadImage, decode, load_image
+from .sources import IMAGE_EXTENSIONS, DataError, ImageFiles, TensorImages
 
 CAPTIONED = {"emoji-captions": "the emoji set captioned by name ('an emoji of grinning face'), split by emoji"}
 IMAGE_KEYS, CAPTION_KEYS = ("image", "path", "file", "filepath"), ("caption", "text", "title")
@@ -90,22 +90,47 @@ def _pick(row: dict, keys: tuple[str, ...], where: str) -> str:
     raise DataError(f"{where} has no {keys[0]!r} value; name the column one of: {', '.join(keys)}")
 
 
-def _read_table(path: Path) -> list[tuple[Path, str]]:
+def _listed_path(table: Path, value: str, where: str, allow_outside: bool) -> Path:
+    """The image a caption list names: relative to the list's folder, inside it (unless
+    ``allow_outside``), and with an image extension."""
+    path = table.parent / value
+    suffix = Path(value).suffix.lower()
+    if not suffix:
+        raise DataError(f"{where}: {value!r} has no file extension; name an image file ({'/'.join(IMAGE_EXTENSIONS)})")
+    if suffix not in IMAGE_EXTENSIONS:
+        raise DataError(f"{where}: {value!r} is not an image file; only {'/'.join(IMAGE_EXTENSIONS)} are read")
+    if not allow_outside:
+        folder = table.parent.resolve()
+        try:
+            path.resolve().relative_to(folder)
+        except ValueError:
+            raise DataError(f"{where}: {value!r} is outside {folder}, the folder of the list; move the image there, "
+                            "or allow such paths explicitly (--allow-outside, data.allow_outside=true)") from None  # fmt: skip
+    return path
+
+
+def _read_table(path: Path, allow_outside: bool = False) -> list[tuple[Path, str]]:
     """(image path, caption) of every row of a CSV or JSONL file."""
     if not path.is_file():
         raise DataError(f"caption file {path} does not exist")
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = [(f"{path.name} row {i + 2}", r) for i, r in enumerate(csv.DictReader(f))]
-    else:
-        rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-            if line.strip():
-                try:
-                    rows.append((f"{path.name} line {i + 1}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path.name} line {i + 1} is not JSON ({e})") from None
-    pairs = [(path.parent / _pick(r, IMAGE_KEYS, w), _pick(r, CAPTION_KEYS, w)) for w, r in rows]
+    try:
+        if path.suffix.lower() == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = [(f"{path.name} row {i + 2}", r) for i, r in enumerate(csv.DictReader(f))]
+        else:
+            rows = []
+            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+                if line.strip():
+                    try:
+                        rows.append((f"{path.name} line {i + 1}", json.loads(line)))
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path.name} line {i + 1} is not JSON ({e})") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path} is not a UTF-8 CSV/JSONL file ({e})") from None
+    bad = next((w for w, r in rows if not isinstance(r, dict)), None)
+    if bad:
+        raise DataError(f"{bad} is not a JSON object with an image and a caption")
+    pairs = [(_listed_path(path, _pick(r, IMAGE_KEYS, w), w, allow_outside), _pick(r, CAPTION_KEYS, w)) for w, r in rows]
     if not pairs:
         raise DataError(f"{path} holds no image-caption pairs")
     return pairs
@@ -123,14 +148,15 @@ def _read_folder(root: Path) -> list[tuple[Path, str]]:
     if missing:
         raise DataError(f"{len(missing)} images under {root} have no caption beside them, e.g. {missing[0]} needs "
                         f"{missing[0].with_suffix('.txt').name}")  # fmt: skip
-    return [(p, p.with_suffix(".txt").read_text(encoding="utf-8").strip()) for p in found]
+    return [(p, p.with_suffix(".txt").read_text(encoding="utf-8", errors="replace").strip()) for p in found]
 
 
-def read_pairs(spec: str) -> list[tuple[Path, str]]:
-    """(image path, caption) pairs of a CSV/JSONL file or a captioned folder."""
+def read_pairs(spec: str, allow_outside: bool = False) -> list[tuple[Path, str]]:
+    """(image path, caption) pairs of a CSV/JSONL file or a captioned folder. The images a file
+    lists must lie in its folder unless ``allow_outside``."""
     path = Path(spec).expanduser()
     if path.suffix.lower() in (".csv", ".jsonl"):
-        return _read_table(path)
+        return _read_table(path, allow_outside)
     if path.is_dir():
         return _read_folder(path)
     raise DataError(f"{spec} is not caption data: give a .csv or .jsonl file, a folder with a .txt beside each "
@@ -150,21 +176,36 @@ def shard_urls(spec: str) -> list[str]:
 
 
 def read_shards(spec: str, split: str, size: int, channels: int = 3) -> CaptionImages:
-    """Every (image, txt) sample of the shards in ``split``, decoded into memory."""
+    """Every (image, txt) sample of the shards in ``split``, decoded into memory. A sample whose image
+    does not decode, or that lacks an image or a caption, is skipped and counted (in ``skipped``),
+    like a broken file; so is the rest of a shard that is not a readable tar file."""
     import webdataset as wds
 
-    images, texts = [], []
-    for sample in wds.WebDataset(shard_urls(spec), shardshuffle=False, empty_check=False):
-        key = sample["__key__"]
+    images, texts, skipped = [], [], []
+
+    def unreadable(e: Exception) -> bool:
+        skipped.append(f"{spec}: {type(e).__name__}: {e}".splitlines()[0])
+        return True  # go on with the next shard
+
+    for sample in wds.WebDataset(shard_urls(spec), shardshuffle=False, empty_check=False, handler=unreadable):
+        key, url = sample.get("__key__", "?"), sample.get("__url__", spec)
+        if not _keep(str(key), split):
+            continue
         ext = next((e for e in sample if "." + e in IMAGE_EXTENSIONS), None)
-        if ext is None or "txt" not in sample:
-            raise DataError(f"shard sample {key} needs an image (png/jpg/webp/bmp) and a txt caption; has {sorted(sample)}")
-        if _keep(key, split):
-            images.append(load_image(io.BytesIO(sample[ext]), size, channels))
-            texts.append(sample["txt"].decode("utf-8").strip())
+        try:
+            if ext is None or "txt" not in sample:
+                raise BadImage(f"needs an image ({'/'.join(IMAGE_EXTENSIONS)}) and a txt caption; has {sorted(sample)}")
+            image = load_image(sample[ext], size, channels)
+            text = sample["txt"].decode("utf-8", errors="replace").strip()
+        except BadImage as e:
+            skipped.append(f"{url}:{key} ({e})")
+            continue
+        images.append(image)
+        texts.append(text)
     if not images:
-        raise DataError(f"the shards at {spec} hold no samples in split {split!r}")
-    return CaptionImages(torch.stack(images), torch.full((len(images),), -1), texts=texts)
+        raise DataError(f"the shards at {spec} hold no readable samples in split {split!r}"
+                        + (f" ({len(skipped)} skipped, e.g. {skipped[0]})" if skipped else ""))  # fmt: skip
+    return CaptionImages(torch.stack(images), torch.full((len(images),), -1), skipped=skipped, texts=texts)
 
 
 def emoji_captions(split: str) -> CaptionImages:
@@ -183,15 +224,16 @@ def emoji_captions(split: str) -> CaptionImages:
                          label_sets=sets)  # fmt: skip
 
 
-def open_captions(spec: str, split: str, size: int | None, channels: int = 3):
-    """Caption data (see the module) as a dataset of ``(image, -1, caption)`` items."""
+def open_captions(spec: str, split: str, size: int | None, channels: int = 3, allow_outside: bool = False):
+    """Caption data (see the module) as a dataset of ``(image, -1, caption)`` items; the images of a
+    CSV/JSONL list must lie in its folder unless ``allow_outside``."""
     if spec in CAPTIONED:
         return emoji_captions(split)
     if size is None:
         raise DataError("caption data needs an image size (data.image_size or views.size in the recipe)")
     if spec.endswith(".tar") or Path(spec).expanduser().is_dir() and any(Path(spec).expanduser().glob("*.tar")):
         return read_shards(spec, split, size, channels)
-    every, root = read_pairs(spec), Path(spec).expanduser()
+    every, root = read_pairs(spec, allow_outside), Path(spec).expanduser()
     folder_of = {p: p.relative_to(root).parts[0] for p, _ in every if root.is_dir() and p.parent != root}
     classes = sorted(set(folder_of.values())) if len(folder_of) == len(every) else []  # class sub-folders
     pairs = [(p, t) for p, t in every if _keep(sample_key(p), split)]
@@ -201,28 +243,45 @@ def open_captions(spec: str, split: str, size: int | None, channels: int = 3):
     return CaptionFiles([p for p, _ in pairs], [t for _, t in pairs], size, channels, labels, classes)
 
 
-def make_shards(src: str, out: str | Path, per_shard: int = 1000) -> list[Path]:
+def make_shards(src: str, out: str | Path, per_shard: int = 1000, allow_outside: bool = False) -> dict:
     """Write the pairs of ``src`` (CSV/JSONL or captioned folder) as WebDataset shards
     ``out/shard-000000.tar``, ... of ``per_shard`` samples, each holding the image file as it is
-    and its caption as ``txt``. Shards appear only once all are written."""
+    and its caption as ``txt``. Only files that decode as images are packed; the others are skipped
+    and counted. A list's images must lie in its folder unless ``allow_outside``. Shards appear only
+    once all are written. Returns ``{"shards": [paths], "packed": n, "skipped": [path (why)]}``."""
     import webdataset as wds
 
-    pairs = read_pairs(src)
+    if per_shard < 1:
+        raise DataError(f"--per-shard must be a positive number of samples, got {per_shard}")
+    pairs = read_pairs(src, allow_outside)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file; give a folder for the shards")
     out.mkdir(parents=True, exist_ok=True)
     if any(out.glob("shard-*.tar")):
         raise DataError(f"{out} already holds shards; choose another output folder")
     seen: set[str] = set()
+    skipped: list[str] = []
+    packed = 0
     with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-") as tmp:
         with wds.ShardWriter(os.path.join(tmp, "shard-%06d.tar"), maxcount=per_shard, verbose=0) as sink:
             for i, (path, text) in enumerate(pairs):
-                if not path.is_file():
+                if not path.exists():
                     raise DataError(f"{path} (listed in {src}) does not exist")
+                try:
+                    data = path.read_bytes()
+                    decode(data, max_pixels=MAX_PIXELS)
+                except (OSError, BadImage) as e:
+                    skipped.append(f"{path} ({e})")
+                    continue
                 key = sample_key(path) if sample_key(path) not in seen else f"{sample_key(path)}_{i}"
                 seen.add(key)
                 ext = path.suffix.lower().lstrip(".").replace("jpeg", "jpg")
-                sink.write({"__key__": key, ext: path.read_bytes(), "txt": text})
+                sink.write({"__key__": key, ext: data, "txt": text})
+                packed += 1
+        if not packed:
+            raise DataError(f"none of the {len(pairs)} images listed in {src} could be read, e.g. {skipped[0]}")
         written = sorted(Path(tmp).glob("shard-*.tar"))
         for f in written:
             os.replace(f, out / f.name)
-    return [out / f.name for f in written]
+    return {"shards": [out / f.name for f in written], "packed": packed, "skipped": skipped}

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
+
+from .images import IMAGE_EXTENSIONS, BadImage, load_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -120,39 +120,12 @@ def _download_fashion_mnist() -> None:
 
 
 # ---------------------------------------------------------------------------------- image folders
-def load_image(path: str | Path, size: int, channels: int = 3) -> torch.Tensor:
-    """Decode any PNG/JPEG/WebP/BMP (grey, RGB, RGBA, palette, 16-bit) to ``uint8 [C, size, size]``.
-
-    The shorter side is resized to ``size`` and the centre kept. Raises ``OSError`` or
-    ``UnidentifiedImageError`` for unreadable or truncated files.
-    """
-    with Image.open(path) as img:
-        img.load()
-        if img.mode.startswith("I"):  # 16- or 32-bit integer grey: rescale to 8 bits
-            arr = np.asarray(img, dtype=np.float64)
-            peak = 65535.0 if arr.max() > 255 else 255.0
-            img = Image.fromarray(np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8))
-        if img.mode in ("P", "PA", "LA", "RGBA") and channels == 3:
-            img = img.convert("RGBA")
-            background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(background, img)
-        img = img.convert("RGB" if channels == 3 else "L")
-        w, h = img.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-        arr = np.asarray(img, dtype=np.uint8)
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-
-
 class ImageFiles(Dataset):
     """Images in a folder: class sub-folders give labels, a flat folder gives none (label -1).
 
-    Items that fail to decode come back as ``None`` and are dropped by :func:`collate`, which
-    reports their paths so that the caller can count them.
+    Items that fail to decode (:func:`.images.decode`: broken, or over the size limits) come back as
+    ``None`` and are dropped by :func:`collate`, which reports their paths so that the caller can
+    count them.
     """
 
     def __init__(self, paths: list[Path], labels: list[int], classes: list[str], size: int,
@@ -166,7 +139,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | tuple[None, str]:
         try:
             return load_image(self.paths[i], self.size, self.channels), self.labels[i]
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        except BadImage:
             return None, str(self.paths[i])
 
 
@@ -217,14 +190,16 @@ def image_folder(root: str | Path, split: str, size: int, channels: int = 3, hol
     return ImageFiles([paths[i] for i in chosen], [labels[i] for i in chosen], classes, size, channels, ignored)
 
 
-def open_dataset(spec: str, split: str = "train", size: int | None = None, channels: int = 3) -> Dataset:
+def open_dataset(spec: str, split: str = "train", size: int | None = None, channels: int = 3,
+                 allow_outside: bool = False) -> Dataset:  # fmt: skip
     """``spec`` is an embedded name (``fashion-mnist``, ``emoji``) or a folder path; ``split`` is ``train``,
     ``test`` or ``all`` (pretraining on a folder uses every image). Caption data (``emoji-captions``, a
-    CSV/JSONL file, shards, a folder with captions) opens through :mod:`.captions`."""
+    CSV/JSONL file, shards, a folder with captions) opens through :mod:`.captions`; ``allow_outside``
+    lets a CSV/JSONL list name images outside its folder."""
     from .captions import is_captioned, open_captions
 
     if is_captioned(spec):
-        return open_captions(spec, split, size, channels)
+        return open_captions(spec, split, size, channels, allow_outside)
     if spec in EMBEDDED:
         if spec == "emoji":
             from .emoji import emoji

@@ -125,6 +125,8 @@ class Views:
         self.cfg = cfg
 
     def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if images.ndim != 4 or not images.shape[0] or not images.shape[1]:
+            raise ValueError(f"views are made from a batch of images [B, C, H, W] with B >= 1, got {tuple(images.shape)}")
         c, n = self.cfg, images.shape[0]
         x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
         x = resized_crop(x, crop_boxes(g, n, c.scale, c.ratio), _coin(g, n, c.hflip), c.size)

@@ -14,12 +14,17 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..data.loader import sequential
+from ..data.sources import DataError
 from ..data.views import ViewConfig, normalise, resize
 
 
 def knn_predict(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, ks: tuple[int, ...] = (20, 200),
                 temperature: float = 0.07, chunk: int = 512) -> dict[int, torch.Tensor]:  # fmt: skip
     """Predicted class of every test row for each ``k``; features need not be normalised."""
+    if not ks or min(ks) < 1:
+        raise ValueError(f"k-NN needs every k >= 1, got {list(ks)}")
+    if not len(train) or not len(test):
+        raise ValueError("k-NN needs at least one training and one test image")
     train, test = F.normalize(train.float(), dim=1), F.normalize(test.float(), dim=1)
     n_classes = int(train_labels.max()) + 1
     k_max = min(max(ks), len(train))
@@ -50,6 +55,8 @@ def extract_features(backbone: nn.Module | None, ds: Dataset, view: ViewConfig, 
     feats, labels = [], []
     device = torch.device(device)
     for batch in sequential(ds, batch_size, workers):
+        if not len(batch.images):  # every image of the batch unreadable
+            continue
         if backbone is None:  # raw pixels in [0, 1]
             f = resize(batch.images.to(device), view.size).flatten(1)
         else:
@@ -60,7 +67,16 @@ def extract_features(backbone: nn.Module | None, ds: Dataset, view: ViewConfig, 
         labels.append(batch.labels)
     if backbone is not None:
         backbone.train(was_training)
+    if not feats:
+        raise DataError(f"none of the {len(ds)} images could be read")
     return torch.cat(feats), torch.cat(labels)
+
+
+def labelled(ds: Dataset) -> bool:
+    labels = getattr(ds, "labels", None)
+    if labels is None:
+        return True  # unknown until the features are extracted
+    return bool(len(labels)) and min(labels.tolist() if torch.is_tensor(labels) else labels) >= 0
 
 
 def knn_eval(backbone: nn.Module | None, train_ds: Dataset, test_ds: Dataset, view: ViewConfig,
@@ -68,10 +84,14 @@ def knn_eval(backbone: nn.Module | None, train_ds: Dataset, test_ds: Dataset, vi
              temperature: float = 0.07, workers: int = 0) -> dict[str, float]:  # fmt: skip
     """k-NN top-1 of ``backbone`` (or raw pixels when ``None``): features of ``train_ds`` vote for
     the images of ``test_ds``."""
+    for ds in (train_ds, test_ds):
+        if not labelled(ds):
+            raise DataError("k-NN evaluation needs labels, and this data has none: give --data a labelled set "
+                            "(fashion-mnist, emoji, or a folder with one sub-folder per class)")  # fmt: skip
     train, train_labels = extract_features(backbone, train_ds, view, device, autocast=autocast, workers=workers)
     test, test_labels = extract_features(backbone, test_ds, view, device, autocast=autocast, workers=workers)
     if (train_labels < 0).any() or (test_labels < 0).any():
-        raise ValueError("k-NN evaluation needs labels: use a folder with one sub-folder per class")
+        raise DataError("k-NN evaluation needs labels: use a folder with one sub-folder per class")
     return knn_accuracy(train, train_labels, test, test_labels, ks, temperature)
 
 

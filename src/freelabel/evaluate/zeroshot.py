@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +21,8 @@ from torch.utils.data import Dataset
 
 from ..data.loader import sequential
 from ..data.sources import DataError
+
+log = logging.getLogger("freelabel")
 
 
 class ImageTextModel(Protocol):
@@ -96,12 +99,16 @@ def load_model(spec: str | Path, device: torch.device | str | None = None) -> Im
 @torch.no_grad()
 def embed_images(model: ImageTextModel, ds: Dataset, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Normalised image embeddings ``[N, D]`` of every decodable item of ``ds``, their labels, and the
-    captions where ``ds`` has them (else empty)."""
+    captions where ``ds`` has them (else empty). Unreadable images are left out (a batch may lose all)."""
     feats, labels, texts = [], [], []
     for batch in sequential(ds, batch_size):
+        if not len(batch.images):
+            continue
         feats.append(model.encode_image(batch.images).float().cpu())
         labels.append(batch.labels)
         texts += batch.texts or []
+    if not feats:
+        raise DataError(f"none of the {len(ds)} images could be read")
     return torch.cat(feats), torch.cat(labels), texts
 
 
@@ -154,13 +161,21 @@ def classify_folder(folder: str | Path, names: Sequence[str], spec: str | Path, 
     images, index, _ = embed_images(model, ds)
     score, pred = (images @ class_embeddings(model, names, templates).cpu().T).max(1)
     rows = [(str(paths[i]), names[p], s) for i, p, s in zip(index.tolist(), pred.tolist(), score.tolist())]
+    if len(rows) < len(paths):
+        log.warning("skipped %d unreadable images of %d", len(paths) - len(rows), len(paths))
     if out is not None:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["image", "label", "score"])
-        writer.writerows((p, n, f"{s:.4f}") for p, n, s in rows)
-        save_artefact(Path(out).parent, Path(out).name, buffer.getvalue().encode())
+        save_artefact(Path(out).parent, Path(out).name, csv_bytes(rows))
     return rows
+
+
+def csv_bytes(rows: Sequence[tuple[str, str, float]]) -> bytes:
+    """Rows of (path, label, score) as CSV. A path that is not valid UTF-8 (read from the file system with
+    Python's surrogate escapes) is written back as the exact bytes of its name, never lost or garbled."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "label", "score"])
+    writer.writerows((p, n, f"{s:.4f}") for p, n, s in rows)
+    return buffer.getvalue().encode("utf-8", errors="surrogateescape")
 
 
 def _image_size(spec: str | Path) -> int:
