@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 
 MAX_PIXELS = 64_000_000
 MAX_ASPECT = 20.0
-FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP")
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # JPEG covers MPO, the multi-picture JPEG of cameras
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
