@@ -353,8 +353,6 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import pickle
-
     from .backbones import BackboneError
     from .config import ConfigError
     from .data.sources import DataError
@@ -374,10 +372,6 @@ def main(argv: list[str] | None = None) -> int:
         commands.get(args.command, cmd_list)(args)
     except (ConfigError, DataError, BackboneError, RunError, TrainingError, PretrainedError, SearchError) as e:
         print(f"freelabel: error: {e}", file=sys.stderr)
-        return 2
-    except pickle.UnpicklingError as e:
-        print("freelabel: error: refused to load a checkpoint file that is not plain tensors (a pickle that could run "
-              f"code): {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -84,7 +86,20 @@ def latest_checkpoint(run: Path) -> Path | None:
 
 def load_checkpoint(path: Path) -> tuple[dict, dict]:
     """(model state, training state); ``torch.load`` only with ``weights_only=True``."""
-    return load_file(str(path / "model.safetensors")), torch.load(path / "state.pt", weights_only=True)
+    return load_file(str(path / "model.safetensors")), load_state(path / "state.pt")
+
+
+def load_state(path: Path) -> dict:
+    """A training state file, as plain tensors and numbers: a pickle that would build any other object
+    (and could run code) is refused with a RunError."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note on pickle protocols: the refusal below says it all
+        try:
+            return torch.load(path, weights_only=True)
+        except pickle.UnpicklingError as e:
+            culprit = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), "")
+            raise RunError(f"refused to load {path}: it is not plain tensors and numbers but a pickle that could run "
+                           f"code{f' ({culprit})' if culprit else ''}; only load checkpoints you made") from None
 
 
 def save_artefact(run: Path, name: str, data: bytes) -> None:

@@ -1,0 +1,23 @@
+"""Every bad flag and value of tests/bad_flags.py: one line on stderr, exit status 2, no traceback."""
+
+import pytest
+
+from bad_flags import cases, make_fixtures, run_in_process
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_flags") / "t"
+    make_fixtures(root)
+    return root
+
+
+@pytest.mark.slow  # makes a run and an index, then runs about 90 commands in one process
+def test_every_bad_flag_and_value_is_one_line_and_exit_2(root):
+    failures = []
+    for what, argv in cases(root):
+        code, err = run_in_process(argv)
+        lines = err.strip().splitlines()
+        if code != 2 or "Traceback" in err or len(lines) != 1 or not lines[0].startswith("freelabel"):
+            failures.append(f"{what}: exit {code}: {err.strip()[-600:]}")
+    assert not failures, "\n".join(failures)
