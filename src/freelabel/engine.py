@@ -259,8 +259,9 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                         tick = window_start
                 else:
                     if tried and not trained:
-                        raise DataError(f"no batch of epoch {state.epoch} had {MIN_BATCH} readable images ({len(state.skipped)} "
-                                        f"files skipped as unreadable, e.g. {state.skipped[:1]}); check --data {cfg.data.name}")  # fmt: skip
+                        example = f", e.g. {state.skipped[-1]}" if state.skipped else ""
+                        raise DataError(f"no batch of epoch {state.epoch} had {MIN_BATCH} readable images "
+                                        f"({len(state.skipped)} files unreadable{example}); check --data {cfg.data.name}")
                     state.epoch += 1
                     state.position = 0
             bar.update(task, completed=1000)
