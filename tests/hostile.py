@@ -112,17 +112,13 @@ def caption_list(root: Path) -> Path:
     broken = iter(broken_files().items())
     rows, i = [], 0
     for good in batch_layout():
-        while True:
-            name = f"img{i:03d}"
+        kind, data = ("png", None) if good else next(broken)
+        while True:  # a name whose key falls in the train split
+            path = f"img{i:03d}.png" if good else f"img{i:03d}-{kind}"
             i += 1
-            if not _held_out(sample_key(Path(name))):
+            if not _held_out(sample_key(Path(path))):
                 break
-        if good:
-            path, data = f"{name}.png", good_image(i)
-        else:
-            kind, data = next(broken)
-            path = f"{name}-{kind}"
-        (root / path).write_bytes(data)
+        (root / path).write_bytes(good_image(i) if good else data)
         rows.append(f"{path},a picture number {i}")
     (root / "pairs.csv").write_text("image,caption\n" + "\n".join(rows) + "\n")
     return root / "pairs.csv"
