@@ -238,10 +238,8 @@ def cmd_eval_imagetext(args: argparse.Namespace) -> None:
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> None:
-    import csv
-
     from .config import check_writable
-    from .evaluate.zeroshot import classify_folder
+    from .evaluate.zeroshot import classify_folder, csv_bytes
 
     if args.out:
         check_writable(args.out, "--out", folder=False)
@@ -249,9 +247,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> None:
     if args.out:
         print(f"{len(rows)} images classified into {args.out}")
     else:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["image", "label", "score"])
-        writer.writerows((path, label, f"{score:.4f}") for path, label, score in rows)
+        print(csv_bytes(rows).decode("utf-8", errors="surrogateescape"), end="")  # the bytes --out would hold
 
 
 def cmd_shards(args: argparse.Namespace) -> None:
