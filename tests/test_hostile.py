@@ -277,4 +277,5 @@ def test_bombs_do_not_blow_up_memory(tmp_path):
     baseline = peak_mb(clean, "clean")
     hostile = peak_mb(training_folder(tmp_path / "hostile"), "hostile")
     # decoding the 20000 x 20000 bomb alone would take 400 MB (1.2 GB as RGB)
+    print(f"peak RSS: clean folder {baseline:.0f} MB, hostile folder {hostile:.0f} MB")
     assert hostile < baseline + 150, (baseline, hostile)
