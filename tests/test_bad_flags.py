@@ -1,7 +1,6 @@
 """Every bad flag and value of tests/bad_flags.py: one line on stderr, exit status 2, no traceback."""
 
 import pytest
-
 from bad_flags import cases, make_fixtures, run_in_process
 
 

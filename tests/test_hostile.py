@@ -6,13 +6,11 @@ import io
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tarfile
 
 import pytest
-import torch
 from hostile import (
     BATCH,
     NON_UTF8,

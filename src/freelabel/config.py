@@ -210,6 +210,9 @@ def resolve(recipe: dict, overrides: dict[str, Any]) -> RunConfig:
     for k, v in overrides.items():
         set_dotted(d, k, v)
     cfg = from_dict(RunConfig, d)
+    b = cfg.budget
+    if sum(x is not None for x in (b.epochs, b.steps, b.minutes)) != 1:
+        raise ConfigError("give exactly one budget: --epochs, --steps or --minutes")
     validate(cfg)
     check_hardware(cfg)
     return cfg
@@ -235,8 +238,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Check the types' ranges of a whole config, so that a bad value stops the run before anything is
     written, with one line that names the key and what it takes."""
     b = cfg.budget
-    if sum(x is not None for x in (b.epochs, b.steps, b.minutes)) != 1:
-        raise ConfigError("give exactly one budget: --epochs, --steps or --minutes")
     for name in ("epochs", "steps", "minutes"):
         value = getattr(b, name)
         if value is not None and not (math.isfinite(value) and value > 0):

@@ -6,6 +6,7 @@ for their class with weight ``exp(similarity / T)``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -16,6 +17,8 @@ from torch.utils.data import Dataset
 from ..data.loader import sequential
 from ..data.sources import DataError
 from ..data.views import ViewConfig, normalise, resize
+
+log = logging.getLogger("freelabel")
 
 
 def knn_predict(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, ks: tuple[int, ...] = (20, 200),
@@ -69,7 +72,10 @@ def extract_features(backbone: nn.Module | None, ds: Dataset, view: ViewConfig, 
         backbone.train(was_training)
     if not feats:
         raise DataError(f"none of the {len(ds)} images could be read")
-    return torch.cat(feats), torch.cat(labels)
+    feats, labels = torch.cat(feats), torch.cat(labels)
+    if len(feats) < len(ds):
+        log.warning("skipped %d unreadable images of %d", len(ds) - len(feats), len(ds))
+    return feats, labels
 
 
 def labelled(ds: Dataset) -> bool:

@@ -109,7 +109,10 @@ def embed_images(model: ImageTextModel, ds: Dataset, batch_size: int = 256) -> t
         texts += batch.texts or []
     if not feats:
         raise DataError(f"none of the {len(ds)} images could be read")
-    return torch.cat(feats), torch.cat(labels), texts
+    feats, labels = torch.cat(feats), torch.cat(labels)
+    if len(feats) < len(ds):
+        log.warning("skipped %d unreadable images of %d", len(ds) - len(feats), len(ds))
+    return feats, labels, texts
 
 
 def label_sets(ds: Dataset, labels: torch.Tensor) -> dict[str, tuple[list[str], torch.Tensor]]:
@@ -161,9 +164,8 @@ def classify_folder(folder: str | Path, names: Sequence[str], spec: str | Path, 
     images, index, _ = embed_images(model, ds)
     score, pred = (images @ class_embeddings(model, names, templates).cpu().T).max(1)
     rows = [(str(paths[i]), names[p], s) for i, p, s in zip(index.tolist(), pred.tolist(), score.tolist())]
-    if len(rows) < len(paths):
-        log.warning("skipped %d unreadable images of %d", len(paths) - len(rows), len(paths))
     if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         save_artefact(Path(out).parent, Path(out).name, csv_bytes(rows))
     return rows
 
