@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", help="run directory (default: runs/METHOD-DATA-TIME)")
     pt.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     pt.add_argument("--allow-outside", action="store_true",
-                    help="let a CSV/JSONL caption list name images outside its own folder")  # fmt: skip
+                    help="let a CSV/JSONL caption list name images outside its own folder")
 
     ev = sub.add_parser("eval", help="evaluate a run's backbone")
     evsub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")

@@ -109,7 +109,7 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
 
 def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     data = open_dataset(cfg.data.name, "train", size=cfg.data.image_size or cfg.views.size,
-                        allow_outside=cfg.data.allow_outside)  # fmt: skip
+                        allow_outside=cfg.data.allow_outside)
     cfg.data.channels = data.channels
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
     method = build_method(cfg, data.channels)
@@ -196,7 +196,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                         state.skipped_batches += 1
                         state.position += 1
                         log.warning("batch %d of epoch %d skipped: %d readable image(s), a step needs %d",
-                                    state.position - 1, state.epoch, n, MIN_BATCH)  # fmt: skip
+                                    state.position - 1, state.epoch, n, MIN_BATCH)
                         continue
                     batch = trim(batch, n)
                     trained += 1

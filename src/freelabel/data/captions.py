@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .images import MAX_PIXELS, BadImage, decode, load_image
+from .images import BadImage, decode, load_image
 from .sources import IMAGE_EXTENSIONS, DataError, ImageFiles, TensorImages
 
 CAPTIONED = {"emoji-captions": "the emoji set captioned by name ('an emoji of grinning face'), split by emoji"}
@@ -105,7 +105,7 @@ def _listed_path(table: Path, value: str, where: str, allow_outside: bool) -> Pa
             path.resolve().relative_to(folder)
         except ValueError:
             raise DataError(f"{where}: {value!r} is outside {folder}, the folder of the list; move the image there, "
-                            "or allow such paths explicitly (--allow-outside, data.allow_outside=true)") from None  # fmt: skip
+                            "or allow such paths explicitly (--allow-outside, data.allow_outside=true)") from None
     return path
 
 
@@ -204,7 +204,7 @@ def read_shards(spec: str, split: str, size: int, channels: int = 3) -> CaptionI
         texts.append(text)
     if not images:
         raise DataError(f"the shards at {spec} hold no readable samples in split {split!r}"
-                        + (f" ({len(skipped)} skipped, e.g. {skipped[0]})" if skipped else ""))  # fmt: skip
+                        + (f" ({len(skipped)} skipped, e.g. {skipped[0]})" if skipped else ""))
     return CaptionImages(torch.stack(images), torch.full((len(images),), -1), skipped=skipped, texts=texts)
 
 
@@ -269,8 +269,8 @@ def make_shards(src: str, out: str | Path, per_shard: int = 1000, allow_outside:
                 if not path.exists():
                     raise DataError(f"{path} (listed in {src}) does not exist")
                 try:
+                    decode(path)  # a regular file, small enough, that decodes: only then is it read and packed
                     data = path.read_bytes()
-                    decode(data, max_pixels=MAX_PIXELS)
                 except (OSError, BadImage) as e:
                     skipped.append(f"{path} ({e})")
                     continue

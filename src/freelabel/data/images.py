@@ -9,6 +9,8 @@ against two limits, so that a small file cannot expand into gigabytes:
 - ``max_aspect`` (default :data:`MAX_ASPECT`, 20): the long side over the short side. A 100000 x 10
   strip is small, but resized by its short side it would be enormous.
 
+A file over :data:`MAX_FILE_BYTES` (256 MiB) is not read at all.
+
 Whatever a broken, truncated, mislabelled or crafted file raises (PIL's decompression-bomb error
 and warning included) comes out as one :class:`BadImage`, for the caller to skip and count.
 Only the formats of :data:`FORMATS` are opened, whatever the file's name says.
@@ -27,6 +29,7 @@ from PIL import Image, ImageOps
 
 MAX_PIXELS = 64_000_000
 MAX_ASPECT = 20.0
+MAX_FILE_BYTES = 256 * 2**20
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # JPEG covers MPO, the multi-picture JPEG of cameras
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -37,12 +40,16 @@ class BadImage(ValueError):
 
 def _open(src: str | os.PathLike | bytes | io.IOBase) -> Image.Image:
     if isinstance(src, (bytes, bytearray, memoryview)):
-        src = io.BytesIO(bytes(src))
+        size, src = len(src), io.BytesIO(bytes(src))
     elif not hasattr(src, "read"):
         path = Path(src)
         if not path.is_file():  # a folder, a FIFO, a device, a dangling or looping link
             raise BadImage("not a regular file")
-        src = path
+        size, src = path.stat().st_size, path
+    else:
+        size = 0
+    if size > MAX_FILE_BYTES:
+        raise BadImage(f"{size / 2**20:.0f} MiB is over the limit of {MAX_FILE_BYTES / 2**20:.0f} MiB for one image file")
     return Image.open(src, formats=FORMATS)
 
 
@@ -56,7 +63,7 @@ def _decoded(src, channels: int, max_pixels: int, max_aspect: float, draft_to: i
                 if min(w, h) < 1:
                     raise BadImage(f"empty image ({w}x{h})")
                 if max(w, h) / min(w, h) > max_aspect:
-                    raise BadImage(f"aspect ratio {max(w, h) / min(w, h):.0f}:1 ({w}x{h}) is over the limit of {max_aspect:g}:1")  # fmt: skip
+                    raise BadImage(f"aspect ratio {max(w, h) / min(w, h):.0f}:1 ({w}x{h}) is over the limit of {max_aspect:g}:1")
                 if draft_to and img.format in ("JPEG", "MPO"):
                     scale = max(1, min(w, h) // draft_to)
                     img.draft("RGB" if channels == 3 else "L", (w // scale, h // scale))
@@ -90,7 +97,7 @@ def _tensor(img: Image.Image) -> torch.Tensor:
 
 
 def decode(src: str | os.PathLike | bytes | io.IOBase, *, channels: int = 3, max_pixels: int = MAX_PIXELS,
-           max_aspect: float = MAX_ASPECT, draft_to: int | None = None) -> torch.Tensor:  # fmt: skip
+           max_aspect: float = MAX_ASPECT, draft_to: int | None = None) -> torch.Tensor:
     """An image file (path, bytes or binary file object) as ``uint8 [channels, H, W]``.
 
     ``channels`` is 3 (RGB; transparency is composed on white) or 1 (grey). ``draft_to``: the
@@ -102,7 +109,7 @@ def decode(src: str | os.PathLike | bytes | io.IOBase, *, channels: int = 3, max
 
 
 def load_image(src: str | os.PathLike | bytes | io.IOBase, size: int, channels: int = 3, *,
-               max_pixels: int = MAX_PIXELS, max_aspect: float = MAX_ASPECT) -> torch.Tensor:  # fmt: skip
+               max_pixels: int = MAX_PIXELS, max_aspect: float = MAX_ASPECT) -> torch.Tensor:
     """The centre square of an image file resized to ``uint8 [channels, size, size]`` (the shorter
     side to ``size``); decoded and checked as by :func:`decode`, raising :class:`BadImage`."""
     img = _decoded(src, channels, max_pixels, max_aspect, size)

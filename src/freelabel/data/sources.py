@@ -191,7 +191,7 @@ def image_folder(root: str | Path, split: str, size: int, channels: int = 3, hol
 
 
 def open_dataset(spec: str, split: str = "train", size: int | None = None, channels: int = 3,
-                 allow_outside: bool = False) -> Dataset:  # fmt: skip
+                 allow_outside: bool = False) -> Dataset:
     """``spec`` is an embedded name (``fashion-mnist``, ``emoji``) or a folder path; ``split`` is ``train``,
     ``test`` or ``all`` (pretraining on a folder uses every image). Caption data (``emoji-captions``, a
     CSV/JSONL file, shards, a folder with captions) opens through :mod:`.captions`; ``allow_outside``

@@ -71,7 +71,8 @@ def extract_features(backbone: nn.Module | None, ds: Dataset, view: ViewConfig, 
     if backbone is not None:
         backbone.train(was_training)
     if not feats:
-        raise DataError(f"none of the {len(ds)} images could be read")
+        raise DataError(f"none of the {len(ds)} images could be read" if len(ds) else
+                        "a split of the data holds no images (too few per class for a held-out fifth?); give more images")
     feats, labels = torch.cat(feats), torch.cat(labels)
     if len(feats) < len(ds):
         log.warning("skipped %d unreadable images of %d", len(ds) - len(feats), len(ds))
@@ -93,7 +94,7 @@ def knn_eval(backbone: nn.Module | None, train_ds: Dataset, test_ds: Dataset, vi
     for ds in (train_ds, test_ds):
         if not labelled(ds):
             raise DataError("k-NN evaluation needs labels, and this data has none: give --data a labelled set "
-                            "(fashion-mnist, emoji, or a folder with one sub-folder per class)")  # fmt: skip
+                            "(fashion-mnist, emoji, or a folder with one sub-folder per class)")
     train, train_labels = extract_features(backbone, train_ds, view, device, autocast=autocast, workers=workers)
     test, test_labels = extract_features(backbone, test_ds, view, device, autocast=autocast, workers=workers)
     if (train_labels < 0).any() or (test_labels < 0).any():

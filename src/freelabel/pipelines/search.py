@@ -159,7 +159,7 @@ def _check_index(meta: dict, embeddings: torch.Tensor | None, broken: str) -> No
     elif len(rows) != len(embeddings) or meta.get("dim") != embeddings.shape[1]:
         problem = f"{MANIFEST} lists {len(rows)} rows of dimension {meta.get('dim')!r}, {EMBEDDINGS} holds {tuple(embeddings.shape)}"
     elif not all(isinstance(r, dict) and isinstance(r.get("path"), str) and (r.get("label") is None or isinstance(r.get("label"), str))
-                 for r in rows):  # fmt: skip
+                 for r in rows):
         problem = f"every row of {MANIFEST} needs a path and a label (a string or null)"
     elif any(Path(r["path"]).is_absolute() or ".." in Path(r["path"]).parts for r in rows):
         problem = f"a row of {MANIFEST} names a path outside the indexed folder"
@@ -270,7 +270,7 @@ def search(index: str | Path, image: str | Path | None = None, text: str | None 
     if idx.meta.get("fingerprint") not in (None, encoder.fingerprint):
         raise SearchError(f"{index} is stale: {idx.meta['model']} has changed since it was built (trained further?); "
                           f"bring it up to date with `freelabel index build {idx.meta['source']} --model "
-                          f"{idx.meta['model']} --out {index}`")  # fmt: skip
+                          f"{idx.meta['model']} --out {index}`")
     if image is not None:
         try:
             query = encoder.images(load_image(image, encoder.view.size, encoder.channels)[None])

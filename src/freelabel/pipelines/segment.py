@@ -59,15 +59,17 @@ def segment(images: Sequence[str | Path], out: str | Path, *, segmenter: str | S
     pts, point_labels = _points(points)
     if boxes and any(len(b) != 4 for b in boxes):
         raise PretrainedError("a box is X0,Y0,X1,Y1 in pixels")
-    paths, pictures = [], []
+    paths, pictures, unreadable = [], [], []
     for p in map(Path, images):  # read every image before loading any model; skip (and count) unreadable ones
         try:
             pictures.append(read_image(p))
             paths.append(p)
         except DataError as e:
-            log.warning("skipped: %s", e)
+            unreadable.append(str(e))
     if not pictures:
-        raise DataError(f"none of the {len(images)} images could be read")
+        raise DataError(unreadable[0] if len(unreadable) == 1 else f"none of the {len(images)} images could be read: {unreadable[0]}")
+    if unreadable:
+        log.warning("skipped %d unreadable images of %d, e.g. %s", len(unreadable), len(images), unreadable[0])
     name, kind = (segmenter.name, segmenter.kind) if isinstance(segmenter, Segmenter) else (segmenter, read_config(segmenter).model_type)  # fmt: skip
     if text and detector is None and kind not in CONCEPT:
         raise PretrainedError(f"{name} is a {kind} model, which cannot read text: pass --detector NAME "
