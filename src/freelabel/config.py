@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
+import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -304,8 +304,11 @@ def check_writable(path: str | Path, flag: str = "--out", folder: bool = True) -
     existing = next(p for p in (path, *path.absolute().parents) if p.exists() or p == Path(p.anchor))
     if not existing.is_dir():
         raise ConfigError(f"{flag} {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path}: cannot write in {existing} (read-only, or not yours); choose another place")
+    try:  # a file made and dropped at once: the only test that holds for root and read-only mounts alike
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot write in {existing} ({e.strerror or e}); choose another place") from None
     return path
 
 
