@@ -69,6 +69,10 @@ def cases(root: Path) -> list[tuple[str, list[str]]]:
         ("optim.lr=.nan", [*PRETRAIN, "--set", "optim.lr=.nan", *t]),
         ("optim.warmup=1.5", [*PRETRAIN, "--set", "optim.warmup=1.5", *t]),
         ("a method argument of inf", [*PRETRAIN, "--set", "method_args.temperature=.inf", *t]),
+        ("a method argument of the wrong type", [*PRETRAIN, "--set", "method_args.temperature=abc", *t]),
+        ("a temperature of 0", [*PRETRAIN, "--set", "method_args.temperature=0", *t]),
+        ("a negative layer width", [*PRETRAIN, "--set", "method_args.hidden_dim=-4", *t]),
+        ("a method option that does not exist", [*PRETRAIN, "--set", "method_args.tau=1", *t]),
         # steps, sizes, workers
         ("checkpoint_every=0", [*PRETRAIN, "--set", "checkpoint_every=0", *t]),
         ("checkpoint_every=-5", [*PRETRAIN, "--set", "checkpoint_every=-5", *t]),

@@ -278,6 +278,46 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+_SIZES = ("_dim", "_depth", "_heads", "_size", "_layers", "_splits", "permutations", "targets", "grid", "per_image")
+
+
+def check_arguments(fn: Any, args: dict, where: str) -> dict:
+    """``args`` for ``fn`` (a method's class, say), converted to the types its signature names and
+    checked against the ranges its names imply: sizes and counts at least 1 (0 where 0 is the
+    default), temperatures above 0, momenta in [0, 1], other numbers not negative unless the
+    default is. Unknown names are left to the caller."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    try:
+        hints = typing.get_type_hints(fn.__init__ if inspect.isclass(fn) else fn)
+    except Exception:  # noqa: BLE001 - a signature without resolvable hints is taken as it is
+        hints = {}
+    out = {}
+    for name, value in args.items():
+        if name not in params:
+            out[name] = value
+            continue
+        key = f"{where}.{name}"
+        value = _coerce(value, hints[name], key) if name in hints else value
+        default = params[name].default
+        default = default if isinstance(default, (int, float)) and not isinstance(default, bool) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            _finite(value, key)
+            if name.endswith("temp") or name.endswith("temperature"):
+                ok, need = value > 0, "above 0"
+            elif name == "momentum" or name.endswith("_momentum"):
+                ok, need = 0 <= value <= 1, "in [0, 1]"
+            elif isinstance(value, int) and name.endswith(_SIZES) and default != 0:
+                ok, need = value >= 1, "at least 1"
+            else:
+                ok, need = value >= 0 or (default is not None and default < 0), "0 or more"
+            if not ok:
+                raise ConfigError(f"{key} must be {need}, got {value}")
+        out[name] = value
+    return out
+
+
 def _view_checks(v: ViewConfig, where: str) -> list[tuple[bool, str]]:
     probabilities = ("hflip", "jitter", "grayscale", "blur", "solarize")
     bad_p = next((p for p in probabilities if not 0 <= getattr(v, p) <= 1), None)

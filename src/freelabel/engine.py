@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import run as rundir
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, check_arguments
 from .data.loader import MIN_BATCH, batches, steps_per_epoch, trim
 from .data.sources import DataError, open_dataset
 from .data.views import Views
@@ -68,7 +68,7 @@ def build_method(cfg: RunConfig, in_chans: int) -> Method:
     bad = set(cfg.method_args) - accepted
     if bad:
         raise ConfigError(f"{cfg.method} has no option {sorted(bad)[0]!r}; valid: {', '.join(sorted(accepted))}")
-    return cls(backbone, views=cfg.views, **cfg.method_args)
+    return cls(backbone, views=cfg.views, **check_arguments(cls, cfg.method_args, "method_args"))
 
 
 def build_optimizer(method: Method, cfg: RunConfig, world: int) -> torch.optim.Optimizer:
