@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from ..data.images import BadImage, decode
-from ..data.sources import DataError
-from ..pretrained import PretrainedError, read_config
+from ..errors import DataError, PretrainedError
 from ..pretrained.detection import Detector, load_detector
+from ..pretrained.hub import read_config
 from ..pretrained.segmentation import CONCEPT, Segmenter, load_segmenter
 from .masks import nms, overlay, rle_encode
 
