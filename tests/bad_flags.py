@@ -115,6 +115,7 @@ def cases(root: Path) -> list[tuple[str, list[str]]]:
         ("a recipe with a Python YAML tag", [*PRETRAIN, "--recipe", str(root / "evil.yaml"), *t]),
         ("a run whose config.yaml has a Python YAML tag", ["eval", "knn", str(root / "tagged_run")]),
         ("a recipe that is a list", [*PRETRAIN, "--recipe", str(root / "list.yaml"), *t]),
+        ("a recipe that is a YAML alias bomb", [*PRETRAIN, "--recipe", str(root / "laughs.yaml"), *t]),
         # crafted or inconsistent indexes
         *[(f"index: {what}", ["index", "search", str(root / f"index_{name}"), "--image", str(images / "0.png")])
           for name, what in CRAFTED.items()],
@@ -159,6 +160,9 @@ def make_fixtures(root: Path) -> None:
     (tagged / "config.yaml").write_text("method: !!python/object/apply:os.getcwd []\n" + (tagged / "config.yaml").read_text())
     (root / "evil.yaml").write_text("method: simclr\nseed: !!python/object/apply:os.getcwd []\n")
     (root / "list.yaml").write_text("- simclr\n- byol\n")
+    laughs = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    laughs += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    (root / "laughs.yaml").write_text("method: simclr\nmethod_args:\n" + "".join(f"  {x}\n" for x in laughs))
     # crafted indexes
     meta = json.loads((root / "index" / "index.json").read_text())
     vectors = load_file(str(root / "index" / "embeddings.safetensors"))["embeddings"]

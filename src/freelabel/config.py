@@ -157,8 +157,10 @@ _Loader.add_implicit_resolver(
 
 
 def read_yaml(text: str, where: str = "the YAML") -> Any:
-    """Plain YAML data (safe: a tag that would build a Python object is refused with a ConfigError)."""
+    """Plain YAML data (safe: a tag that would build a Python object, or an alias, is refused with a ConfigError)."""
     try:
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=_Loader)):
+            raise ConfigError(f"{where} uses a YAML alias (*name); write the value out instead")  # no alias bombs
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

@@ -125,7 +125,7 @@ def _read_table(path: Path, allow_outside: bool = False) -> list[tuple[Path, str
                 if line.strip():
                     try:
                         rows.append((f"{path.name} line {i + 1}", json.loads(line)))
-                    except json.JSONDecodeError as e:
+                    except (json.JSONDecodeError, RecursionError) as e:
                         raise DataError(f"{path.name} line {i + 1} is not JSON ({e})") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path} is not a UTF-8 CSV/JSONL file ({e})") from None
