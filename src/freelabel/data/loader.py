@@ -12,7 +12,7 @@ in the run; what it returns travels with the batch as ``Batch.masks``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -22,11 +22,15 @@ from .sources import TensorImages
 
 @dataclass
 class Batch:
+    """One step's data: the loader fills in images, labels, texts and masks; the engine adds the views
+    (the method's augmented, normalised copies of the images) and hands the whole to the method."""
+
     images: torch.Tensor  # uint8 [B, C, H, W]
-    labels: torch.Tensor  # int64 [B], -1 where unknown
-    skipped: list[str]  # paths that failed to decode in this batch
+    labels: torch.Tensor | None = None  # int64 [B], -1 where unknown
+    skipped: list[str] = field(default_factory=list)  # paths that failed to decode in this batch
     texts: list[str] | None = None  # captions, where the data has them (items of three: image, label, text)
     masks: dict[str, torch.Tensor] = field(default_factory=dict)  # made by the method's mask maker
+    views: list[torch.Tensor] = field(default_factory=list)  # float [B, C, S, S] each, one per ViewConfig
 
 
 MaskMaker = Callable[[int, torch.Generator], dict[str, torch.Tensor]]  # (batch size, generator) -> masks
@@ -38,8 +42,9 @@ def trim(batch: Batch, n: int) -> Batch:
     of a run trains on as many images as the one with the fewest readable)."""
     if n >= len(batch.images):
         return batch
+    labels = batch.labels[:n] if batch.labels is not None else None
     texts = batch.texts[:n] if batch.texts is not None else None
-    return Batch(batch.images[:n], batch.labels[:n], batch.skipped, texts, {k: m[:n] for k, m in batch.masks.items()})
+    return replace(batch, images=batch.images[:n], labels=labels, texts=texts, masks={k: m[:n] for k, m in batch.masks.items()})
 
 
 def collate(items: list) -> Batch:
