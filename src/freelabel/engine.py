@@ -106,19 +106,16 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     monitor = Monitor(out, state, cfg.log_every, fabric.is_global_zero, lambda v: fabric.all_reduce(v, reduce_op="mean"))
     save = partial(_save_checkpoint, out, state, method, optimizer, fabric)
     last: Batch | None = None  # the last batch, for the method's artefacts
+    enough_images = _EnoughImages(fabric, steps_per_epoch(len(data), cfg.optim.batch_size, world), cfg.data.name)
 
     with monitor, _checkpoint_on_interrupt(save, state, out):
         while clock.progress(state) < 1:
-            tried = trained = 0  # batches of this pass over the epoch, and steps made from them
             for batch in batches(data, cfg.optim.batch_size, seed=cfg.seed, epoch=state.epoch, start=state.position,
                                  rank=rank, world=world, workers=cfg.data.workers, masks=method.masks):
                 if (p := clock.progress(state)) >= 1:
                     break
-                state.skipped += batch.skipped
-                tried += 1
-                if (batch := _enough_images(batch, state, fabric)) is None:
+                if (batch := enough_images(batch, state)) is None:
                     continue
-                trained += 1
                 schedule(p)
                 method.on_step(p)
                 last = _on_device(batch, views, step_generator(cfg.seed, state.step, rank), fabric.device)
@@ -141,10 +138,6 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                     with clock.paused():
                         monitor.scalar("knn/top1_k20", knn(state)["top1_k20"], state.step)
             else:
-                if tried and not trained:
-                    example = f", e.g. {state.skipped[-1]}" if state.skipped else ""
-                    raise DataError(f"no batch of epoch {state.epoch} had {MIN_BATCH} readable images "
-                                    f"({len(state.skipped)} files unreadable{example}); check --data {cfg.data.name}")
                 state.epoch, state.position = state.epoch + 1, 0
         monitor.done()
     save()
@@ -191,20 +184,33 @@ def _budget_clock(cfg: RunConfig, images: int, fabric: Fabric) -> BudgetClock:
     return BudgetClock(total_steps, budget.minutes, agree)
 
 
-def _enough_images(batch: Batch, state: TrainState, fabric: Fabric) -> Batch | None:
-    """``batch`` cut to as many images as the process with the fewest readable ones has (the same on every
-    process), or ``None`` (counted, the batch passed over) where that is under :data:`MIN_BATCH`: a batch
-    whose every image is broken, or all but one, makes no step (BatchNorm, variances and negatives need two)."""
-    n = len(batch.images)
-    if fabric.world_size > 1:
-        n = int(fabric.all_reduce(torch.tensor(n, device=fabric.device), reduce_op="min").item())
-    if n >= MIN_BATCH:
-        return trim(batch, n)
-    state.skipped_batches += 1
-    state.position += 1
-    log.warning("batch %d of epoch %d skipped: %d readable image(s), a step needs %d", state.position - 1,
-                state.epoch, n, MIN_BATCH)
-    return None
+class _EnoughImages:
+    """Counts the batch's unreadable files and cuts it to as many images as the process with the fewest
+    readable ones has (the same on every process); a batch left under :data:`MIN_BATCH` (every image
+    broken, or all but one: BatchNorm, variances and negatives need two) is passed over and counted
+    (``None``). An epoch's worth of such batches in a row is a :class:`DataError`, not an endless loop."""
+
+    def __init__(self, fabric: Fabric, per_epoch: int, data: str):
+        self.fabric, self.per_epoch, self.data, self.in_a_row = fabric, per_epoch, data, 0
+
+    def __call__(self, batch: Batch, state: TrainState) -> Batch | None:
+        state.skipped += batch.skipped
+        n = len(batch.images)
+        if self.fabric.world_size > 1:
+            n = int(self.fabric.all_reduce(torch.tensor(n, device=self.fabric.device), reduce_op="min").item())
+        if n >= MIN_BATCH:
+            self.in_a_row = 0
+            return trim(batch, n)
+        state.skipped_batches += 1
+        state.position += 1
+        self.in_a_row += 1
+        log.warning("batch %d of epoch %d skipped: %d readable image(s), a step needs %d", state.position - 1,
+                    state.epoch, n, MIN_BATCH)
+        if self.in_a_row >= self.per_epoch:
+            example = f", e.g. {state.skipped[-1]}" if state.skipped else ""
+            raise DataError(f"no batch in an epoch's worth ({self.per_epoch}) had {MIN_BATCH} readable images "
+                            f"({len(state.skipped)} files unreadable{example}); check --data {self.data}")
+        return None
 
 
 def _on_device(batch: Batch, views: list[Views], g: torch.Generator, device: torch.device) -> Batch:
