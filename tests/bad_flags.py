@@ -1,7 +1,7 @@
 """Every kind of bad flag and value the CLI must answer with one line and exit status 2.
 
-``python tests/bad_flags.py`` runs each case as a real command (a fresh interpreter) and prints the
-Markdown table "command -> exit status, the line on stderr"; ``tests/test_bad_flags.py`` runs the same
+``python tests/bad_flags.py`` runs each case as a real command (a fresh interpreter; ``--in-process``:
+all in this one, faster) and prints the Markdown table "command -> exit status, the line on stderr"; ``tests/test_bad_flags.py`` runs the same
 cases in one process and asserts exit status 2, one line, and no traceback.
 """
 
@@ -230,20 +230,21 @@ def run_command(argv: list[str]) -> tuple[int, str]:
     return r.returncode, r.stderr
 
 
-def table(root: Path) -> str:
-    rows = ["| case | command (after `freelabel`) | exit | stderr |", "|---|---|---|---|"]
+def table(root: Path, run=run_command) -> str:
+    rows = ["TINY: " + " ".join(PRETRAIN[2:]) + "; $T: the fixtures' folder", "",
+            "| case | command (after `freelabel`) | exit | stderr |", "|---|---|---|---|"]
     for what, argv in cases(root):
-        code, err = run_command(argv)
-        shown = " ".join(a.replace(str(root), "$T") for a in argv)
+        code, err = run(argv)
+        shown = " ".join(a.replace(str(root), "$T") for a in argv).replace(" ".join(PRETRAIN), "pretrain simclr TINY")
         line = " / ".join(err.strip().splitlines()).replace(str(root), "$T").replace("|", "\\|")
         rows.append(f"| {what} | `{shown}` | {code} | {line} |")
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # --in-process: one interpreter for all cases (fast); default: a command per case
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "t"
         make_fixtures(root)
-        print(table(root))
+        print(table(root, run_in_process if "--in-process" in sys.argv else run_command))
