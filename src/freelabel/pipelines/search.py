@@ -60,7 +60,9 @@ def open_index(path: str | Path) -> Index:
             embeddings = f.get_tensor("embeddings") if names == ["embeddings"] else None
     except (OSError, UnicodeDecodeError, ValueError, SafetensorError) as e:
         raise SearchError(f"{broken} ({type(e).__name__}: {e}); build it again with `freelabel index build`".splitlines()[0]) from None
-    if not isinstance(meta, dict) or build != meta.get("build"):
+    if not isinstance(meta, dict):
+        raise SearchError(f"{broken}: {MANIFEST} is not a JSON object; build it again with `freelabel index build`")
+    if build != meta.get("build"):
         raise SearchError(f"{path}: {EMBEDDINGS} and {MANIFEST} are from different builds (an interrupted update); "
                           "run the same `freelabel index build` again")  # fmt: skip
     _check_index(meta, embeddings, broken)
