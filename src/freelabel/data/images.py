@@ -108,6 +108,13 @@ def decode(src: str | os.PathLike | bytes | io.IOBase, *, channels: int = 3, max
     return _tensor(_decoded(src, channels, max_pixels, max_aspect, draft_to))
 
 
+def open_image(src: str | os.PathLike | bytes | io.IOBase, channels: int = 3, min_side: int | None = None, *,
+               max_pixels: int = MAX_PIXELS, max_aspect: float = MAX_ASPECT) -> Image.Image:
+    """:func:`decode` as a PIL image in mode RGB or L (``min_side`` is ``draft_to``), for callers that crop
+    and resize in PIL (:mod:`freelabel.data.crops`)."""
+    return _decoded(src, channels, max_pixels, max_aspect, min_side)
+
+
 def load_image(src: str | os.PathLike | bytes | io.IOBase, size: int, channels: int = 3, *,
                max_pixels: int = MAX_PIXELS, max_aspect: float = MAX_ASPECT) -> torch.Tensor:
     """The centre square of an image file resized to ``uint8 [channels, size, size]`` (the shorter

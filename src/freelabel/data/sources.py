@@ -133,11 +133,18 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | tuple[None, str]:
+    def item(self, i: int, crops=None, g: torch.Generator | None = None) -> tuple:
+        """Item ``i`` as ``(image, label)``; with ``crops`` (a :class:`~.crops.RandomCrops`) and its
+        generator ``g``, as ``([crop of each view], label)``: random crops from the whole image."""
         try:
-            return load_image(self.paths[i], self.size, self.channels), self.labels[i]
-        except BadImage:
+            path = self.paths[i]
+            image = crops.read(path, g) if crops else load_image(path, self.size, self.channels)
+        except (BadImage, OSError):
             return None, str(self.paths[i])
+        return image, self.labels[i]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | tuple[None, str]:
+        return self.item(i)
 
 
 def scan_folder(root: Path) -> tuple[list[Path], list[int], list[str], int]:
