@@ -106,7 +106,7 @@ def training_folder(root: Path) -> Path:
 
 def caption_list(root: Path) -> Path:
     """A CSV of 12 image-caption pairs laid out like :func:`training_folder` (every key in the train split)."""
-    from freelabel.data.captions import _held_out, sample_key
+    from freelabel.data.captions import held_out, sample_key
 
     root.mkdir(parents=True)
     broken = iter(broken_files().items())
@@ -116,7 +116,7 @@ def caption_list(root: Path) -> Path:
         while True:  # a name whose key falls in the train split
             path = f"img{i:03d}.png" if good else f"img{i:03d}-{kind}"
             i += 1
-            if not _held_out(sample_key(Path(path))):
+            if not held_out(sample_key(Path(path))):
                 break
         (root / path).write_bytes(good_image(i) if good else data)
         rows.append(f"{path},a picture number {i}")

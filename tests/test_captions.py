@@ -43,7 +43,7 @@ def test_bad_caption_data_says_what_to_fix(captioned, tmp_path):
 
 
 def test_shards_round_trip(captioned, tmp_path):
-    shards = make_shards(str(captioned / "pairs.csv"), tmp_path / "shards", per_shard=8)["shards"]
+    shards = make_shards(str(captioned / "pairs.csv"), tmp_path / "shards", per_shard=8)
     assert [s.name for s in shards] == [f"shard-{i:06d}.tar" for i in range(4)]  # 30 pairs, 8 per shard
     back = open_dataset(str(tmp_path / "shards"), "all", 16)
     items = list(back)
