@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import math
 import os
@@ -515,8 +516,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except OSError as e:  # a file that cannot be read or written where the command needs it
-        where = f": {e.filename}" if e.filename else ""
-        print(f"freelabel: error: {e.strerror or e}{where}", file=sys.stderr)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"freelabel: error: no space left on the device for {e.filename or 'a file'}; free some space and run "
+                  "the command again (a pretrain run continues with --resume RUN_DIR)", file=sys.stderr)
+        else:
+            where = f": {e.filename}" if e.filename else ""
+            print(f"freelabel: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     return 0
 
