@@ -20,3 +20,15 @@ def test_every_bad_flag_and_value_is_one_line_and_exit_2(root):
         if code != 2 or "Traceback" in err or len(errors) != 1:  # a warning may come before the error line
             failures.append(f"{what}: exit {code}: {err.strip()[-600:]}")
     assert not failures, "\n".join(failures)
+
+
+def test_a_checkpoint_that_is_a_pickle_of_code_is_refused_and_passed_over(root, caplog):
+    from freelabel.errors import RunError
+    from freelabel.run import load_checkpoint, load_latest_checkpoint
+
+    ckpt = sorted((root / "evil_run" / "checkpoints").glob("step-*"))[-1]
+    with pytest.raises(RunError, match="a pickle that could run code"):
+        load_checkpoint(ckpt)
+    assert load_latest_checkpoint(root / "evil_run") is None  # never loaded; --resume starts again from step 0
+    assert "could run code" in caplog.text
+
