@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from skimage import data
 
 from freelabel.data.crops import RandomCrops, crop_box, crop_generator, decode_side, resized_crop
+from freelabel.data.images import open_image as decode
 from freelabel.data.loader import batches
-from freelabel.data.sources import decode, image_folder
+from freelabel.data.sources import image_folder
 from freelabel.data.views import ViewConfig
 
 

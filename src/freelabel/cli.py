@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import math
 import os
 import sys
 import time
@@ -20,8 +21,34 @@ EXAMPLES = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (and exit status 2), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, low: float, *, strict: bool = True, high: float | None = None):
+    """An argparse type: a finite ``kind`` above ``low`` (or at least ``low`` when not ``strict``), at most ``high``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{'an integer' if kind is int else 'a number'} is needed, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low) or (high is not None and value > high):
+            bound = f"{'above' if strict else 'at least'} {low:g}" + (f" and at most {high:g}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT, POSITIVE, FRACTION = _number(int, 0), _number(float, 0), _number(float, 0, strict=False, high=1)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="freelabel", description="Learn visual representations without labels.",
+    p = _Parser(prog="freelabel", description="Learn visual representations without labels.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -50,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="override any recipe key, e.g. --set optim.weight_decay=1e-5 (repeatable)")  # fmt: skip
     pt.add_argument("--out", help="run directory (default: runs/METHOD-DATA-TIME)")
     pt.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    pt.add_argument("--allow-outside", action="store_true",
+                    help="let a CSV/JSONL caption list name images outside its own folder")
 
     ev = sub.add_parser("eval", help="evaluate a run's backbone")
     evsub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
@@ -59,8 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     knn.add_argument("--weights", help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)")
     knn.add_argument("--data", help="labelled data (default: the run's data); a folder uses train/ and val/ or a 20%% hold-out")
     knn.add_argument("--baselines", action="store_true", help="also score the random-init backbone and raw pixels")
-    knn.add_argument("-k", type=int, nargs="+", default=[20, 200], help="numbers of neighbours")
-    knn.add_argument("--temperature", type=float, default=0.07)
+    knn.add_argument("-k", type=POSITIVE_INT, nargs="+", default=[20, 200], help="numbers of neighbours")
+    knn.add_argument("--temperature", type=POSITIVE, default=0.07)
 
     for protocol, text in (("zeroshot", "zero-shot top-1 by class names (prompt ensembles) of a clip/siglip run or a pretrained model"),
                            ("retrieval", "image-caption retrieval recall@1/5/10 both ways and CLIPScore")):  # fmt: skip
@@ -75,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("classifier", help="classifier folder")
     pr.add_argument("images", help="folder of images (searched recursively)")
     pr.add_argument("--out", help="CSV to write (image, label_1, score_1, ...); default: print it")
-    pr.add_argument("-k", type=int, default=5, help="labels per image")
+    pr.add_argument("-k", type=POSITIVE_INT, default=5, help="labels per image")
 
     zs = sub.add_parser("zeroshot", help="classify a folder of images by class names, zero-shot")
     zs.add_argument("images", help="folder of images")
@@ -90,8 +119,9 @@ def _parser() -> argparse.ArgumentParser:
                           "CSV/JSONL of image,caption or a folder with .txt captions")  # fmt: skip
     mk.add_argument("src", help="image folder, CSV/JSONL file or captioned folder")
     mk.add_argument("out", help="folder for shard-000000.tar, ... and shards.json")
-    mk.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
-    mk.add_argument("--workers", type=int, help="processes writing shards (default: the cores available)")
+    mk.add_argument("--per-shard", type=POSITIVE_INT, default=1000, help="samples per shard")
+    mk.add_argument("--workers", type=POSITIVE_INT, help="processes writing shards (default: the cores available)")
+    mk.add_argument("--allow-outside", action="store_true", help="let a caption list name images outside its own folder")
 
     ix = sub.add_parser("index", help="an embedding index of images: build, search, evaluate")
     ixsub = ix.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -101,17 +131,17 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--weights", help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)")
     b.add_argument("--out", required=True, help="index folder")
     b.add_argument("--split", default="test", help="split of an embedded data set (default: test)")
-    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--batch-size", type=POSITIVE_INT, default=64)
     s = ixsub.add_parser("search", help="top-k images by similarity to an image or (image-text models) a text")
     s.add_argument("index", help="index folder")
     query = s.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", help="query image file")
     query.add_argument("--text", help="query text (CLIP/SigLIP indexes)")
-    s.add_argument("-k", type=int, default=10, help="number of results")
+    s.add_argument("-k", type=POSITIVE_INT, default=10, help="number of results")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e = ixsub.add_parser("eval", help="image-to-image precision@k by class (each image queries the rest)")
     e.add_argument("index", help="index folder")
-    e.add_argument("-k", type=int, default=10)
+    e.add_argument("-k", type=POSITIVE_INT, default=10)
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     cu = sub.add_parser("curate", help="drop near-duplicates, balance clusters, pick images to label: a file list for --data")
@@ -120,10 +150,10 @@ def _parser() -> argparse.ArgumentParser:
     cu.add_argument("--weights", help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)")
     cu.add_argument("--out", required=True, help="file list to write (.txt), with the report beside it (.json)")
     cu.add_argument("--split", default="train", help="split of an embedded data set (default: train)")
-    cu.add_argument("--threshold", type=float, default=0.95, help="cosine similarity from which images are near-duplicates")
-    cu.add_argument("--clusters", type=int, default=0, help="balance over this many k-means clusters (default: no balancing)")
-    cu.add_argument("--per-cluster", type=int, help="images kept per cluster (default: the median cluster size)")
-    cu.add_argument("--select", type=int, metavar="N", help="keep the N images that best cover the embeddings (to label first)")
+    cu.add_argument("--threshold", type=FRACTION, default=0.95, help="cosine similarity from which images are near-duplicates")
+    cu.add_argument("--clusters", type=_number(int, 0, strict=False), default=0, help="balance over this many k-means clusters (default: no balancing)")
+    cu.add_argument("--per-cluster", type=POSITIVE_INT, help="images kept per cluster (default: the median cluster size)")
+    cu.add_argument("--select", type=POSITIVE_INT, metavar="N", help="keep the N images that best cover the embeddings (to label first)")
     cu.add_argument("--seed", type=int, default=0)
 
     ex = sub.add_parser("export", help="export a run's backbone for transformers, timm or freelabel",
@@ -147,10 +177,10 @@ def _parser() -> argparse.ArgumentParser:
     sg.add_argument("--segmenter", required=True, help="SAM, SAM2 or SAM3 model")
     sg.add_argument("--points", nargs="+", metavar="X,Y[,LABEL]", help="prompt points; LABEL 1 foreground (default), 0 background")  # fmt: skip
     sg.add_argument("--boxes", nargs="+", metavar="X0,Y0,X1,Y1", help="prompt boxes, one object each")
-    sg.add_argument("--box-threshold", type=float, default=0.3, help="keep detections (or SAM3 instances) scoring above this")  # fmt: skip
-    sg.add_argument("--text-threshold", type=float, default=0.25, help="Grounding DINO: a phrase's token score to label a box")  # fmt: skip
-    sg.add_argument("--nms", type=float, default=0.5, metavar="IOU", help="per-label NMS IoU threshold")
-    sg.add_argument("--batch-size", type=int, default=4, help="images per detector forward pass")
+    sg.add_argument("--box-threshold", type=FRACTION, default=0.3, help="keep detections (or SAM3 instances) scoring above this")  # fmt: skip
+    sg.add_argument("--text-threshold", type=FRACTION, default=0.25, help="Grounding DINO: a phrase's token score to label a box")  # fmt: skip
+    sg.add_argument("--nms", type=FRACTION, default=0.5, metavar="IOU", help="per-label NMS IoU threshold")
+    sg.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="images per detector forward pass")
     sg.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     sg.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: bf16 on GPU, fp32 on CPU")
     sg.add_argument("--out", help="output folder (a JSON and an overlay PNG per image)")
@@ -182,20 +212,20 @@ def _protocol_parsers(evsub) -> None:
     for p in (lin, de, at):
         p.add_argument("--baselines", action="store_true", help="also score the random-init backbone" +
                        (" and raw pixels" if p is lin else ""))  # fmt: skip
-    lin.add_argument("--epochs", type=int, default=25, help="epochs of the linear heads")
+    lin.add_argument("--epochs", type=POSITIVE_INT, default=25, help="epochs of the linear heads")
     ft.add_argument("--labels", default="100%", help="1%%, 10%%, 100%% of each class, or N images per class")
     ft.add_argument("--subset", metavar="FILE", help="train on the images this file lists (one path or row number per line)")
     ft.add_argument("--init", choices=["trained", "random"], default="trained",
                     help="random: the same backbone from its random init (the supervised-from-scratch reference)")  # fmt: skip
     ft.add_argument("--from-scratch", dest="init", action="store_const", const="random", help="the same as --init random")
     budget = ft.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=float, help="budget in epochs (default: 10, and at least 500 steps)")
-    budget.add_argument("--minutes", type=float, help="budget in minutes of training")
-    ft.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate for a batch of 256")
-    ft.add_argument("--layer-decay", type=float, default=0.75, help="ViTs: lr factor per block, top to bottom")
-    ft.add_argument("--batch-size", type=int, default=256)
+    budget.add_argument("--epochs", type=POSITIVE, help="budget in epochs (default: 10, and at least 500 steps)")
+    budget.add_argument("--minutes", type=POSITIVE, help="budget in minutes of training")
+    ft.add_argument("--lr", type=POSITIVE, default=1e-3, help="AdamW peak learning rate for a batch of 256")
+    ft.add_argument("--layer-decay", type=FRACTION, default=0.75, help="ViTs: lr factor per block, top to bottom")
+    ft.add_argument("--batch-size", type=POSITIVE_INT, default=256)
     at.add_argument("--out", help="folder for the attention images (default: RUN/attention)")
-    at.add_argument("--images", type=int, default=8, help="images to draw")
+    at.add_argument("--images", type=POSITIVE_INT, default=8, help="images to draw")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -209,7 +239,9 @@ def _overrides(args: argparse.Namespace) -> dict:
     if any(v is not None for v in (args.epochs, args.steps, args.minutes)):
         o.update({"budget.epochs": args.epochs, "budget.steps": args.steps, "budget.minutes": args.minutes})
     if args.devices is not None:
-        o["devices"] = int(args.devices) if args.devices.isdigit() else args.devices
+        o["devices"] = int(args.devices) if args.devices.strip().isdigit() else args.devices
+    if args.allow_outside:
+        o["data.allow_outside"] = True
     for flag, key in [("batch_size", "optim.batch_size"), ("lr", "optim.lr"), ("seed", "seed"),
                       ("accelerator", "accelerator"), ("precision", "precision"), ("eval_every", "eval_every_minutes")]:  # fmt: skip
         if getattr(args, flag) is not None:
@@ -228,19 +260,22 @@ def _no_gpu(accelerator: str | None) -> bool:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from .config import ConfigError, cpu_recipe, default_recipe, load_recipe, resolve, to_dict
+    from .errors import ConfigError
     from .methods import known_method
+
+    if not args.resume:
+        if not args.method:
+            raise ConfigError("name a method (see `freelabel methods`), or give --resume RUN_DIR")
+        known_method(args.method)  # an unknown name fails at once, before torch and the training libraries load
+    from .config import check_writable, cpu_recipe, default_recipe, load_recipe, resolve, to_dict
 
     if args.resume:
         from .run import load_config
 
-        out = Path(args.resume)
+        out = check_writable(args.resume, "--resume")
         cfg = resolve(to_dict(load_config(out)), _overrides(args))
-    elif not args.method:
-        raise ConfigError("name a method (see `freelabel methods`), or give --resume RUN_DIR")
     else:
         data = args.data or "fashion-mnist"
-        known_method(args.method)  # an unknown name fails at once, before torch and the training libraries load
         chosen = args.recipe or default_recipe(args.method, data)
         name, recipe = chosen, load_recipe(chosen)
         if not args.recipe and name == args.method and Path(data).expanduser().exists() and _no_gpu(args.accelerator):
@@ -250,7 +285,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
             logging.getLogger("freelabel").info(
                 "no GPU here: pretraining with %s's CPU-sized recipe (%s at %d px); for the paper recipe give --recipe %s",
                 args.method, cfg.backbone.name, cfg.views.size, args.method)  # fmt: skip
-        out = Path(args.out or f"runs/{args.method}-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out = check_writable(args.out or f"runs/{args.method}-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
     from .engine import pretrain  # torch and the training libraries load only now
 
     pretrain(cfg, out, resume=bool(args.resume))
@@ -337,21 +372,23 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> None:
-    from .evaluate.zeroshot import classify_folder
+    from .config import check_writable
+    from .evaluate.zeroshot import classify_folder, csv_bytes
 
+    if args.out:
+        check_writable(args.out, "--out", folder=False)
     rows = classify_folder(args.images, args.labels.split(","), args.model, args.out, weights=args.weights)
     if args.out:
         print(f"{len(rows)} images classified into {args.out}")
     else:
-        print("image,label,score")
-        for path, label, score in rows:
-            print(f"{path},{label},{score:.4f}")
+        print(csv_bytes(rows).decode("utf-8", errors="surrogateescape"), end="")  # the bytes --out would hold
 
 
 def cmd_shards(args: argparse.Namespace) -> None:
+    from .config import check_writable
     from .data.shards import make_shards
 
-    shards = make_shards(args.src, args.out, args.per_shard, args.workers)
+    shards = make_shards(args.src, check_writable(args.out), args.per_shard, args.workers, allow_outside=args.allow_outside)
     print(f"{len(shards)} shards written to {args.out}")
 
 
@@ -361,7 +398,12 @@ def cmd_index(args: argparse.Namespace) -> None:
     from .pipelines import search as ix
 
     if args.action == "build":
-        r = ix.build_index(args.source, args.model, args.out, args.split, args.batch_size, weights=args.weights)
+        from .config import check_writable
+
+        r = ix.build_index(args.source, args.model, check_writable(args.out), args.split, args.batch_size,
+                           weights=args.weights)
+        if r["model_changed"]:
+            print("the model's weights changed since the last build: every image embedded again")
         print(f"{r['index']}: {r['rows']} images ({r['embedded']} embedded, {r['kept']} unchanged, {r['removed']} removed, "
               f"{len(r['failed'])} unreadable) in {r['seconds']:.1f} s, {r['images_per_s']:.0f} images/s")  # fmt: skip
         for path in r["failed"]:
@@ -398,8 +440,11 @@ def cmd_curate(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from .config import check_writable
     from .export import export_run
 
+    if args.out:
+        check_writable(args.out)
     out = export_run(args.run, args.format, args.out, args.weights)
     print(f"exported {args.run} as {args.format} to {out} (how to load it: {out / 'README.md'})")
 
@@ -413,8 +458,9 @@ def cmd_segment(args: argparse.Namespace) -> None:
         except ValueError:
             raise ConfigError(f"{flag} takes comma-separated numbers, e.g. {flag} 10,20") from None
 
-    from .config import ConfigError
+    from .config import ConfigError, check_writable
 
+    check_writable(args.out)
     text = [t.strip() for t in args.text.split(",") if t.strip()] if args.text else None
     if (args.out is None) == (args.coco is None):
         raise ConfigError("give --out FOLDER (a JSON and an overlay per image) or --coco FILE (one COCO file), not both")
@@ -472,6 +518,9 @@ def setup_logging(verbose: bool = False) -> None:
 def main(argv: list[str] | None = None) -> int:
     from .errors import FreelabelError
 
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 come out as their own bytes
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
     commands = {
@@ -494,11 +543,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        print(f"freelabel: error: no space left on the device for {e.filename or 'a file'}; free some space and run "
-              "the command again (a pretrain run continues with --resume RUN_DIR)", file=sys.stderr)
+    except OSError as e:  # a file that cannot be read or written where the command needs it
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"freelabel: error: no space left on the device for {e.filename or 'a file'}; free some space and run "
+                  "the command again (a pretrain run continues with --resume RUN_DIR)", file=sys.stderr)
+        else:
+            where = f": {e.filename}" if e.filename else ""
+            print(f"freelabel: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     return 0
 

@@ -24,10 +24,10 @@ from lightning.fabric import Fabric
 
 from . import run as rundir
 from .config import ConfigError, RunConfig
-from .data.loader import Batch, batches, steps_per_epoch
+from .data.loader import MIN_BATCH, Batch, batches, steps_per_epoch, trim
 from .data.registry import open_dataset
 from .data.views import Views
-from .errors import TrainingError
+from .errors import DataError, TrainingError
 from .hardware import loader_workers, resolve_precision
 from .methods import Method, build_method
 from .schedules import OptimizerSchedule
@@ -50,6 +50,7 @@ class TrainState:
     train_seconds: float = 0.0
     images_seen: int = 0
     skipped: list[str] = field(default_factory=list)  # files that failed to decode
+    skipped_batches: int = 0  # batches with fewer than MIN_BATCH readable images: no step
     loss: float | None = None  # the last logged loss
     knn_curve: list[dict] = field(default_factory=list)  # the online k-NN points so far
 
@@ -101,7 +102,8 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
 
 
 def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
-    data = open_dataset(cfg.data.name, "train", size=cfg.data.image_size or cfg.views.size)
+    data = open_dataset(cfg.data.name, "train", size=cfg.data.image_size or cfg.views.size,
+                        allow_outside=cfg.data.allow_outside)
     fabric, method, model, optimizer, precision = _setup(cfg, data, out)
     schedule = OptimizerSchedule(optimizer, cfg.optim)  # before resuming: the peak learning rates
     state = _resume(out, method, optimizer) if resume else TrainState()
@@ -116,6 +118,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                       forecast)
     save = _checkpointer(out, state, method, optimizer, fabric)
     last: Batch | None = None  # the last batch, for the method's artefacts
+    enough_images = _EnoughImages(fabric, steps_per_epoch(len(data), cfg.optim.batch_size, world), cfg.data.name)
 
     with monitor, _stop_between_steps(save, state, out, fabric) as stop:
         while clock.progress(state) < 1:
@@ -123,6 +126,8 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                                  rank=rank, world=world, workers=workers, masks=method.masks, views=method.views):
                 if (p := clock.progress(state)) >= 1:
                     break
+                if (batch := enough_images(batch, state)) is None:
+                    continue
                 schedule(p)
                 method.on_step(p)
                 last = _on_device(batch, views, step_generator(cfg.seed, state.step, rank), fabric.device)
@@ -147,7 +152,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
         monitor.done()
     knn.finish(state)
     save()
-    return _finish(cfg, out, state, method, last, monitor, precision, fabric, len(data))
+    return _finish(cfg, out, state, method, last, monitor, precision, fabric, len(data), getattr(data, "skipped", []))
 
 
 def _evaluate_and_save(state: TrainState, every: int, clock: BudgetClock, knn: OnlineKNN, monitor: Monitor,
@@ -200,6 +205,35 @@ def _budget_clock(cfg: RunConfig, images: int, fabric: Fabric) -> BudgetClock:
     total_steps = budget.steps or (math.ceil(budget.epochs * per_epoch) if budget.epochs else None)
     agree = (lambda seconds: fabric.broadcast(seconds, 0)) if fabric.world_size > 1 else None
     return BudgetClock(total_steps, budget.minutes, agree)
+
+
+class _EnoughImages:
+    """Counts the batch's unreadable files and cuts it to as many images as the process with the fewest
+    readable ones has (the same on every process); a batch left under :data:`MIN_BATCH` (every image
+    broken, or all but one: BatchNorm, variances and negatives need two) is passed over and counted
+    (``None``). An epoch's worth of such batches in a row is a :class:`DataError`, not an endless loop."""
+
+    def __init__(self, fabric: Fabric, per_epoch: int, data: str):
+        self.fabric, self.per_epoch, self.data, self.in_a_row = fabric, per_epoch, data, 0
+
+    def __call__(self, batch: Batch, state: TrainState) -> Batch | None:
+        state.skipped += batch.skipped
+        n = len(batch.images)
+        if self.fabric.world_size > 1:
+            n = int(self.fabric.all_reduce(torch.tensor(n, device=self.fabric.device), reduce_op="min").item())
+        if n >= MIN_BATCH:
+            self.in_a_row = 0
+            return trim(batch, n)
+        state.skipped_batches += 1
+        state.position += 1
+        self.in_a_row += 1
+        log.warning("batch %d of epoch %d skipped: %d readable image(s), a step needs %d", state.position - 1,
+                    state.epoch, n, MIN_BATCH)
+        if self.in_a_row >= self.per_epoch:
+            example = f", e.g. {state.skipped[-1]}" if state.skipped else ""
+            raise DataError(f"no batch in an epoch's worth ({self.per_epoch}) had {MIN_BATCH} readable images "
+                            f"({len(state.skipped)} files unreadable{example}); check --data {self.data}")
+        return None
 
 
 def _on_device(batch: Batch, views: list[Views], g: torch.Generator, device: torch.device) -> Batch:
@@ -289,14 +323,15 @@ def _stop_between_steps(save: Callable[[], None], state: TrainState, out: Path,
 
 
 def _finish(cfg: RunConfig, out: Path, state: TrainState, method: Method, last: Batch | None, monitor: Monitor,
-            precision: str, fabric: Fabric, images: int) -> dict:
+            precision: str, fabric: Fabric, images: int, unreadable: list[str]) -> dict:
     """The run's results; the first process writes the backbone, the method's artefacts and metrics.json."""
+    skipped = unreadable + state.skipped  # files unreadable when the data was opened (shards) and in training
     result = {
         "method": cfg.method, "backbone": cfg.backbone.name, "steps": state.step, "epochs": state.images_seen / images,
         "images_seen": state.images_seen, "train_minutes": state.train_seconds / 60,
         "images_per_s": state.images_seen / max(state.train_seconds, 1e-9), "final_loss": state.loss,
-        "precision": precision, "devices": fabric.world_size, "skipped_files": len(state.skipped),
-        "skipped_examples": state.skipped[:20],
+        "precision": precision, "devices": fabric.world_size, "skipped_files": len(skipped),
+        "skipped_examples": skipped[:20], "skipped_batches": state.skipped_batches,
     }
     if state.knn_curve:
         result["knn_curve"] = state.knn_curve
@@ -306,8 +341,8 @@ def _finish(cfg: RunConfig, out: Path, state: TrainState, method: Method, last: 
             rundir.save_artefact(out, name, data)
         rundir.update_metrics(out, "pretrain", result)
         monitor.close()
-        if state.skipped:
-            log.warning("skipped %d unreadable files, e.g. %s", len(state.skipped), state.skipped[0])
+        if skipped:
+            log.warning("skipped %d unreadable files, e.g. %s", len(skipped), skipped[0])
         log.info("done: %d steps, %.1f min, %.0f images/s; run directory %s",
                  state.step, result["train_minutes"], result["images_per_s"], out)
     return result

@@ -8,9 +8,11 @@ import io
 import json
 import logging
 import os
+import pickle
 import shutil
 import struct
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import yaml
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
-from .config import RunConfig, from_dict, read_yaml, to_dict
+from .config import RunConfig, from_dict, read_yaml, to_dict, validate
 from .errors import RunError
 
 CONFIG, METRICS, CHECKPOINTS, BACKBONE = "config.yaml", "metrics.json", "checkpoints", "backbone.safetensors"
@@ -28,6 +30,10 @@ log = logging.getLogger("freelabel")
 
 class DiskFullError(RunError):
     """No room on the device for a file of the run; what was there before is intact."""
+
+
+class UnsafeCheckpoint(RunError):
+    """A checkpoint holding a pickle that could run code: not damage to pass over, but a file to refuse."""
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -89,8 +95,10 @@ def load_config(run: Path) -> RunConfig:
     path = Path(run) / CONFIG
     if not path.is_file():
         raise RunError(f"{run} is not a freelabel run directory (no {CONFIG}); give the --out of a pretrain run")
-    d = read_yaml(path.read_text())
-    return from_dict(RunConfig, d)
+    d = read_yaml(path.read_text(encoding="utf-8", errors="replace"), str(path))
+    if not isinstance(d, dict):
+        raise RunError(f"{path} is not a run's settings (a YAML mapping); it was changed by hand or damaged")
+    return validate(from_dict(RunConfig, d))
 
 
 def read_metrics(run: Path) -> dict:
@@ -239,7 +247,9 @@ def latest_checkpoint(run: Path) -> Path | None:
 def load_checkpoint(path: Path) -> tuple[dict, dict]:
     """(model state, training state); ``torch.load`` only with ``weights_only=True``."""
     try:
-        return load_file(str(path / "model.safetensors")), torch.load(path / "state.pt", weights_only=True)
+        return load_file(str(path / "model.safetensors")), load_state(path / "state.pt")
+    except RunError:
+        raise
     except Exception as e:  # a damaged file fails in safetensors, zip or unpickling, each in its own way
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise RunError(f"checkpoint {path} cannot be read ({type(e).__name__}: {first})") from None
@@ -250,6 +260,8 @@ def load_latest_checkpoint(run: Path) -> tuple[Path, dict, dict] | None:
     for ckpt in checkpoints(run):
         try:
             return ckpt, *load_checkpoint(ckpt)
+        except UnsafeCheckpoint:
+            raise
         except RunError as e:
             log.warning("%s; trying the one before", e)
     return None
@@ -259,6 +271,19 @@ def has_results(run: Path) -> bool:
     """Whether ``run`` holds anything a new run must not overwrite: a checkpoint, weights or metrics."""
     run = Path(run)
     return (run / BACKBONE).exists() or (run / METRICS).exists() or latest_checkpoint(run) is not None
+
+
+def load_state(path: Path) -> dict:
+    """A training state file, as plain tensors and numbers: a pickle that would build any other object
+    (and could run code) is refused with a RunError."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note on pickle protocols: the refusal below says it all
+        try:
+            return torch.load(path, weights_only=True)
+        except pickle.UnpicklingError as e:
+            culprit = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), "")
+            raise UnsafeCheckpoint(f"refused to load {path}: it is not plain tensors and numbers but a pickle that could run "
+                           f"code{f' ({culprit})' if culprit else ''}; only load checkpoints you made") from None
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -302,6 +327,6 @@ class _LogFile(logging.FileHandler):
 
 
 def file_logger(run: Path) -> logging.Handler:
-    handler = _LogFile(Path(run) / "log.txt")
+    handler = _LogFile(Path(run) / "log.txt", errors="backslashreplace")  # non-UTF-8 file names, not a traceback
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     return handler

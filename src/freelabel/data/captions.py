@@ -89,22 +89,47 @@ def _pick(row: dict, keys: tuple[str, ...], where: str) -> str:
     raise DataError(f"{where} has no {keys[0]!r} value; name the column one of: {', '.join(keys)}")
 
 
-def _read_table(path: Path) -> list[tuple[Path, str]]:
+def _listed_path(table: Path, value: str, where: str, allow_outside: bool) -> Path:
+    """The image a caption list names: relative to the list's folder, inside it (unless
+    ``allow_outside``), and with an image extension."""
+    path = table.parent / value
+    suffix = Path(value).suffix.lower()
+    if not suffix:
+        raise DataError(f"{where}: {value!r} has no file extension; name an image file ({'/'.join(IMAGE_EXTENSIONS)})")
+    if suffix not in IMAGE_EXTENSIONS:
+        raise DataError(f"{where}: {value!r} is not an image file; only {'/'.join(IMAGE_EXTENSIONS)} are read")
+    if not allow_outside:
+        folder = table.parent.resolve()
+        try:
+            path.resolve().relative_to(folder)
+        except ValueError:
+            raise DataError(f"{where}: {value!r} is outside {folder}, the folder of the list; move the image there, "
+                            "or allow such paths explicitly (--allow-outside, data.allow_outside=true)") from None
+    return path
+
+
+def _read_table(path: Path, allow_outside: bool = False) -> list[tuple[Path, str]]:
     """(image path, caption) of every row of a CSV or JSONL file."""
     if not path.is_file():
         raise DataError(f"caption file {path} does not exist")
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = [(f"{path.name} row {i + 2}", r) for i, r in enumerate(csv.DictReader(f))]
-    else:
-        rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-            if line.strip():
-                try:
-                    rows.append((f"{path.name} line {i + 1}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path.name} line {i + 1} is not JSON ({e})") from None
-    pairs = [(path.parent / _pick(r, IMAGE_KEYS, w), _pick(r, CAPTION_KEYS, w)) for w, r in rows]
+    try:
+        if path.suffix.lower() == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = [(f"{path.name} row {i + 2}", r) for i, r in enumerate(csv.DictReader(f))]
+        else:
+            rows = []
+            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+                if line.strip():
+                    try:
+                        rows.append((f"{path.name} line {i + 1}", json.loads(line)))
+                    except (json.JSONDecodeError, RecursionError) as e:
+                        raise DataError(f"{path.name} line {i + 1} is not JSON ({e})") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path} is not a UTF-8 CSV/JSONL file ({e})") from None
+    bad = next((w for w, r in rows if not isinstance(r, dict)), None)
+    if bad:
+        raise DataError(f"{bad} is not a JSON object with an image and a caption")
+    pairs = [(_listed_path(path, _pick(r, IMAGE_KEYS, w), w, allow_outside), _pick(r, CAPTION_KEYS, w)) for w, r in rows]
     if not pairs:
         raise DataError(f"{path} holds no image-caption pairs")
     return pairs
@@ -122,14 +147,15 @@ def _read_folder(root: Path) -> list[tuple[Path, str]]:
     if missing:
         raise DataError(f"{len(missing)} images under {root} have no caption beside them, e.g. {missing[0]} needs "
                         f"{missing[0].with_suffix('.txt').name}")  # fmt: skip
-    return [(p, p.with_suffix(".txt").read_text(encoding="utf-8").strip()) for p in found]
+    return [(p, p.with_suffix(".txt").read_text(encoding="utf-8", errors="replace").strip()) for p in found]
 
 
-def read_pairs(spec: str) -> list[tuple[Path, str]]:
-    """(image path, caption) pairs of a CSV/JSONL file or a captioned folder."""
+def read_pairs(spec: str, allow_outside: bool = False) -> list[tuple[Path, str]]:
+    """(image path, caption) pairs of a CSV/JSONL file or a captioned folder. The images a file
+    lists must lie in its folder unless ``allow_outside``."""
     path = Path(spec).expanduser()
     if path.suffix.lower() in (".csv", ".jsonl"):
-        return _read_table(path)
+        return _read_table(path, allow_outside)
     if path.is_dir():
         return _read_folder(path)
     raise DataError(f"{spec} is not caption data: give a .csv or .jsonl file, a folder with a .txt beside each "
@@ -150,11 +176,12 @@ def emoji_captions(split: str) -> CaptionImages:
                          label_sets=sets)  # fmt: skip
 
 
-def open_captions(spec: str, split: str, size: int | None, channels: int = 3):
-    """Caption data (see the module) as a dataset of ``(image, -1, caption)`` items."""
+def open_captions(spec: str, split: str, size: int | None, channels: int = 3, allow_outside: bool = False):
+    """Caption data (see the module) as a dataset of ``(image, -1, caption)`` items; the images of a
+    CSV/JSONL list must lie in its folder unless ``allow_outside``."""
     if size is None:
         raise DataError("caption data needs an image size (data.image_size or views.size in the recipe)")
-    every, root = read_pairs(spec), Path(spec).expanduser()
+    every, root = read_pairs(spec, allow_outside), Path(spec).expanduser()
     folder_of = {p: p.relative_to(root).parts[0] for p, _ in every if root.is_dir() and p.parent != root}
     classes = sorted(set(folder_of.values())) if len(folder_of) == len(every) else []  # class sub-folders
     pairs = [(p, t) for p, t in every if _keep(sample_key(p), split)]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .sources import decode
+from .images import open_image as decode
 from .views import ViewConfig
 
 TRIES = 10  # boxes drawn per view before falling back to the centre box (as torchvision)

@@ -15,7 +15,7 @@ generator seeded by ``(seed, epoch, index)``; image shards (:mod:`.shards`) stre
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -41,6 +41,17 @@ class Batch:
 
 
 MaskMaker = Callable[[int, torch.Generator], dict[str, torch.Tensor]]  # (batch size, generator) -> masks
+MIN_BATCH = 2  # fewer images than this (every one of them broken, or all but one) make no training step
+
+
+def trim(batch: Batch, n: int) -> Batch:
+    """The first ``n`` images of ``batch`` with their labels, captions and masks (so that every process
+    of a run trains on as many images as the one with the fewest readable)."""
+    if n >= len(batch.images):
+        return batch
+    labels = batch.labels[:n] if batch.labels is not None else None
+    texts = batch.texts[:n] if batch.texts is not None else None
+    return replace(batch, images=batch.images[:n], labels=labels, texts=texts, masks={k: m[:n] for k, m in batch.masks.items()})
 
 
 def collate(items: list) -> Batch:
@@ -49,7 +60,7 @@ def collate(items: list) -> Batch:
     good = [it for it in items if it[0] is not None]
     skipped = [it[1] for it in items if it[0] is None]
     if not good:
-        return Batch(torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped)
+        return Batch(torch.empty(0, 0, 0, 0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped)
     texts = [it[2] for it in good] if len(good[0]) > 2 else None
     labels = torch.tensor([it[1] for it in good])
     if isinstance(good[0][0], list):
@@ -66,7 +77,7 @@ def _texts(ds: TensorImages, idx: Iterable[int]) -> list[str] | None:
 
 def mask_generator(seed: int, epoch: int, step: int, rank: int) -> torch.Generator:
     """The masks' random stream of one batch: a function of where the run is, so a resumed run draws the same."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + step) * 1024 + rank)
+    return torch.Generator().manual_seed((((seed * 1_000_003 + epoch) * 1_000_003 + step) * 1024 + rank) % 2**63)
 
 
 @dataclass

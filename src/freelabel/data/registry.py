@@ -29,9 +29,11 @@ NAMED: dict[str, Callable[[str], Dataset]] = {
 }
 
 
-def open_dataset(spec: str, split: str = "train", size: int | None = None, channels: int = 3) -> Dataset:
+def open_dataset(spec: str, split: str = "train", size: int | None = None, channels: int = 3,
+                 allow_outside: bool = False) -> Dataset:
     """``spec`` is a named source or a path; ``split`` is ``train``, ``test`` or ``all`` (pretraining on
-    a folder uses every image). In-memory sets are resized to ``size`` when it differs."""
+    a folder uses every image). In-memory sets are resized to ``size`` when it differs. ``allow_outside``
+    lets a CSV/JSONL caption list name images outside its own folder."""
     if str(spec).endswith(".txt") and Path(spec).expanduser().is_file():
         return file_list(spec, split, size, channels)
     if spec in NAMED:
@@ -45,7 +47,7 @@ def open_dataset(spec: str, split: str = "train", size: int | None = None, chann
             raise DataError("shards need an image size (data.image_size or views.size in the recipe)")
         return ImageShards(spec, split, size, channels)
     if is_captioned(spec):
-        return open_captions(spec, split, size, channels)
+        return open_captions(spec, split, size, channels, allow_outside)
     looks_like_path = os.sep in spec or spec.startswith(".") or Path(spec).exists()
     if not looks_like_path:
         raise DataError(f"unknown dataset {spec!r}; valid: {', '.join(NAMED)}, or a folder of images")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import logging
 import os
 import random
 import tarfile
@@ -40,11 +41,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..errors import DataError
 from .captions import held_out, is_captioned, read_pairs, sample_key
 from .crops import RandomCrops, crop_generator
+from .images import BadImage, decode
 from .loader import Batch, MaskMaker, collate, mask_generator
 from .sources import IMAGE_EXTENSIONS, load_image, scan_folder
 from .views import ViewConfig
 
 INDEX = "shards.json"
+log = logging.getLogger("freelabel")
 _BAD = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
 
 
@@ -240,11 +243,12 @@ class _Plan(IterableDataset):
 
 
 # ---------------------------------------------------------------------------------- writing shards
-def _records(src: str) -> tuple[list[tuple[Path, int, str | None]], list[str]]:
-    """(image path, label, caption or None) of every image of ``src``, and the class names."""
+def _records(src: str, allow_outside: bool = False) -> tuple[list[tuple[Path, int, str | None]], list[str]]:
+    """(image path, label, caption or None) of every image of ``src``, and the class names; a caption
+    list's images must lie in its folder unless ``allow_outside``."""
     root = Path(src).expanduser()
     if is_captioned(src) and not is_shards(src):
-        pairs = read_pairs(src)
+        pairs = read_pairs(src, allow_outside)
         folder_of = {p: p.relative_to(root).parts[0] for p, _ in pairs if root.is_dir() and p.parent != root}
         classes = sorted(set(folder_of.values())) if len(folder_of) == len(pairs) else []
         return [(p, classes.index(folder_of[p]) if classes else -1, t) for p, t in pairs], classes
@@ -271,21 +275,34 @@ def _write_shard(job: tuple[str, list[tuple[str, str, int, str | None]]]) -> dic
 
 
 def make_shards(src: str, out: str | Path, per_shard: int = 1000, workers: int | None = None,
-                seed: int = 0) -> list[Path]:  # fmt: skip
+                seed: int = 0, allow_outside: bool = False) -> list[Path]:  # fmt: skip
     """Write the images of ``src`` (an image folder, or caption data) as WebDataset shards
     ``out/shard-000000.tar``, ... of ``per_shard`` samples in a seeded shuffled order, by ``workers``
     processes (default: the cores available), and ``out/shards.json``. Shards appear only once all
-    are written."""
+    are written. Only files that decode as images are packed; the others are skipped and counted (in
+    the log). A caption list's images must lie in its folder unless ``allow_outside``."""
     if per_shard < 1:
         raise DataError(f"--per-shard must be at least 1, got {per_shard}")
-    records, classes = _records(src)
+    records, classes = _records(src, allow_outside)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if any(out.glob("shard-*.tar")):
         raise DataError(f"{out} already holds shards; choose another output folder")
     for path, _, _ in records:
-        if not path.is_file():
+        if not path.exists():
             raise DataError(f"{path} (listed in {src}) does not exist")
+    readable, skipped = [], []
+    for record in records:  # a regular file, small enough, that decodes: only then is it packed
+        try:
+            decode(record[0], draft_to=1)
+            readable.append(record)
+        except BadImage as e:
+            skipped.append(f"{record[0]} ({e})")
+    if not readable:
+        raise DataError(f"none of the {len(records)} images of {src} could be read, e.g. {skipped[0]}")
+    if skipped:
+        log.warning("skipped %d unreadable files, e.g. %s", len(skipped), skipped[0])
+    records = readable
     random.Random(seed).shuffle(records)
     seen: set[str] = set()
     samples = []

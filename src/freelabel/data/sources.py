@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -18,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from .images import IMAGE_EXTENSIONS, BadImage, load_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -119,47 +117,12 @@ def _download_fashion_mnist() -> None:
 
 
 # ---------------------------------------------------------------------------------- image folders
-def decode(src, channels: int = 3, min_side: int | None = None) -> Image.Image:
-    """Decode any PNG/JPEG/WebP/BMP (grey, RGB, RGBA, palette, 16-bit) from a path or binary file to an
-    RGB (``channels=3``) or L image; a JPEG is decoded at the smallest of libjpeg's scales (1, 1/2,
-    1/4, 1/8) whose short side is at least ``min_side``. Raises ``OSError`` or
-    ``UnidentifiedImageError`` for unreadable or truncated files."""
-    with Image.open(src) as img:
-        if min_side and img.format == "JPEG":
-            w, h = img.size
-            s = min_side / min(w, h)
-            if s < 1:
-                img.draft("RGB" if channels == 3 else "L", (math.ceil(w * s), math.ceil(h * s)))
-        img.load()
-        if img.mode.startswith("I"):  # 16- or 32-bit integer grey: rescale to 8 bits
-            arr = np.asarray(img, dtype=np.float64)
-            peak = 65535.0 if arr.max() > 255 else 255.0
-            img = Image.fromarray(np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8))
-        if img.mode in ("P", "PA", "LA", "RGBA") and channels == 3:
-            img = img.convert("RGBA")
-            background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(background, img)
-        return img.convert("RGB" if channels == 3 else "L")
-
-
-def load_image(src, size: int, channels: int = 3) -> torch.Tensor:
-    """:func:`decode` to ``uint8 [C, size, size]``: the shorter side resized to ``size`` and the centre kept."""
-    img = decode(src, channels)
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    arr = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-
-
 class ImageFiles(Dataset):
     """Images in a folder: class sub-folders give labels, a flat folder gives none (label -1).
 
-    Items that fail to decode come back as ``None`` and are dropped by :func:`collate`, which
-    reports their paths so that the caller can count them.
+    Items that fail to decode (:func:`.images.decode`: broken, or over the size limits) come back as
+    ``None`` and are dropped by :func:`collate`, which reports their paths so that the caller can
+    count them.
     """
 
     def __init__(self, paths: list[Path], labels: list[int], classes: list[str], size: int,
@@ -176,7 +139,7 @@ class ImageFiles(Dataset):
         try:
             path = self.paths[i]
             image = crops.read(path, g) if crops else load_image(path, self.size, self.channels)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        except (BadImage, OSError):
             return None, str(self.paths[i])
         return image, self.labels[i]
 

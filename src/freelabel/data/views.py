@@ -111,6 +111,8 @@ class Views:
     def __call__(self, images: torch.Tensor, g: torch.Generator, cropped: bool = False) -> torch.Tensor:
         """Views of ``images``; ``cropped``: they are this view's crops already (made from the whole
         image where it was decoded, :mod:`freelabel.data.crops`), so only the mirror is left to do."""
+        if images.ndim != 4 or not images.shape[0] or not images.shape[1]:
+            raise ValueError(f"views are made from a batch of images [B, C, H, W] with B >= 1, got {tuple(images.shape)}")
         c, n = self.cfg, images.shape[0]
         x = images.float().div_(255) if images.dtype == torch.uint8 else images.to(torch.float32, copy=True)
         boxes, flip = crop_boxes(g, n, c.scale, c.ratio), _coin(g, n, c.hflip)

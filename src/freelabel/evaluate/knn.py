@@ -6,6 +6,7 @@ for their class with weight ``exp(similarity / T)``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -21,10 +22,16 @@ from ..errors import DataError
 from ..hardware import resolve_precision
 from ..run import update_metrics
 
+log = logging.getLogger("freelabel")
+
 
 def knn_predict(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, ks: tuple[int, ...] = (20, 200),
                 temperature: float = 0.07, chunk: int = 512) -> dict[int, torch.Tensor]:  # fmt: skip
     """Predicted class of every test row for each ``k``; features need not be normalised."""
+    if not ks or min(ks) < 1:
+        raise ValueError(f"k-NN needs every k >= 1, got {list(ks)}")
+    if not len(train) or not len(test):
+        raise ValueError("k-NN needs at least one training and one test image")
     train, test = F.normalize(train.float(), dim=1), F.normalize(test.float(), dim=1)
     n_classes = int(train_labels.max()) + 1
     k_max = min(max(ks), len(train))
@@ -51,6 +58,8 @@ def extract_features(encoder: Encoder | None, ds: Dataset, view: ViewConfig, bat
     """Embeddings of every image by ``encoder`` (``None``: the pixels in [0, 1] at ``view.size``) and their labels."""
     feats, labels = [], []
     for batch in sequential(ds, batch_size, workers):
+        if not len(batch.images):  # every image of the batch unreadable
+            continue
         if encoder is None:
             f = resize(batch.images, view.size).flatten(1)
         else:
@@ -58,7 +67,21 @@ def extract_features(encoder: Encoder | None, ds: Dataset, view: ViewConfig, bat
                 f = encoder.encode_image(batch.images)
         feats.append(f.float().cpu())
         labels.append(batch.labels)
-    return torch.cat(feats), torch.cat(labels)
+    if not feats:
+        raise DataError(f"none of the {len(ds)} images could be read" if len(ds) else
+                        "a split of the data holds no images (too few per class for a held-out fifth?); give more images")
+    feats, labels = torch.cat(feats), torch.cat(labels)
+    if len(feats) < len(ds):
+        log.warning("skipped %d unreadable images of %d", len(ds) - len(feats), len(ds))
+    return feats, labels
+
+
+def labelled(ds: Dataset) -> bool:
+    """Whether every item of ``ds`` is labelled, as far as the dataset knows without decoding."""
+    labels = getattr(ds, "labels", None)
+    if labels is None:
+        return True  # unknown until the features are extracted
+    return bool(len(labels)) and min(labels.tolist() if torch.is_tensor(labels) else labels) >= 0
 
 
 def knn_eval(model: nn.Module | Encoder | None, train_ds: Dataset, test_ds: Dataset, view: ViewConfig,
@@ -67,6 +90,10 @@ def knn_eval(model: nn.Module | Encoder | None, train_ds: Dataset, test_ds: Data
     """k-NN top-1 of ``model`` (an :class:`Encoder`, a bare backbone taking ``view``, or raw pixels when
     ``None``): features of ``train_ds`` vote for the images of ``test_ds``. A backbone in training mode
     is put back in it afterwards."""
+    for ds in (train_ds, test_ds):
+        if not labelled(ds):
+            raise DataError("k-NN evaluation needs labels, and this data has none: give --data a labelled set "
+                            "(fashion-mnist, emoji, or a folder with one sub-folder per class)")
     backbone = model.backbone if isinstance(model, Encoder) else model
     was_training = backbone is not None and backbone.training
     if isinstance(model, nn.Module):

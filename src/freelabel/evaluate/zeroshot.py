@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +25,8 @@ from ..data.sources import ImageFiles, scan_folder
 from ..encoder import Encoder, load_encoder
 from ..errors import DataError, PretrainedError
 from ..run import save_artefact, update_metrics
+
+log = logging.getLogger("freelabel")
 
 
 class ImageTextModel(Protocol):
@@ -82,13 +85,20 @@ def load_image_text(spec: str | Path, weights: str | Path | None = None, device:
 @torch.no_grad()
 def embed_images(model: ImageTextModel, ds: Dataset, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Normalised image embeddings ``[N, D]`` of every decodable item of ``ds``, their labels, and the
-    captions where ``ds`` has them (else empty)."""
+    captions where ``ds`` has them (else empty). Unreadable images are left out (a batch may lose all)."""
     feats, labels, texts = [], [], []
     for batch in sequential(ds, batch_size):
+        if not len(batch.images):
+            continue
         feats.append(model.encode_image(batch.images).float().cpu())
         labels.append(batch.labels)
         texts += batch.texts or []
-    return torch.cat(feats), torch.cat(labels), texts
+    if not feats:
+        raise DataError(f"none of the {len(ds)} images could be read")
+    feats, labels = torch.cat(feats), torch.cat(labels)
+    if len(feats) < len(ds):
+        log.warning("skipped %d unreadable images of %d", len(ds) - len(feats), len(ds))
+    return feats, labels, texts
 
 
 def label_sets(ds: Dataset, labels: torch.Tensor) -> dict[str, tuple[list[str], torch.Tensor]]:
@@ -140,12 +150,19 @@ def classify_folder(folder: str | Path, names: Sequence[str], spec: str | Path, 
     score, pred = (images @ class_embeddings(model, names, templates).cpu().T).max(1)
     rows = [(str(paths[i]), names[p], s) for i, p, s in zip(index.tolist(), pred.tolist(), score.tolist())]
     if out is not None:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["image", "label", "score"])
-        writer.writerows((p, n, f"{s:.4f}") for p, n, s in rows)
-        save_artefact(Path(out).parent, Path(out).name, buffer.getvalue().encode())
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        save_artefact(Path(out).parent, Path(out).name, csv_bytes(rows))
     return rows
+
+
+def csv_bytes(rows: Sequence[tuple[str, str, float]]) -> bytes:
+    """Rows of (path, label, score) as CSV. A path that is not valid UTF-8 (read from the file system with
+    Python's surrogate escapes) is written back as the exact bytes of its name, never lost or garbled."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "label", "score"])
+    writer.writerows((p, n, f"{s:.4f}") for p, n, s in rows)
+    return buffer.getvalue().encode("utf-8", errors="surrogateescape")
 
 
 def model_and_data(

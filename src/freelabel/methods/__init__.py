@@ -103,13 +103,16 @@ def build_method(cfg: RunConfig, in_chans: int) -> Method:
     """The method of ``cfg`` with a fresh backbone, its ``method_args`` checked against its signature."""
     import inspect
 
+    from ..config import check_arguments
+
     cls = method_class(cfg.method)
     accepted = set(inspect.signature(cls).parameters) - {"backbone", "views"}
     bad = set(cfg.method_args) - accepted
     if bad:
         raise ConfigError(f"{cfg.method} has no option {sorted(bad)[0]!r}; valid: {', '.join(sorted(accepted))}")
+    args = check_arguments(cls, cfg.method_args, "method_args")  # types and ranges, before anything is built
     backbone = cls.make_backbone(cfg.backbone.name, in_chans, cfg.views, **cfg.backbone.args)
-    return cls(backbone, views=cfg.views, **cfg.method_args)
+    return cls(backbone, views=cfg.views, **args)
 
 
 def load_backbone(run: str | Path, trained: bool = True) -> tuple[nn.Module, RunConfig]:

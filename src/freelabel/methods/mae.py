@@ -90,7 +90,7 @@ class MAE(Method):
         filled[mask] = pred.flatten(0, 1)
         mean = torch.tensor(view.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(view.std, device=x.device).view(1, -1, 1, 1)
-        shown[mask] = ((0.5 - mean) / std).flatten().repeat(self.patch**2)  # hidden: mid-grey
+        shown[mask] = ((0.5 - mean) / std).expand(1, x.shape[1], 1, 1).flatten().repeat(self.patch**2)  # hidden: mid-grey
         rows = [unpatchify(t, self.patch, self.channels, self.grid) * std + mean for t in (patches, shown, filled)]
         png = io.BytesIO()
         save_image(torch.cat(rows).clamp(0, 1), png, format="png", nrow=len(x), padding=1)

@@ -2,10 +2,11 @@
 L2-normalised vector, searched by cosine similarity with an image or, for image-text models, a text.
 
 On disk an index is a folder with ``embeddings.safetensors`` (``[N, D]`` float32) and ``index.json``
-(the model, its input view, the source, and per row the path, size, mtime and class). Both are
-written atomically and share a build id, so a half-finished update is detected, never read. A new
-``build`` over the same folder embeds only new or changed files (by size and mtime) and drops the
-rows of deleted ones.
+(the model and the fingerprint of its weights, its input view, the source, and per row the path,
+size, mtime and class). Both are written atomically and share a build id, so a half-finished update
+is detected, never read; both are checked for consistency when opened. A new ``build`` over the same
+folder embeds only new or changed files (by size and mtime) and drops the rows of deleted ones, unless
+the model's weights changed (a run trained further): then every image is embedded again.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from ..data.images import BadImage, load_image
 from ..data.loader import sequential
 from ..data.registry import NAMED, open_dataset
-from ..data.sources import ImageFiles, load_image, scan_folder
+from ..data.sources import ImageFiles, scan_folder
 from ..encoder import load_encoder
 from ..errors import SearchError
 from .ann import search_rows, update_graph
@@ -42,20 +44,53 @@ class Index:
 
 
 def open_index(path: str | Path) -> Index:
+    """The index at ``path``, checked: a crafted or inconsistent index is refused with a clear error."""
     path = Path(path)
     if not (path / MANIFEST).is_file() or not (path / EMBEDDINGS).is_file():
         raise SearchError(
             f"{path} is not an index (no {MANIFEST} and {EMBEDDINGS}); make one with `freelabel index build`"
         )
-    meta = json.loads((path / MANIFEST).read_text())
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path / EMBEDDINGS), "pt") as f:
-        build = (f.metadata() or {}).get("build")
+    broken = f"{path} is a damaged index"
+    try:
+        meta = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        with safe_open(str(path / EMBEDDINGS), "pt") as f:
+            build = (f.metadata() or {}).get("build")
+            names = list(f.keys())
+            embeddings = f.get_tensor("embeddings") if names == ["embeddings"] else None
+    except (OSError, UnicodeDecodeError, ValueError, SafetensorError) as e:
+        raise SearchError(f"{broken} ({type(e).__name__}: {e}); build it again with `freelabel index build`".splitlines()[0]) from None
+    if not isinstance(meta, dict):
+        raise SearchError(f"{broken}: {MANIFEST} is not a JSON object; build it again with `freelabel index build`")
     if build != meta.get("build"):
         raise SearchError(f"{path}: {EMBEDDINGS} and {MANIFEST} are from different builds (an interrupted update); "
                           "run the same `freelabel index build` again")  # fmt: skip
-    return Index(meta, load_file(str(path / EMBEDDINGS))["embeddings"])
+    _check_index(meta, embeddings, broken)
+    return Index(meta, embeddings)
+
+
+def _check_index(meta: dict, embeddings: torch.Tensor | None, broken: str) -> None:
+    """Refuse a manifest and embeddings that do not fit each other (types, counts, sizes, values)."""
+    rows = meta.get("rows")
+    problem = None
+    if embeddings is None or embeddings.ndim != 2 or not embeddings.is_floating_point():
+        problem = f"{EMBEDDINGS} must hold one 2-D float tensor named 'embeddings'"
+    elif not all(isinstance(meta.get(k), str) for k in ("model", "source")) or not isinstance(rows, list):
+        problem = f"{MANIFEST} needs a model, a source and a list of rows"
+    elif len(rows) != len(embeddings) or meta.get("dim") != embeddings.shape[1]:
+        problem = f"{MANIFEST} lists {len(rows)} rows of dimension {meta.get('dim')!r}, {EMBEDDINGS} holds {tuple(embeddings.shape)}"
+    elif not all(isinstance(r, dict) and isinstance(r.get("path"), str) and (r.get("label") is None or isinstance(r.get("label"), str))
+                 for r in rows):
+        problem = f"every row of {MANIFEST} needs a path and a label (a string or null)"
+    elif any(Path(r["path"]).is_absolute() or ".." in Path(r["path"]).parts for r in rows):
+        problem = f"a row of {MANIFEST} names a path outside the indexed folder"
+    elif not bool(torch.isfinite(embeddings).all()):
+        problem = f"{EMBEDDINGS} holds NaN or infinite values"
+    elif not isinstance(meta.get("view"), dict) or not isinstance(meta.get("classes", []), list):
+        problem = f"{MANIFEST} needs the model's view and a list of classes"
+    if problem:
+        raise SearchError(f"{broken}: {problem}; build it again with `freelabel index build`")
 
 
 def _atomic(path: Path, write) -> None:
@@ -81,6 +116,8 @@ def build_index(source: str | Path, model: str | Path, out: str | Path, split: s
     (``embedded``: new or changed files, ``kept``, ``removed``: deleted files, ``failed``: unreadable
     files, ``rows``) and speed (``seconds`` in all, model loading included; ``images_per_s`` of
     decoding and embedding)."""
+    if batch_size < 1:
+        raise SearchError(f"--batch-size must be a positive number of images, got {batch_size}")
     out = Path(out)
     embedded = str(source) in NAMED
     model_id = str(model) if not Path(model).expanduser().exists() else str(Path(model).expanduser().resolve())
@@ -101,14 +138,18 @@ def build_index(source: str | Path, model: str | Path, out: str | Path, split: s
         current = []
         for p, y in zip(paths, labels):
             st = p.stat()
-            current.append({"path": str(p.resolve().relative_to(root)), "size": st.st_size, "mtime": st.st_mtime_ns,
+            current.append({"path": str(p.relative_to(Path(source).expanduser())), "size": st.st_size, "mtime": st.st_mtime_ns,
                             "label": names[y] if y >= 0 else None})  # fmt: skip
+    weights = str(Path(weights).expanduser().resolve()) if weights is not None else None
+    encoder = load_encoder(model, weights=weights, device=device)
+    fingerprint = encoder.fingerprint
+    model_changed = old is not None and old.meta.get("fingerprint") != fingerprint
+    if model_changed:
+        old = None  # the model's weights changed (a run trained further): every vector is stale, embed all again
     previous = {r["path"]: (i, r) for i, r in enumerate(old.rows)} if old else {}
     keep = sorted((c for c in current if c["path"] in previous and previous[c["path"]][1] == c),
                   key=lambda c: previous[c["path"]][0])  # in the old order: new rows only extend the ANN graph
     todo = [i for i, c in enumerate(current) if not (c["path"] in previous and previous[c["path"]][1] == c)]
-    weights = str(Path(weights).expanduser().resolve()) if weights is not None else None
-    encoder = load_encoder(model, weights=weights, device=device) if todo or old is None else None
     new_rows, new_vecs, failed = [], [], []
     embed_start = time.perf_counter()
     if todo:
@@ -126,9 +167,9 @@ def build_index(source: str | Path, model: str | Path, out: str | Path, split: s
     embed_seconds = time.perf_counter() - embed_start
     vecs = ([old.embeddings[[previous[r["path"]][0] for r in keep]]] if keep else []) + new_vecs
     embeddings = torch.cat(vecs) if vecs else torch.empty(0, old.embeddings.shape[1] if old else 0)
-    meta = {"model": model_id, "weights": weights, "source": source_id, "dim": int(embeddings.shape[1]),
-            "view": (old.meta["view"] if old and encoder is None else
-                     {"size": encoder.view.size, "mean": list(encoder.view.mean), "std": list(encoder.view.std)}),
+    meta = {"model": model_id, "weights": weights, "fingerprint": fingerprint, "source": source_id,
+            "dim": int(embeddings.shape[1]),
+            "view": {"size": encoder.view.size, "mean": list(encoder.view.mean), "std": list(encoder.view.std)},
             "classes": names, "rows": keep + new_rows}  # fmt: skip
     present = {c["path"] for c in current}
     removed = sum(r["path"] not in present for r in old.rows) if old else 0
@@ -138,7 +179,8 @@ def build_index(source: str | Path, model: str | Path, out: str | Path, split: s
                      appended=old is not None and len(keep) == len(old.rows))
     seconds = time.perf_counter() - start
     return {"index": str(out), "rows": len(meta["rows"]), "embedded": len(new_rows), "kept": len(keep),
-            "removed": removed, "failed": failed, "seconds": seconds,
+            "removed": removed, "failed": failed, "seconds": seconds, "fingerprint": fingerprint,
+            "model_changed": model_changed,
             "images_per_s": len(new_rows) / embed_seconds if new_rows else 0.0}  # fmt: skip
 
 
@@ -148,13 +190,19 @@ def search(index: str | Path, image: str | Path | None = None, text: str | None 
     first: ``{"rank", "path", "score", "label"}`` with ``score`` the cosine similarity."""
     if (image is None) == (text is None):
         raise SearchError("search by --image PATH or by --text TEXT (one of them)")
+    if k < 1:
+        raise SearchError(f"-k must be a positive number of results, got {k}")
     idx = open_index(index)
     encoder = load_encoder(idx.meta["model"], weights=idx.meta.get("weights"), device=device)
+    if idx.meta.get("fingerprint") not in (None, encoder.fingerprint):
+        raise SearchError(f"{index} is stale: {idx.meta['model']} has changed since it was built (trained further?); "
+                          f"bring it up to date with `freelabel index build {idx.meta['source']} --model "
+                          f"{idx.meta['model']} --out {index}`")
     if image is not None:
         try:
             query = encoder.encode_image(load_image(image, encoder.view.size, encoder.in_chans)[None]).cpu()
-        except OSError as e:
-            raise SearchError(f"cannot read the query image {image}: {e}") from e
+        except BadImage as e:
+            raise SearchError(f"cannot read the query image {image}: {e}") from None
     else:
         query = encoder.encode_text([text]).cpu()
     scores, order = (t[0] for t in search_rows(Path(index), idx.meta["build"], idx.embeddings, query, k))
@@ -173,6 +221,8 @@ def precision_at_k(embeddings: torch.Tensor, labels: list, k: int = 10, classes:
     names = [c for c in classes or sorted(present) if c in present]
     if not names:
         raise SearchError("precision@k needs class labels (an embedded data set or a folder of class sub-folders)")
+    if k < 1 or k >= len(labels):
+        raise SearchError(f"precision@k needs 1 <= k < the {len(labels)} rows of the index, got k={k}")
     code = {n: i for i, n in enumerate(names)}
     y = torch.tensor([code.get(v, -1) for v in labels])
     hits = torch.empty(len(y))

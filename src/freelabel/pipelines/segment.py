@@ -16,29 +16,31 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..data.images import BadImage, decode
 from ..errors import DataError, PretrainedError
 from ..pretrained.detection import Detector, load_detector
 from ..pretrained.hub import read_config
 from ..pretrained.segmentation import CONCEPT, Segmenter, load_segmenter
 from .masks import nms, overlay, rle_encode
 
+log = logging.getLogger("freelabel")
+
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """``uint8 [3, H, W]`` RGB from an image file (EXIF orientation applied)."""
+    """``uint8 [3, H, W]`` RGB from an image file (EXIF orientation applied), read within the size
+    limits of :mod:`freelabel.data.images`."""
+    if not Path(path).exists():
+        raise DataError(f"no image at {path}")
     try:
-        with Image.open(path) as im:
-            return torch.from_numpy(np.array(ImageOps.exif_transpose(im).convert("RGB"))).permute(2, 0, 1).contiguous()
-    except FileNotFoundError:
-        raise DataError(f"no image at {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
+        return decode(path)
+    except BadImage as e:
         raise DataError(f"cannot read {path} as an image ({e}); give a PNG, JPEG, WebP or BMP file") from None
 
 
@@ -60,8 +62,17 @@ def segment(images: Sequence[str | Path], out: str | Path, *, segmenter: str | S
     pts, point_labels = _points(points)
     if boxes and any(len(b) != 4 for b in boxes):
         raise PretrainedError("a box is X0,Y0,X1,Y1 in pixels")
-    paths = [Path(p) for p in images]
-    pictures = [read_image(p) for p in paths]  # fail on a bad file before loading any model
+    paths, pictures, unreadable = [], [], []
+    for p in map(Path, images):  # read every image before loading any model; skip (and count) unreadable ones
+        try:
+            pictures.append(read_image(p))
+            paths.append(p)
+        except DataError as e:
+            unreadable.append(str(e))
+    if not pictures:
+        raise DataError(unreadable[0] if len(unreadable) == 1 else f"none of the {len(images)} images could be read: {unreadable[0]}")
+    if unreadable:
+        log.warning("skipped %d unreadable images of %d, e.g. %s", len(unreadable), len(images), unreadable[0])
     _check_segmenter(segmenter, detector, bool(text))
     detector, segmenter = _load(segmenter, detector, device, dtype)
     models = {"segmenter": segmenter.name, **({"detector": detector.name} if detector else {})}
