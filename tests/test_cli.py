@@ -44,7 +44,5 @@ def test_listings_and_help(capsys):
     assert main(["recipes"]) == 0
     assert "simclr-fashion-mnist" in capsys.readouterr().out
     for cmd in (["--help"], ["pretrain", "--help"], ["eval", "knn", "--help"]):
-        with pytest.raises(SystemExit) as e:
-            main(cmd)
-        assert e.value.code == 0
+        assert main(cmd) == 0
     assert "--minutes" in capsys.readouterr().out

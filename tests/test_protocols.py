@@ -12,11 +12,11 @@ from freelabel.cli import main
 from freelabel.config import RunConfig
 from freelabel.data.composed import THRESHOLD, compose
 from freelabel.data.views import ViewConfig
-from freelabel.errors import ConfigError
+from freelabel.errors import ConfigError, DataError
 from freelabel.evaluate.attention import attention_maps, cls_attention, evaluate_attention, jaccard, mass_mask
 from freelabel.evaluate.common import Model
 from freelabel.evaluate.dense import evaluate_dense, fit_dense
-from freelabel.evaluate.finetune import SUBSET_FILE, choose_subset, finetune, parse_labels
+from freelabel.evaluate.finetune import SUBSET_FILE, choose_subset, finetune, parse_labels, read_subset
 from freelabel.evaluate.linear import fit_linear
 
 LEVELS = (40, 100, 160, 220)  # class c: an image of mean intensity LEVELS[c], a linear function of the pixels
@@ -278,3 +278,28 @@ def test_layer_decay_scales_vit_blocks_from_the_head_down():
     assert scale_of[id(named["backbone.model.patch_embed.proj.weight"])] == (0.125, 0.05)
     assert scale_of[id(named["backbone.model.cls_token"])] == (0.125, 0.0)
     assert sum(len(g["params"]) for g in groups) == len(named)
+
+
+def test_a_subset_file_takes_curates_lines_row_numbers_and_paths_relative_to_the_list(tmp_path):
+    from freelabel.data.sources import TensorImages
+
+    ds = TensorImages(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.arange(10) % 2, ["a", "b"])
+    (tmp_path / "sel.txt").write_text("# curate --select\nfashion-mnist/train/000007\n3\n\nfashion-mnist/train/000003\n")
+    assert read_subset(tmp_path / "sel.txt", ds).tolist() == [3, 7]
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    files = [folder / f"{i}.png" for i in range(3)]
+    for f in files:
+        Image.new("L", (4, 4)).save(f)
+
+    class Files:  # a folder source names its items by path
+        paths = files
+
+        def __len__(self):
+            return len(files)
+
+    (tmp_path / "rel.txt").write_text("imgs/2.png\tb\n" + str(files[0]) + "\n")
+    assert read_subset(tmp_path / "rel.txt", Files()).tolist() == [0, 2]
+    (tmp_path / "bad.txt").write_text("imgs/9.png\n")
+    with pytest.raises(DataError, match="1 of 1 lines name no image"):
+        read_subset(tmp_path / "bad.txt", Files())

@@ -521,7 +521,10 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 come out as their own bytes
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help (0), or a bad flag whose one line is printed (2)
+        return e.code if isinstance(e.code, int) else 2
     setup_logging(args.verbose)
     commands = {
         "pretrain": cmd_pretrain,

@@ -80,12 +80,25 @@ def read_subset(path: str | Path, ds: Dataset) -> torch.Tensor:
         raise DataError(f"subset file {path} does not exist; give a file with one image path (or row number) per line")
     names = item_names(ds)
     index = {n: i for i, n in enumerate(names)} | {str(Path(n).resolve()): i for i, n in enumerate(names)}
-    wanted = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    missing = [w for w in wanted if w not in index and str(Path(w).resolve()) not in index]
+    lines = [line.split("\t", 1)[0].strip() for line in path.read_text().splitlines()]
+    wanted = [_row_or_path(w, path.parent) for w in lines if w and not w.startswith("#")]
+    missing = [w for w in wanted if w not in index]
     if missing or not wanted:
         raise DataError(f"{path}: {len(missing)} of {len(wanted)} lines name no image of the training data "
                         f"(first: {missing[0] if missing else 'none listed'})")  # fmt: skip
-    return torch.tensor(sorted({index.get(w, index.get(str(Path(w).resolve()))) for w in wanted}))
+    return torch.tensor(sorted({index[w] for w in wanted}))
+
+
+def _row_or_path(line: str, folder: Path) -> str:
+    """A subset line as :func:`item_names` spells it: ``NAME/SPLIT/INDEX`` (``freelabel curate``'s lines for an
+    embedded set) as its row number; a path relative to the list's folder, resolved."""
+    parts = line.split("/")
+    if len(parts) == 3 and parts[2].isdigit() and not Path(line).exists():
+        return str(int(parts[2]))
+    if line.isdigit():
+        return str(int(line))
+    p = Path(line).expanduser()
+    return str((p if p.is_absolute() or p.exists() else folder / p).resolve())
 
 
 def subset(ds: Dataset, idx: torch.Tensor) -> Dataset:
