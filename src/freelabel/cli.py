@@ -11,6 +11,8 @@ from pathlib import Path
 EXAMPLES = """examples:
   freelabel pretrain simclr --data fashion-mnist --minutes 10 --out runs/x
   freelabel eval knn runs/x --baselines
+  freelabel report runs/x
+  freelabel compare simclr byol dino --data fashion-mnist --minutes 10 --out runs/compare
   freelabel pretrain --resume runs/x
   freelabel export runs/x --format transformers
   freelabel pretrain simclr --data ~/photos --backbone resnet18 --set views.size=96 --epochs 100
@@ -125,6 +127,32 @@ def _parser() -> argparse.ArgumentParser:
     sg.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     sg.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: bf16 on GPU, fp32 on CPU")
     sg.add_argument("--out", required=True, help="output folder")
+
+    rp = sub.add_parser("report", help="an HTML report of a run (or of a pretrained model with --model)",
+                        description="Write RUN/report.html (or OUT/report.html for --model): one self-contained file "
+                        "with the results, curves, a t-SNE map of test features, nearest neighbours and the method's "
+                        "pictures; it opens from disk and makes no network requests.")  # fmt: skip
+    rp.add_argument("run", nargs="?", help="run directory (or --model)")
+    rp.add_argument("--model", help="a pretrained model instead of a run: hub name, local folder or torchvision:NAME")
+    rp.add_argument("--data", default="fashion-mnist", help="--model only: labelled data to show it on")
+    rp.add_argument("--out", help="--model only: folder for report.html")
+    rp.add_argument("--train-images", type=int, default=10_000, help="training images searched for neighbours")
+    rp.add_argument("--test-images", type=int, default=2000, help="test images on the map")
+
+    cp = sub.add_parser("compare", help="train several methods at the same budget and write a leaderboard",
+                        description="Train each METHOD (with its recipe for the data, or METHOD:RECIPE) at the same "
+                        "budget, seed and data order, one after another, score each with k-NN, and write OUT/leaderboard"
+                        ".md, .csv and .html. Run it again to continue: finished methods are not run again.")  # fmt: skip
+    cp.add_argument("methods", nargs="+", metavar="METHOD[:RECIPE]")
+    cp.add_argument("--data", default="fashion-mnist", help="data for every method (default: fashion-mnist)")
+    cbudget = cp.add_mutually_exclusive_group(required=True)
+    cbudget.add_argument("--minutes", type=float, help="training minutes per method")
+    cbudget.add_argument("--steps", type=int, help="optimiser steps per method")
+    cbudget.add_argument("--epochs", type=float, help="epochs per method")
+    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--eval-every", type=float, metavar="MINUTES", help="online k-NN interval (default: a fifth of --minutes)")
+    cp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every recipe")
+    cp.add_argument("--out", required=True, help="folder for the runs and the leaderboard")
 
     sub.add_parser("methods", help="list the methods")
     sub.add_parser("backbones", help="list the backbones")
@@ -281,6 +309,28 @@ def cmd_segment(args: argparse.Namespace) -> None:
     print(f"wrote {len(records)} JSON + overlay PNG pairs to {args.out}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from .config import ConfigError
+    from .report import make_report, report_pretrained
+
+    if (args.run is None) == (args.model is None):
+        raise ConfigError("give a run directory or --model NAME (not both)")
+    if args.model:
+        path = report_pretrained(args.model, args.data, args.out or "report", args.train_images, args.test_images)
+    else:
+        path = make_report(args.run, args.train_images, args.test_images)
+    print(f"wrote {path}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .compare import compare
+    from .config import parse_override
+
+    compare(args.methods, args.data, args.out, args.minutes, args.steps, args.epochs, args.seed, args.eval_every,
+            dict(parse_override(s) for s in args.set))  # fmt: skip
+    print((Path(args.out) / "leaderboard.md").read_text(), end="")
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     if args.command == "methods":
         from .methods import DESCRIPTIONS
@@ -316,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "zeroshot": cmd_zeroshot, "shards": cmd_shards,
-                    "index": cmd_index, "export": cmd_export, "segment": cmd_segment}
+                    "index": cmd_index, "export": cmd_export, "segment": cmd_segment, "report": cmd_report,
+                    "compare": cmd_compare}
         commands.get(args.command, cmd_list)(args)
     except (ConfigError, DataError, BackboneError, RunError, TrainingError, PretrainedError, SearchError) as e:
         print(f"freelabel: error: {e}", file=sys.stderr)
