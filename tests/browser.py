@@ -1,13 +1,20 @@
 """Open an HTML file in headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by
 selenium) and list what is wrong with it: images that did not load, requests that left the machine,
-console errors. Also a script: ``python tests/browser.py PAGE.html SCREENSHOT.png``."""
+console errors. Also a script: ``python tests/browser.py PAGE.html SCREENSHOT.png``.
+
+Chromium shows a PNG cut short as far as it goes and reports it loaded (natural width > 0, and
+``img.decode()`` resolves), so inline images are also decoded to the end with Pillow."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import shutil
 import sys
 from pathlib import Path
+
+from PIL import Image
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 LOCAL = ("file:", "data:", "about:", "chrome:", "devtools:")
@@ -47,11 +54,14 @@ def check_page(driver, page: str | Path, screenshot: str | Path | None = None) -
     WebDriverWait(driver, 30).until(lambda d: d.execute_script(
         "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)"))  # fmt: skip
     problems = []
-    images = driver.execute_script(
-        "return Array.from(document.images).map(i => [i.alt || i.src.slice(0, 60), i.naturalWidth])")  # fmt: skip
+    images = driver.execute_script("return Array.from(document.images).map(i => [i.alt || i.src.slice(0, 60), i.src, i.naturalWidth])")
     if not images:
         problems.append("the page has no images")
-    problems += [f"image did not load: {name}" for name, width in images if not width]
+    for name, src, width in images:
+        if not width:
+            problems.append(f"image did not load: {name}")
+        elif src.startswith("data:") and not _decodes(src):
+            problems.append(f"image is cut short or corrupt: {name}")
     for entry in driver.get_log("performance"):
         message = json.loads(entry["message"])["message"]
         if message["method"] == "Network.requestWillBeSent":
@@ -65,6 +75,15 @@ def check_page(driver, page: str | Path, screenshot: str | Path | None = None) -
         driver.save_screenshot(str(screenshot))
         driver.set_window_size(1280, 900)
     return problems
+
+
+def _decodes(uri: str) -> bool:
+    """Whether a ``data:`` URI holds an image that decodes to its last pixel."""
+    try:
+        Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).load()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -255,8 +255,8 @@ def render(context: dict, template: str = "report.html.j2") -> str:
 def make_report(run: str | Path, train_images: int = 10_000, test_images: int = 2000) -> Path:
     """Write ``RUN/report.html`` for a pretraining run and return its path."""
     from ..data.sources import open_dataset
-    from ..run import load_backbone, load_config, read_metrics
     from ..run import _atomic_write as atomic_write
+    from ..run import load_backbone, load_config, read_metrics
 
     run = Path(run)
     cfg = load_config(run)
