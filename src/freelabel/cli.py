@@ -322,13 +322,18 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
-def cmd_compare(args: argparse.Namespace) -> None:
+def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare
     from .config import parse_override
 
-    compare(args.methods, args.data, args.out, args.minutes, args.steps, args.epochs, args.seed, args.eval_every,
-            dict(parse_override(s) for s in args.set))  # fmt: skip
+    rows = compare(args.methods, args.data, args.out, args.minutes, args.steps, args.epochs, args.seed, args.eval_every,
+                   dict(parse_override(s) for s in args.set))  # fmt: skip
     print((Path(args.out) / "leaderboard.md").read_text(), end="")
+    failed = [r["name"] for r in rows if r["status"] != "done"]
+    if failed:
+        print(f"freelabel: {', '.join(failed)} did not finish (see each run's log.txt); the same command retries them",
+              file=sys.stderr)  # fmt: skip
+        return 1
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -368,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "zeroshot": cmd_zeroshot, "shards": cmd_shards,
                     "index": cmd_index, "export": cmd_export, "segment": cmd_segment, "report": cmd_report,
                     "compare": cmd_compare}
-        commands.get(args.command, cmd_list)(args)
+        status = commands.get(args.command, cmd_list)(args)
     except (ConfigError, DataError, BackboneError, RunError, TrainingError, PretrainedError, SearchError) as e:
         print(f"freelabel: error: {e}", file=sys.stderr)
         return 2
@@ -376,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ def plan(specs: list[str], data: str, budget: dict[str, float | None], seed: int
         d["recipe"] = name
         fixed = {"method": method, "data.name": data, "seed": seed, "eval_every_minutes": eval_every,
                  **{f"budget.{k}": v for k, v in budget.items()}}  # fmt: skip
-        entries.append(Entry(method if not recipe else f"{method}-{Path(recipe).stem}", resolve(d, {**fixed, **(overrides or {})})))
+        stem = Path(recipe).stem
+        label = method if not recipe else stem if stem.startswith(method) else f"{method}-{stem}"
+        entries.append(Entry(label, resolve(d, {**fixed, **(overrides or {})})))
     names = [e.name for e in entries]
     if len(set(names)) < len(names):
         raise ConfigError(f"{max(names, key=names.count)} is named twice; give each method once (or METHOD:RECIPE)")
@@ -155,19 +157,18 @@ def compare(specs: list[str], data: str = "fashion-mnist", out: str | Path = "co
             raise
         log.info("[%d/%d] %s: %s after %.1f min", i, len(entries), entry.name,
                  "done" if child.exitcode == 0 else f"failed (exit {child.exitcode})", (time.perf_counter() - started) / 60)  # fmt: skip
-    rows = leaderboard_rows(out, [e.name for e in entries])
+    rows = leaderboard_rows(out, entries)
     write_leaderboard(out, rows, entries)
     return rows
 
 
-def _row(run: Path, name: str) -> dict:
+def _row(run: Path, entry: Entry) -> dict:
     m = read_metrics(run)
     p, knn, res = m.get("pretrain", {}), m.get("knn", {}), m.get("resources", {})
     failed = m.get("compare", {}).get("failed")
-    cfg = load_config(run) if (run / CONFIG).is_file() else None
+    cfg = entry.cfg
     return {
-        "name": name, "method": cfg.method if cfg else "", "recipe": cfg.recipe if cfg else "",
-        "backbone": cfg.backbone.name if cfg else "",
+        "name": entry.name, "method": cfg.method, "recipe": cfg.recipe, "backbone": cfg.backbone.name,
         "knn_top1_k20": knn.get("trained", {}).get("top1_k20"), "knn_top1_k200": knn.get("trained", {}).get("top1_k200"),
         "random_init_k20": knn.get("random_init", {}).get("top1_k20"),
         "linear_top1": m.get("linear", {}).get("trained", {}).get("top1"),
@@ -178,9 +179,10 @@ def _row(run: Path, name: str) -> dict:
     }  # fmt: skip
 
 
-def leaderboard_rows(out: Path, names: list[str]) -> list[dict]:
+def leaderboard_rows(out: Path, entries: list[Entry]) -> list[dict]:
     """One row per method, best k-NN first."""
-    rows = sorted((_row(out / n, n) for n in names), key=lambda r: -(r["knn_top1_k20"] if r["knn_top1_k20"] is not None else -1))
+    rows = [_row(out / e.name, e) for e in entries]
+    rows.sort(key=lambda r: -(r["knn_top1_k20"] if r["knn_top1_k20"] is not None else -1))
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
     return rows

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import importlib.metadata
 import json
+import logging
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +151,7 @@ def read_scalars(tb: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     if not tb.is_dir():
         return {}
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # not "No path found after ..." for every file
     acc = EventAccumulator(str(tb), size_guidance={KIND: 0})
     acc.Reload()
     out = {}
@@ -194,6 +196,8 @@ def metric_tables(metrics: dict) -> list[dict]:
             continue
         if section == "pretrain":
             rows = {"run": {k: v for k, v in values.items() if not isinstance(v, (list, dict))}}
+            last = values.get("knn_curve", [{}])[-1]  # the last online k-NN
+            rows["run"] |= {f"online k-NN {k} (step {last['step']})": v for k, v in last.items() if k.startswith("top1")}
         else:
             rows = {k: v for k, v in values.items() if isinstance(v, dict)}
         note = {k: v for k, v in values.items() if not isinstance(v, (list, dict))} if section != "pretrain" else {}
@@ -271,7 +275,7 @@ def make_report(run: str | Path, train_images: int = 10_000, test_images: int = 
         "artefacts": artefacts(run),
     }
     curves = training_curves(run, metrics, cfg.data.name)
-    context["curves"] = data_uri(curves) if curves else None
+    context["curves"], context["log_every"] = data_uri(curves) if curves else None, cfg.log_every
     backbone, cfg = load_backbone(run)
     size, channels = cfg.data.image_size or cfg.views.size, cfg.data.channels or 3
     train, test = open_dataset(cfg.data.name, "train", size, channels), open_dataset(cfg.data.name, "test", size, channels)

@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 COLOURS = "tab10"
 
@@ -45,7 +46,7 @@ def curves(scalars: dict[str, tuple[np.ndarray, np.ndarray]], clock: tuple[np.nd
         ax = fig.add_subplot(rows, cols, i + 1)
         x, y = scalars[name]
         many = len(y) > 30 and not name.startswith("k-NN")
-        ax.plot(x, y, color="C0", alpha=0.3 if many else 1.0, lw=1, marker=None if len(y) > 1 else "o")
+        ax.plot(x, y, color="C0", alpha=0.3 if many else 1.0, lw=1, marker=None if many else "o", ms=3)
         if many:
             ax.plot(x, _smooth(y), color="C0", lw=1.6)
         if name.startswith("k-NN"):
@@ -54,16 +55,28 @@ def curves(scalars: dict[str, tuple[np.ndarray, np.ndarray]], clock: tuple[np.nd
             if baselines:
                 ax.legend(fontsize=8, loc="lower right")
         if name == "learning rate":
-            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.1e}"))  # no offset text under the top axis
+        ax.set_xlim(0, steps_at[-1])  # every panel spans the whole run, however few points it has
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
         top = ax.secondary_xaxis("top", functions=(lambda s: np.interp(s, steps_at, minutes_at),
                                                    lambda m: np.interp(m, minutes_at, steps_at)))  # fmt: skip
+        top.set_xticks(_minute_ticks(steps_at, minutes_at))
         top.set_xlabel("training minutes", fontsize=8)
         top.tick_params(labelsize=8)
     return png(fig)
+
+
+def _minute_ticks(steps_at: np.ndarray, minutes_at: np.ndarray, gap: float = 0.08) -> list[float]:
+    """Round minute values for the top axis, dropping those that the (uneven) clock would crowd together."""
+    kept: list[float] = []
+    for m in MaxNLocator(6).tick_values(0, minutes_at[-1]):
+        at = np.interp(m, minutes_at, steps_at) / steps_at[-1]
+        if 0 <= m <= minutes_at[-1] and (not kept or at - np.interp(kept[-1], minutes_at, steps_at) / steps_at[-1] >= gap):
+            kept.append(float(m))
+    return kept
 
 
 def embedding_map(xy: np.ndarray, labels: np.ndarray, shown: list[int], images: np.ndarray, classes: list[str]) -> bytes:
@@ -116,7 +129,7 @@ def neighbours(queries: np.ndarray, query_labels: np.ndarray, found: np.ndarray,
                 colour, width = "black", 2.5
             else:
                 colour, width = ("tab:green", 2) if found_labels[r, c - 1] == query_labels[r] else ("tab:red", 2)
-                ax.set_title(f"{similarity[r, c - 1]:.2f}", fontsize=7, pad=2)
+                ax.set_title(f"{similarity[r, c - 1]:.3f}", fontsize=7, pad=2)
             for spine in ax.spines.values():
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(width)
@@ -152,5 +165,6 @@ def leaderboard_curves(runs: dict[str, list[tuple[float, float]]], raw_pixels: f
     ax.set_xlabel("training minutes")
     ax.set_ylabel("k-NN top-1 (%), k=20")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return png(fig)
