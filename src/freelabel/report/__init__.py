@@ -315,6 +315,7 @@ def report_pretrained(model: str, data: str = "fashion-mnist", out: str | Path =
         "tables": metric_tables({"knn (sample)": knn}),
         "artefacts": [],
         "curves": None,
+        "log_every": None,
         "features": _feature_sections(sample),
     }
     out = Path(out)
