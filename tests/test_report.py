@@ -156,3 +156,15 @@ def test_compare_two_methods_then_resume(tmp_path, fmnist_folder, capsys, browse
     assert (out / "leaderboard.csv").is_file()
     assert main([*args, "--seed", "1"]) == 2  # a run of the same folder with another seed would not compare
     assert "another seed" in capsys.readouterr().err
+
+
+def test_compare_all_plans_every_recipe_for_the_data_at_one_budget():
+    from freelabel.compare import plan
+    from freelabel.config import ConfigError, list_recipes
+
+    entries = plan(["all"], "fashion-mnist", {"minutes": 10, "steps": None, "epochs": None}, seed=3)
+    assert sorted(e.cfg.recipe for e in entries) == [r for r in list_recipes() if r.endswith("-fashion-mnist")]
+    assert "simclr" in [e.name for e in entries] and "dinov2-gram-fashion-mnist" in [e.name for e in entries]
+    assert {(e.cfg.budget.minutes, e.cfg.seed, e.cfg.data.name) for e in entries} == {(10, 3, "fashion-mnist")}
+    with pytest.raises(ConfigError, match="no recipe is made for"):
+        plan(["all"], "/some/folder", {"minutes": 10, "steps": None, "epochs": None})

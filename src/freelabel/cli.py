@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
                         description="Train each METHOD (with its recipe for the data, or METHOD:RECIPE) at the same "
                         "budget, seed and data order, one after another, score each with k-NN, and write OUT/leaderboard"
                         ".md, .csv and .html. Run it again to continue: finished methods are not run again.")  # fmt: skip
-    cp.add_argument("methods", nargs="+", metavar="METHOD[:RECIPE]")
+    cp.add_argument("methods", nargs="+", metavar="METHOD[:RECIPE]", help="or `all`: every recipe made for --data")
     cp.add_argument("--data", default="fashion-mnist", help="data for every method (default: fashion-mnist)")
     cbudget = cp.add_mutually_exclusive_group(required=True)
     cbudget.add_argument("--minutes", type=float, help="training minutes per method")

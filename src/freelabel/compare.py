@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, RunConfig, default_recipe, load_recipe, resolve
+from .config import ConfigError, RunConfig, default_recipe, list_recipes, load_recipe, resolve
 from .run import BACKBONE, CONFIG, latest_checkpoint, load_config, read_metrics, update_metrics
 
 log = logging.getLogger("freelabel")
@@ -35,14 +35,25 @@ class Entry:
     cfg: RunConfig
 
 
+def expand(specs: list[str], data: str) -> list[str]:
+    """``["all"]``: every recipe made for ``data`` (``METHOD-DATA``, and variants such as ``dinov2-gram-DATA``)."""
+    if specs != ["all"]:
+        return specs
+    found = [r for r in list_recipes() if r.endswith(f"-{data}")]
+    if not found:
+        raise ConfigError(f"no recipe is made for {data}, so `all` means nothing there; name the methods")
+    methods = {r: load_recipe(r).get("method", r.removesuffix(f"-{data}")) for r in found}
+    return [m if r == f"{m}-{data}" else f"{m}:{r}" for r, m in methods.items()]
+
+
 def plan(specs: list[str], data: str, budget: dict[str, float | None], seed: int = 0,
          eval_every: float | None = None, overrides: dict[str, Any] | None = None) -> list[Entry]:  # fmt: skip
-    """Resolve ``METHOD`` or ``METHOD:RECIPE`` specs into configs (each method's recipe for ``data``
+    """Resolve ``METHOD`` or ``METHOD:RECIPE`` specs (or ``all``) into configs (each method's recipe for ``data``
     unless one is named), all with the same data, budget and seed. Bad specs fail here, before any run."""
     from .methods import METHODS
 
     entries = []
-    for spec in specs:
+    for spec in expand(specs, data):
         method, _, recipe = spec.partition(":")
         if method not in METHODS:
             raise ConfigError(f"unknown method {method!r} in {spec!r}; valid: {', '.join(METHODS)}")
