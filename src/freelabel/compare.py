@@ -118,9 +118,10 @@ def run_one(cfg: RunConfig, run: Path) -> None:
 
 
 def linear_probe(run: Path) -> None:
-    """LINEAR PROBE CALL SITE. The linear probe (issue 16, ``freelabel.evaluate.linear``) has not
-    landed yet; when it has, call it here so that it writes ``metrics.json["linear"]["trained"]["top1"]``,
-    which the leaderboard already reads."""
+    """LINEAR PROBE CALL SITE. The linear probe (issue 16) is not on main yet; when it lands, this body
+    becomes ``if "linear" not in read_metrics(run): evaluate_linear(run)`` (``freelabel.evaluate.linear``,
+    as on its branch), which writes ``metrics.json["linear"]["trained"]["top1"]``: the leaderboard
+    already reads it, and the report shows it as a table."""
 
 
 def _child(cfg: RunConfig, run: str) -> None:

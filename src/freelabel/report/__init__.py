@@ -199,7 +199,8 @@ def metric_tables(metrics: dict) -> list[dict]:
             last = values.get("knn_curve", [{}])[-1]  # the last online k-NN
             rows["run"] |= {f"online k-NN {k} (step {last['step']})": v for k, v in last.items() if k.startswith("top1")}
         else:
-            rows = {k: v for k, v in values.items() if isinstance(v, dict)}
+            rows = {k: {c: x for c, x in v.items() if not isinstance(x, (list, dict))}
+                    for k, v in values.items() if isinstance(v, dict)}  # fmt: skip
         note = {k: v for k, v in values.items() if not isinstance(v, (list, dict))} if section != "pretrain" else {}
         columns = list(dict.fromkeys(c for r in rows.values() for c in r))
         if section == "pretrain":  # one row, many columns: show it turned
@@ -219,15 +220,20 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def artefacts(run: Path) -> list[dict]:
-    """What the method left in the run directory: pictures (reconstructions, colorization grids,
-    attention maps, also one folder down) and jigsaw's permutation set."""
+def artefacts(run: Path, per_folder: int = 16) -> list[dict]:
+    """What the method (or an evaluation) left in the run directory: each picture at its top level
+    (reconstructions, colorization grids), the pictures of each sub-folder as one gallery (attention
+    maps; the first ``per_folder``), and jigsaw's permutation set drawn."""
     found = []
-    skip = {"report-screenshot.png"}
-    for path in sorted([*run.glob("*.png"), *run.glob("*/*.png")]):
-        if path.name in skip or path.parent.name in ("checkpoints", "tb") or path.parent.name.startswith("export"):
-            continue
-        found.append({"title": str(path.relative_to(run)), "src": data_uri(path.read_bytes())})
+    for path in sorted(run.glob("*.png")):
+        if path.name != "report-screenshot.png":
+            found.append({"title": path.name, "src": data_uri(path.read_bytes())})
+    for folder in sorted(p for p in run.iterdir() if p.is_dir() and p.name not in ("checkpoints", "tb")):
+        pictures = sorted(folder.glob("*.png"))
+        if pictures:
+            gallery = [{"title": p.stem, "src": data_uri(p.read_bytes())} for p in pictures[:per_folder]]
+            shown = f" (first {per_folder} of {len(pictures)})" if len(pictures) > per_folder else ""
+            found.append({"title": f"{folder.name}/{shown}", "gallery": gallery})
     perms = run / "permutations.json"
     if perms.is_file():
         found.append({"title": "permutations.json", "src": data_uri(figures.permutations(np.array(json.loads(perms.read_text()))))})
