@@ -69,11 +69,11 @@ def check_page(driver, page: str | Path, screenshot: str | Path | None = None) -
             if not url.startswith(LOCAL):
                 problems.append(f"request left the machine: {url[:120]}")
     problems += [f"console {e['level']}: {e['message'][:200]}" for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-    if screenshot:
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(1280, min(max(height, 900), 16000))
-        driver.save_screenshot(str(screenshot))
-        driver.set_window_size(1280, 900)
+    if screenshot:  # the whole page, not just the window
+        size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 16000), "scale": 1}
+        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip})
+        Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
     return problems
 
 

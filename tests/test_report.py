@@ -135,7 +135,7 @@ def test_compare_two_methods_then_resume(tmp_path, fmnist_folder, capsys, browse
     assert main(args) == 1
     assert "byol did not finish" in capsys.readouterr().err
     *rows, failed = list(csv.DictReader((out / "leaderboard.csv").open()))
-    assert failed["name"] == "byol" and failed["status"].startswith("failed: BackboneError")
+    assert failed["name"] == "byol" and failed["status"] == "failed" and failed["error"].startswith("BackboneError")
     assert sorted(r["name"] for r in rows) == ["rotation-fashion-mnist", "simclr-fashion-mnist"]
     for r in rows:
         assert r["status"] == "done" and r["steps"] == "3"
@@ -144,7 +144,7 @@ def test_compare_two_methods_then_resume(tmp_path, fmnist_folder, capsys, browse
         assert (out / r["name"] / "report.html").is_file()
     assert [float(r["knn_top1_k20"]) for r in rows] == sorted((float(r["knn_top1_k20"]) for r in rows), reverse=True)
     md = (out / "leaderboard.md").read_text()
-    assert "| rank | name |" in md and "Raw pixels" in md
+    assert "| rank | name | recipe | backbone | k-NN k=20 |" in md and "Raw pixels" in md and "- byol failed: Backbone" in md
     html = (out / "leaderboard.html").read_text()
     assert 'href="simclr-fashion-mnist/report.html"' in html and 'href="rotation-fashion-mnist/report.html"' in html
     assert check_page(browser, out / "leaderboard.html") == []

@@ -23,8 +23,12 @@ from .config import ConfigError, RunConfig, default_recipe, list_recipes, load_r
 from .run import BACKBONE, CONFIG, latest_checkpoint, load_config, read_metrics, update_metrics
 
 log = logging.getLogger("freelabel")
+LABELS = {"knn_top1_k20": "k-NN k=20", "knn_top1_k200": "k-NN k=200", "random_init_k20": "random init k=20",
+          "linear_top1": "linear", "train_minutes": "minutes", "images_per_s": "images/s", "peak_memory_mb": "peak MB",
+          "final_loss": "final loss"}  # fmt: skip
 COLUMNS = ["rank", "name", "method", "recipe", "backbone", "knn_top1_k20", "knn_top1_k200", "random_init_k20",
-           "linear_top1", "steps", "epochs", "train_minutes", "images_per_s", "peak_memory_mb", "final_loss", "status"]  # fmt: skip
+           "linear_top1", "steps", "epochs", "train_minutes", "images_per_s", "peak_memory_mb", "final_loss", "status",
+           "error"]  # fmt: skip
 
 
 @dataclass
@@ -106,7 +110,7 @@ def run_one(cfg: RunConfig, run: Path) -> None:
         if not resume and run.exists():  # stopped before its first checkpoint: nothing to keep
             shutil.rmtree(run)
         pretrain(load_config(run) if resume else cfg, run, resume=resume)
-        peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        peak = {"peak_rss_mb": peak_rss_mb()}
         if torch.cuda.is_available():
             peak["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         update_metrics(run, "resources", peak)
@@ -115,6 +119,17 @@ def run_one(cfg: RunConfig, run: Path) -> None:
         evaluate_run(run, baselines=True)
     linear_probe(run)
     make_report(run)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: Linux's VmHWM (``ru_maxrss`` would include the peak of the
+    parent that forked it), elsewhere ``ru_maxrss``."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        scale = 2**20 if sys.platform == "darwin" else 2**10  # bytes on macOS, KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
 def linear_probe(run: Path) -> None:
@@ -187,7 +202,7 @@ def _row(run: Path, entry: Entry) -> dict:
         "steps": p.get("steps"), "epochs": p.get("epochs"), "train_minutes": p.get("train_minutes"),
         "images_per_s": p.get("images_per_s"), "peak_memory_mb": res.get("peak_gpu_mb", res.get("peak_rss_mb")),
         "final_loss": p.get("final_loss"),
-        "status": "done" if finished(run) else f"failed: {failed}" if failed else "not finished",
+        "status": "done" if finished(run) else "failed" if failed else "not finished", "error": failed,
     }  # fmt: skip
 
 
@@ -222,11 +237,14 @@ def write_leaderboard(out: Path, rows: list[dict], entries: list[Entry]) -> None
     raw = next((read_metrics(out / r["name"]).get("knn", {}).get("raw_pixels", {}).get("top1_k20") for r in rows
                 if "raw_pixels" in read_metrics(out / r["name"]).get("knn", {})), None)  # fmt: skip
 
-    shown = [c for c in COLUMNS if c != "linear_top1" or any(r[c] is not None for r in rows)]
-    md = [f"# Leaderboard: {setting}", "", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    shown = [c for c in COLUMNS if c not in ("method", "error") and (c != "linear_top1" or any(r[c] is not None for r in rows))]
+    heads = [LABELS.get(c, c) for c in shown]
+    errors = [f"{r['name']} failed: {r['error']}" for r in rows if r["error"]]
+    md = [f"# Leaderboard: {setting}", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(shown)]
     md += ["| " + " | ".join(_cell(r[c]) for c in shown) + " |" for r in rows]
     if raw is not None:
         md += ["", f"Raw pixels (k-NN top-1, k=20): {raw:.2f}%. k-NN: weighted, on frozen pooled features, full train and test splits."]
+    md += [""] + [f"- {e}" for e in errors] if errors else []
     atomic_write(out / "leaderboard.md", ("\n".join(md) + "\n").encode())
 
     buf = io.StringIO()
@@ -244,6 +262,6 @@ def write_leaderboard(out: Path, rows: list[dict], entries: list[Entry]) -> None
         curves[r["name"]] = sorted(set(points))
     table = [[_cell(r[c]) for c in shown] for r in rows]
     links = [f"{r['name']}/report.html" if (out / r["name"] / "report.html").is_file() else None for r in rows]
-    html = render({"setting": setting, "columns": shown, "rows": list(zip(table, links)), "raw_pixels": raw,
+    html = render({"setting": setting, "columns": heads, "rows": list(zip(table, links)), "raw_pixels": raw, "errors": errors,
                    "curves": data_uri(leaderboard_curves(curves, raw))}, "leaderboard.html.j2")  # fmt: skip
     atomic_write(out / "leaderboard.html", html.encode())

@@ -159,9 +159,11 @@ def leaderboard_curves(runs: dict[str, list[tuple[float, float]]], raw_pixels: f
     for i, (name, points) in enumerate(runs.items()):
         if points:
             x, y = zip(*points)
-            ax.plot(x, y, marker="o", ms=3, lw=1.5, color=colormaps["tab20"](i % 20), label=name)
+            colour = colormaps["tab10"](i % 10)  # beyond ten runs, the colours come again, dashed
+            ax.plot(x, y, marker="o", ms=3, lw=1.5, color=colour, ls="-" if i < 10 else "--", label=name)
     if raw_pixels is not None:
         ax.axhline(raw_pixels, ls="--", color="grey", lw=1, label=f"raw pixels {raw_pixels:.1f}%")
+    ax.set_xlim(left=0)
     ax.set_xlabel("training minutes")
     ax.set_ylabel("k-NN top-1 (%), k=20")
     ax.grid(alpha=0.3)
