@@ -34,6 +34,9 @@ def run(tmp_path_factory, fmnist_folder):
                  "--eval-every", "0.0001", "--out", str(run), *TINY]) == 0  # fmt: skip
     assert main(["eval", "knn", str(run), "--baselines"]) == 0
     (run / "permutations.json").write_text(json.dumps([[0, 1, 2, 3], [3, 2, 1, 0], [1, 0, 3, 2]]))  # as jigsaw leaves
+    (run / "attention").mkdir()  # as the attention-map evaluation leaves
+    for i in range(2):
+        (run / "attention" / f"trained-{i:03d}.png").write_bytes(permutations(np.array([[0, 1], [1, 0]])))
     assert main(["report", str(run)]) == 0
     return run
 
@@ -68,7 +71,7 @@ def test_report_holds_every_part_inline(run):
     page = (run / "report.html").read_text()
     found = images_of(page)
     assert set(found) == {"training curves", "t-SNE map of test features", "nearest training images of test images",
-                          "permutations.json"}  # fmt: skip
+                          "permutations.json", "attention/trained-000", "attention/trained-001"}  # fmt: skip
     for src in found.values():
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG")

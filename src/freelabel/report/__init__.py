@@ -173,16 +173,18 @@ def training_curves(run: Path, metrics: dict, data: str) -> bytes | None:
         return None
     panels = {SCALARS[t]: scalars[t] for t in SCALARS if t in scalars}
     panels |= {t.removeprefix("train/"): v for t, v in scalars.items() if t.startswith("train/") and t not in SCALARS}
-    knn = metrics.get("knn", {})
+    knn = metrics.get("knn", {}) if metrics.get("knn", {}).get("data") == data else {}
+    baselines = {}
     for k in (20, 200):
-        points = [(p["step"], p[f"top1_k{k}"]) for p in curve if f"top1_k{k}" in p]
+        points = {p["step"]: p[f"top1_k{k}"] for p in curve if f"top1_k{k}" in p}
         final = knn.get("trained", {}).get(f"top1_k{k}")
-        if final is not None and knn.get("data") == data:
-            points.append((pretrain["steps"], final))
+        if final is not None:
+            points[pretrain["steps"]] = final  # the full evaluation at the end
         if points:
-            panels[f"k-NN top-1 (%), k={k}"] = tuple(np.array(v) for v in zip(*sorted(set(points))))
-    baselines = {name.replace("_", " "): knn[name]["top1_k20"] for name in ("random_init", "raw_pixels")
-                 if "top1_k20" in knn.get(name, {})}  # fmt: skip
+            name = f"k-NN top-1 (%), k={k}"
+            panels[name] = (np.array(sorted(points)), np.array([points[s] for s in sorted(points)]))
+            baselines[name] = {b.replace("_", " "): knn[b][f"top1_k{k}"] for b in ("random_init", "raw_pixels")
+                               if f"top1_k{k}" in knn.get(b, {})}  # fmt: skip
     steps = sorted(clock)
     return figures.curves(panels, (np.array(steps, float), np.array([clock[s] for s in steps])), baselines)
 

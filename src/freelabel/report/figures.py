@@ -34,9 +34,9 @@ def _smooth(values: np.ndarray, weight: float = 0.9) -> np.ndarray:
 
 
 def curves(scalars: dict[str, tuple[np.ndarray, np.ndarray]], clock: tuple[np.ndarray, np.ndarray],
-           baselines: dict[str, float]) -> bytes:  # fmt: skip
+           baselines: dict[str, dict[str, float]]) -> bytes:  # fmt: skip
     """One panel per scalar against the step (bottom axis) and training minutes (top axis; ``clock`` maps
-    steps to minutes); ``baselines`` are dashed lines on the k-NN panel."""
+    steps to minutes); ``baselines[panel]`` are dashed lines on that panel."""
     names = list(scalars)
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
@@ -49,14 +49,13 @@ def curves(scalars: dict[str, tuple[np.ndarray, np.ndarray]], clock: tuple[np.nd
         ax.plot(x, y, color="C0", alpha=0.3 if many else 1.0, lw=1, marker=None if many else "o", ms=3)
         if many:
             ax.plot(x, _smooth(y), color="C0", lw=1.6)
-        if name.startswith("k-NN"):
-            for j, (label, value) in enumerate(baselines.items()):
-                ax.axhline(value, ls="--", lw=1, color=f"C{j + 1}", label=f"{label} {value:.1f}%")
-            if baselines:
-                ax.legend(fontsize=8, loc="lower right")
+        for j, (label, value) in enumerate(baselines.get(name, {}).items()):
+            ax.axhline(value, ls="--", lw=1, color=f"C{j + 1}", label=f"{label} {value:.1f}%")
+        if baselines.get(name):
+            ax.legend(fontsize=8, loc="best")
         if name == "learning rate":
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.1e}"))  # no offset text under the top axis
-        ax.set_xlim(0, steps_at[-1])  # every panel spans the whole run, however few points it has
+        ax.set_xlim(0, steps_at[-1] * 1.02)  # every panel spans the whole run, however few points it has
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
