@@ -84,6 +84,24 @@ def test_report_holds_every_part_inline(run):
 
 
 @pytest.mark.slow
+def test_report_of_a_run_whose_data_is_gone_says_so(run, tmp_path):
+    import shutil
+
+    import yaml
+
+    from freelabel.report import make_report
+
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    cfg = yaml.safe_load((moved / "config.yaml").read_text())
+    cfg["data"]["name"] = str(tmp_path / "gone")
+    (moved / "config.yaml").write_text(yaml.safe_dump(cfg))
+    page = make_report(moved).read_text()
+    assert "the run&#39;s data cannot be opened here" in page
+    assert {"training curves", "permutations.json"} <= set(images_of(page))
+
+
+@pytest.mark.slow
 def test_real_report_passes_the_browser_check(run, browser):
     shot = run / "report-screenshot.png"
     assert check_page(browser, run / "report.html", shot) == []

@@ -266,7 +266,7 @@ def render(context: dict, template: str = "report.html.j2") -> str:
 
 def make_report(run: str | Path, train_images: int = 10_000, test_images: int = 2000) -> Path:
     """Write ``RUN/report.html`` for a pretraining run and return its path."""
-    from ..data.sources import open_dataset
+    from ..data.sources import DataError, open_dataset
     from ..run import _atomic_write as atomic_write
     from ..run import load_backbone, load_config, read_metrics
 
@@ -286,9 +286,17 @@ def make_report(run: str | Path, train_images: int = 10_000, test_images: int = 
     context["curves"], context["log_every"] = data_uri(curves) if curves else None, cfg.log_every
     backbone, cfg = load_backbone(run)
     size, channels = cfg.data.image_size or cfg.views.size, cfg.data.channels or 3
-    train, test = open_dataset(cfg.data.name, "train", size, channels), open_dataset(cfg.data.name, "test", size, channels)
-    context["features"] = _labelled(test) and _feature_sections(sample_features(backbone, cfg.views, train, test,
-                                                                                train_images, test_images))  # fmt: skip
+    context["features"], context["features_note"] = None, None
+    try:
+        train, test = open_dataset(cfg.data.name, "train", size, channels), open_dataset(cfg.data.name, "test", size, channels)
+    except DataError as e:  # the rest of the report needs no images
+        context["features_note"] = f"No feature map or neighbours: the run's data cannot be opened here ({e})."
+    else:
+        if _labelled(test):
+            sample = sample_features(backbone, cfg.views, train, test, train_images, test_images)
+            context["features"] = _feature_sections(sample)
+        else:
+            context["features_note"] = f"No feature map or neighbours: {cfg.data.name} has no class labels to colour them by."
     out = run / "report.html"
     atomic_write(out, render(context).encode())
     out.chmod(0o644)  # a page to share
@@ -325,6 +333,7 @@ def report_pretrained(model: str, data: str = "fashion-mnist", out: str | Path =
         "curves": None,
         "log_every": None,
         "features": _feature_sections(sample),
+        "features_note": None,
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
