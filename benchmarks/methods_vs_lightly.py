@@ -57,7 +57,7 @@ from freelabel.data.views import ViewConfig
 from freelabel.engine import lr_at, pretrain
 from freelabel.evaluate.knn import knn_eval
 from freelabel.hardware import resolve_precision
-from freelabel.run import load_backbone
+from freelabel.methods import load_backbone
 
 Tensors = list[torch.Tensor]
 Transform = Callable[[Image.Image], Tensors]  # a lightly multi-view transform

@@ -22,7 +22,7 @@ from simclr_throughput import lightly_setup, lightly_step  # noqa: E402  (same d
 from freelabel.config import load_recipe, resolve
 from freelabel.data.sources import fashion_mnist
 from freelabel.engine import lr_at, pretrain
-from freelabel.evaluate.knn import evaluate_run, knn_eval
+from freelabel.evaluate.knn import evaluate_knn, knn_eval
 from freelabel.hardware import resolve_precision
 
 
@@ -60,7 +60,7 @@ def main() -> None:
         start = time.perf_counter()
         pretrain(cfg, out)
         wall_f = time.perf_counter() - start
-        ours = evaluate_run(out)["trained"]
+        ours = evaluate_knn(out)["trained"]
     start = time.perf_counter()
     backbone = train_lightly(cfg, args.minutes, args.workers, autocast)
     wall_l = time.perf_counter() - start

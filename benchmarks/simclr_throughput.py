@@ -28,8 +28,9 @@ from freelabel.config import load_recipe, resolve
 from freelabel.data.loader import batches
 from freelabel.data.sources import fashion_mnist
 from freelabel.data.views import Views
-from freelabel.engine import build_method, build_optimizer, step_generator
+from freelabel.engine import build_optimizer, step_generator
 from freelabel.hardware import resolve_precision
+from freelabel.methods import build_method
 
 
 def freelabel_setup(batch: int):

@@ -12,7 +12,9 @@ from freelabel.data.captions import (
     read_shards,
 )
 from freelabel.data.loader import batches, collate
-from freelabel.data.sources import DataError, load_image, open_dataset
+from freelabel.data.registry import open_dataset
+from freelabel.data.sources import load_image
+from freelabel.errors import DataError
 
 
 def test_csv_jsonl_and_folder_readers_give_the_same_pairs(captioned):

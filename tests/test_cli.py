@@ -24,7 +24,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (["pretrain", "simclr", "--recipe", "nope", "--steps", "1"], "unknown recipe 'nope'; valid:"),
         (["pretrain", "dinov2", "--backbone", "convnet", "--steps", "1"],
          "backbone 'convnet' does not take the arguments ['depth', 'patch_size']"),
-        (["eval", "knn", "/nonexistent/run"], "is not a freelabel run directory"),
+        (["eval", "knn", "/nonexistent/run"], "no such run directory or model folder: /nonexistent/run"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_no_traceback(args, says, tmp_path):

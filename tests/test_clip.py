@@ -8,6 +8,7 @@ from two_processes import in_two_processes, randn
 
 from freelabel import losses
 from freelabel.data.views import ViewConfig
+from freelabel.encoder import Encoder
 from freelabel.evaluate.retrieval import clip_score, recall_at_k
 from freelabel.evaluate.zeroshot import class_embeddings, zeroshot_logits
 
@@ -45,16 +46,26 @@ def test_clip_loss_matches_the_paper(t):
     assert got == pytest.approx(clip_by_hand(img, txt, t), rel=1e-5)
 
 
-def test_clip_temperature_is_clamped_at_one_hundredth():
-    img, txt = randn(6, 5), randn(6, 5, seed=1)
-    high = torch.tensor(math.log(500.0), requires_grad=True)
-    loss = losses.clip_loss(img, txt, high)
-    loss.backward()
+def test_clip_temperature_is_capped_after_each_step_and_can_come_back_down():
+    """open_clip's way: the loss uses the scale as it is and the method clamps the parameter after the step,
+    so at the cap (ln 100) the gradient is not zero and a loss that wants a higher temperature gets it."""
+    from types import SimpleNamespace
+
+    from freelabel.methods.clip import CLIP
+
+    img = randn(6, 5)
+    txt = -img  # every caption as far from its image as it can be: a lower scale (higher temperature) helps
+    method = SimpleNamespace(logit_scale=torch.nn.Parameter(torch.tensor(math.log(500.0))), max_logit_scale=math.log(100))
+    CLIP.after_step(method, 0.0)
+    assert method.logit_scale.item() == pytest.approx(math.log(100))
+    optimizer = torch.optim.SGD([method.logit_scale], lr=0.1)
+    loss = losses.clip_loss(img, txt, method.logit_scale)
     assert loss.item() == pytest.approx(clip_by_hand(img, txt, math.log(100)), rel=1e-5)
-    assert high.grad.item() == 0.0  # past the clamp nothing moves the scale further
-    low = torch.tensor(math.log(10.0), requires_grad=True)
-    losses.clip_loss(img, txt, low).backward()
-    assert low.grad.item() != 0.0
+    loss.backward()
+    assert method.logit_scale.grad.item() > 0  # not zero at the cap
+    optimizer.step()
+    CLIP.after_step(method, 0.0)
+    assert method.logit_scale.item() < math.log(100) - 1e-3  # it came back down
 
 
 @pytest.mark.parametrize("t, b", [(math.log(10), -10.0), (0.5, 1.0)])
@@ -110,8 +121,9 @@ def test_clip_score_is_w_times_positive_cosine():
     t = model.encode_text(captions)
     images = torch.stack([t[0] + 0.5 * t[1], -t[1]]).view(2, 4, 1, 1)
     expected = 2.5 * F.cosine_similarity(images.flatten(1), t, dim=1).clamp(min=0)
-    torch.testing.assert_close(clip_score(model, images, captions), expected)
-    assert clip_score(model, images, captions)[1].item() == 0.0  # negative cosine counts as 0
+    score = clip_score(model.encode_image(images), model.encode_text(captions))
+    torch.testing.assert_close(score, expected)
+    assert score[1].item() == 0.0  # negative cosine counts as 0
 
 
 @pytest.mark.slow  # builds three text towers through transformers
@@ -134,7 +146,8 @@ def test_clip_method_trains_with_captions_and_a_locked_text_tower_stays_put():
         assert all((p.grad is None) == locked for p in method.text.parameters())
         assert len(method.cache) == (3 if locked else 0)  # each distinct caption encoded once
         assert not method.text.training if locked else method.text.training
-    assert method.encode_image(torch.zeros(2, 1, 28, 28, dtype=torch.uint8)).shape == (2, 16)  # grey in, colour model
+    encoder = Encoder.of_image_text(method.eval(), view, 3)
+    assert encoder.encode_image(torch.zeros(2, 1, 28, 28, dtype=torch.uint8)).shape == (2, 16)  # grey in, colour model
 
 
 # ------------------------------------------------------------------------ 2 processes == 1 process
@@ -203,5 +216,6 @@ def test_a_few_steps_on_one_batch_learn_to_match_its_captions(name, fmnist):
         opt.step()
     method.eval()
     assert loss.item() < 0.5 * first
-    logits = zeroshot_logits(method, images, class_embeddings(method, classes, ("a photo of a {}",)))
+    encoder = Encoder.of_image_text(method, view, 1)
+    logits = zeroshot_logits(encoder, images, class_embeddings(encoder, classes, ("a photo of a {}",)))
     assert (logits.argmax(1) == torch.arange(8)).float().mean() >= 0.75  # it names the images it was taught

@@ -35,12 +35,12 @@ def test_tiny_run_then_zeroshot_retrieval_and_a_folder(method, recipe, captioned
     assert all(-1 <= float(r["score"]) <= 1 for r in rows)
     # An index of the run's shared space answers text queries as the model itself ranks the images.
     from freelabel.data.sources import load_image
-    from freelabel.evaluate.zeroshot import load_model
+    from freelabel.encoder import load_encoder
     from freelabel.pipelines.search import build_index, search
 
     build_index(captioned / "bag", run, tmp_path / "idx", device="cpu")
     hits = search(tmp_path / "idx", text="a bag", k=10, device="cpu")
-    model = load_model(run, "cpu")
+    model = load_encoder(run, device="cpu")
     images = torch.stack([load_image(captioned / "bag" / h["path"], 16) for h in hits])
     direct = (model.encode_image(images) @ model.encode_text(["a bag"]).T).squeeze(1)
     torch.testing.assert_close(torch.tensor([h["score"] for h in hits]), direct, atol=1e-4, rtol=0)
@@ -76,6 +76,6 @@ def test_a_local_transformers_clip_takes_the_same_path(captioned, tmp_path, caps
 
 def test_image_text_commands_refuse_what_they_cannot_use(tmp_path, capsys):
     assert main(["eval", "zeroshot", str(tmp_path)]) == 2
-    assert "is not a run directory: name the data to evaluate on with --data" in capsys.readouterr().err
+    assert "is neither a freelabel run (no config.yaml) nor a transformers model folder" in capsys.readouterr().err
     assert main(["shards", "make", str(tmp_path / "none.csv"), str(tmp_path / "out")]) == 2
     assert "caption file" in capsys.readouterr().err

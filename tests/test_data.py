@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from freelabel.data.loader import batches
-from freelabel.data.sources import DataError, fashion_mnist, image_folder, load_image, open_dataset
+from freelabel.data.registry import open_dataset
+from freelabel.data.sources import fashion_mnist, image_folder, load_image
+from freelabel.errors import DataError
 
 
 def test_fashion_mnist_is_the_embedded_default():

@@ -9,8 +9,8 @@ from freelabel.cli import main
 from freelabel.config import BackboneConfig, DataConfig, RunConfig
 from freelabel.data.views import ViewConfig, normalise
 from freelabel.export import ExportError, export_run
-from freelabel.methods import METHODS
-from freelabel.run import RunError, load_backbone, save_backbone, save_checkpoint, save_config
+from freelabel.methods import METHODS, load_backbone
+from freelabel.run import RunError, save_backbone, save_checkpoint, save_config
 
 TINY = {"patch_size": 7, "depth": 2, "embed_dim": 32, "num_heads": 2}
 MEAN_POOLED = {"class_token": False, "global_pool": "avg", "fc_norm": False}
@@ -48,14 +48,6 @@ def close(a, b):
     return a.shape == b.shape and (a - b).abs().max().item() < 1e-4
 
 
-@pytest.fixture
-def other_methods(monkeypatch):
-    """The `mae` and `ijepa` method names (written on other branches); the export looks only at the name."""
-    for name in ("mae", "ijepa"):
-        if name not in METHODS:
-            monkeypatch.setitem(METHODS, name, METHODS["simclr"])
-
-
 AVG = {"global_pool": "avg"}  # timm's mean of the patch tokens, then its final LayerNorm (fc_norm) on the mean
 
 
@@ -75,7 +67,7 @@ AVG = {"global_pool": "avg"}  # timm's mean of the patch tokens, then its final 
         ("simclr", {"reg_tokens": 2, "no_embed_class": True, **AVG}, "Dinov2WithRegistersModel"),
     ],
 )
-def test_transformers_automodel_gives_the_runs_features(tmp_path, images, other_methods, method, args, cls):
+def test_transformers_automodel_gives_the_runs_features(tmp_path, images, method, args, cls):
     from transformers import AutoImageProcessor, AutoModel
 
     run = make_run(tmp_path / "run", method, **args)
@@ -212,7 +204,7 @@ def test_cli(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("fmt", ["transformers", "timm", "safetensors"])
-def test_the_folders_readme_code_runs_and_gives_the_features(tmp_path, images, other_methods, fmt):
+def test_the_folders_readme_code_runs_and_gives_the_features(tmp_path, images, fmt):
     run = make_run(tmp_path / "run", "mae", **AVG)  # the mae recipes' ViT: ViTMAEModel, norm on the pooled mean
     out = export_run(run, fmt)
     code = (out / "README.md").read_text().split("```python\n")[1].split("```")[0]

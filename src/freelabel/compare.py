@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, RunConfig, default_recipe, list_recipes, load_recipe, resolve
+from .config import RunConfig, default_recipe, list_recipes, load_recipe, resolve
+from .errors import ConfigError
 from .run import BACKBONE, CONFIG, latest_checkpoint, load_config, read_metrics, update_metrics
 
 log = logging.getLogger("freelabel")
@@ -100,7 +101,7 @@ def run_one(cfg: RunConfig, run: Path) -> None:
     import torch
 
     from .engine import pretrain
-    from .evaluate.knn import evaluate_run
+    from .evaluate.knn import evaluate_knn
     from .report import make_report
 
     run = Path(run)
@@ -116,7 +117,7 @@ def run_one(cfg: RunConfig, run: Path) -> None:
         update_metrics(run, "resources", peak)
     metrics = read_metrics(run)
     if "raw_pixels" not in metrics.get("knn", {}):
-        evaluate_run(run, baselines=True)
+        evaluate_knn(run, baselines=True)
     linear_probe(run)
     make_report(run)
 

@@ -14,10 +14,7 @@ from typing import Any
 import yaml
 
 from .data.views import ViewConfig
-
-
-class ConfigError(ValueError):
-    """A recipe or override that cannot be used; the message names the valid choices."""
+from .errors import ConfigError
 
 
 @dataclass

@@ -7,10 +7,8 @@ no method by name: a method is any :class:`freelabel.methods.Method`.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,18 +22,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from . import run as rundir
 from .config import ConfigError, RunConfig
 from .data.loader import batches, steps_per_epoch
-from .data.sources import open_dataset
+from .data.registry import open_dataset
 from .data.views import Views
 from .ema import cosine_schedule
+from .errors import TrainingError
 from .evaluate.knn import knn_eval
 from .hardware import resolve_precision
-from .methods import METHODS, Method
+from .methods import Method, build_method
 
 log = logging.getLogger("freelabel")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a NaN loss, say); the message says what to change."""
 
 
 @dataclass
@@ -56,18 +51,6 @@ def lr_at(progress: float, warmup: float, min_lr: float = 0.0) -> float:
         return progress / warmup
     t = min(1.0, (progress - warmup) / max(1e-12, 1 - warmup))
     return min_lr + (1 - min_lr) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def build_method(cfg: RunConfig, in_chans: int) -> Method:
-    if cfg.method not in METHODS:
-        raise ConfigError(f"unknown method {cfg.method!r}; valid: {', '.join(METHODS)}")
-    cls = METHODS[cfg.method]
-    backbone = cls.make_backbone(cfg.backbone.name, in_chans, cfg.views, **cfg.backbone.args)
-    accepted = set(inspect.signature(cls).parameters) - {"backbone", "views"}
-    bad = set(cfg.method_args) - accepted
-    if bad:
-        raise ConfigError(f"{cfg.method} has no option {sorted(bad)[0]!r}; valid: {', '.join(sorted(accepted))}")
-    return cls(backbone, views=cfg.views, **cfg.method_args)
 
 
 def build_optimizer(method: Method, cfg: RunConfig, world: int) -> torch.optim.Optimizer:
@@ -308,10 +291,3 @@ def _online_knn(cfg: RunConfig, method: Method, device: torch.device, precision:
         return {"minutes": state.train_seconds / 60, "step": state.step, **acc}
 
     return evaluate
-
-
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(message)s")  # fmt: skip
-    for name in ("lightning.fabric", "lightning.pytorch"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)

@@ -1,15 +1,16 @@
 """Export a run's backbone for use outside freelabel: Hugging Face transformers, timm, or bare safetensors.
 
 Every export is checked before it is kept: the folder is loaded back the way its README says
-(``AutoModel.from_pretrained``, ``timm.create_model``, ``run.load_backbone``) and must give the run's
+(``AutoModel.from_pretrained``, ``timm.create_model``, ``methods.load_backbone``) and must give the run's
 pooled features and patch tokens to 1e-4. It is written to a temporary folder and renamed into place
 at the end, so a refused or failed export leaves nothing behind.
 
 transformers classes, chosen by the ViT's architecture (the run's method only breaks ties):
 
 - class token and registers -> ``Dinov2WithRegistersModel``;
-- class token -> ``ViTMAEModel`` (mask_ratio 0) for ``mae`` runs without layer scale, else ``Dinov2Model``
-  (layer scale 1 where the ViT has none);
+- class token -> the method's own ``transformers_class`` where it has one and it fits (MAE: ``ViTMAEModel``,
+  mask_ratio 0, for ViTs without layer scale or registers), else ``Dinov2Model`` (layer scale 1 where the ViT
+  has none);
 - no class token (mean-pooled) -> ``IJepaModel``.
 
 The model's ``layernorm`` holds the ViT's final LayerNorm: timm's ``norm`` on every token, or its ``fc_norm`` on
@@ -31,7 +32,10 @@ import torch.nn as nn
 
 from .backbones import VITS, TimmBackbone
 from .config import RunConfig
-from .run import BACKBONE, RunError, latest_checkpoint, load_backbone, save_backbone, save_config
+from .encoder import is_run, load_encoder
+from .errors import RunError
+from .methods import load_backbone, method_class
+from .run import BACKBONE, latest_checkpoint, save_backbone, save_config
 
 FORMATS = ("transformers", "timm", "safetensors")
 TOLERANCE = 1e-4
@@ -50,12 +54,16 @@ class Features:
     hidden_states: bool  # call the model with output_hidden_states=True
 
 
-def export_run(run: Path | str, fmt: str, out: Path | str | None = None) -> Path:
-    """Export ``run``'s backbone as ``fmt`` (one of :data:`FORMATS`) to ``out`` (default ``RUN/export-FMT``)."""
+def export_run(run: Path | str, fmt: str, out: Path | str | None = None, weights: Path | str | None = None) -> Path:
+    """Export ``run``'s backbone (with ``weights``: those, see :func:`freelabel.encoder.load_encoder`) as ``fmt``
+    (one of :data:`FORMATS`) to ``out`` (default ``RUN/export-FMT``)."""
     run = Path(run)
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
-    backbone, cfg = load_backbone(run)
+    if not is_run(run):
+        raise ExportError(f"{run} is not a freelabel run directory (no config.yaml); give the --out of a pretrain run")
+    encoder = load_encoder(run, weights=weights, device="cpu")
+    backbone, cfg = encoder.backbone, encoder.config
     refusals = {f: _refusal(f, backbone, cfg) for f in FORMATS}
     if refusals[fmt]:
         works = [f for f in FORMATS if not refusals[f]]
@@ -68,7 +76,8 @@ def export_run(run: Path | str, fmt: str, out: Path | str | None = None) -> Path
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        info = {"format": fmt, "run": str(run.resolve()), "weights": _weights_source(run), "method": cfg.method,
+        source = str(weights) if weights is not None else _weights_source(run)
+        info = {"format": fmt, "run": str(run.resolve()), "weights": source, "method": cfg.method,
                 "backbone": cfg.backbone.name, "backbone_args": cfg.backbone.args, "image_size": cfg.views.size,
                 "in_chans": cfg.data.channels or 3, "mean": list(cfg.views.mean), "std": list(cfg.views.std),
                 "folder": str(out.resolve())}  # fmt: skip
@@ -123,7 +132,7 @@ def _refusal(fmt: str, backbone: nn.Module, cfg: RunConfig) -> str:
     if fmt == "timm":
         return ""
     try:
-        _hf_class(backbone, cfg.method)
+        _hf_class(backbone, cfg)
     except ExportError as e:
         return str(e)
     return ""
@@ -132,7 +141,7 @@ def _refusal(fmt: str, backbone: nn.Module, cfg: RunConfig) -> str:
 # --- transformers ---------------------------------------------------------------------------------------------
 
 
-def _hf_class(backbone: TimmBackbone, method: str) -> str:
+def _hf_class(backbone: TimmBackbone, cfg: RunConfig) -> str:
     """The transformers class that reproduces this ViT, or an ExportError saying what does not map."""
     from timm.layers import Mlp
     from timm.models.vision_transformer import Attention, Block, VisionTransformer
@@ -168,8 +177,9 @@ def _hf_class(backbone: TimmBackbone, method: str) -> str:
                           f"with norms {type(vit.norm).__name__} and {type(vit.fc_norm).__name__}")  # fmt: skip
     layerscale = not isinstance(vit.blocks[0].ls1, nn.Identity)
     if vit.cls_token is not None:
-        if method == "mae" and not layerscale and not vit.num_reg_tokens:
-            return "ViTMAEModel"
+        own = getattr(method_class(cfg.method), "transformers_class", None)
+        if own == "ViTMAEModel" and not layerscale and not vit.num_reg_tokens:
+            return own
         if vit.blocks[0].mlp.fc1.out_features % vit.embed_dim:
             raise ExportError("transformers' Dinov2Model takes MLP widths that are whole multiples of the width")
         return "Dinov2WithRegistersModel" if vit.num_reg_tokens else "Dinov2Model"
@@ -268,7 +278,7 @@ def _write_transformers(backbone: TimmBackbone, cfg: RunConfig, tmp: Path, final
     import transformers
 
     vit = backbone.model
-    cls_name = _hf_class(backbone, cfg.method)
+    cls_name = _hf_class(backbone, cfg)
     model = getattr(transformers, cls_name)(_hf_config(vit, cls_name, cfg.data.channels or 3))
     missing, unexpected = model.load_state_dict(_hf_state(vit, cls_name), strict=False)
     if unexpected or set(missing) - {"embeddings.mask_token"}:
@@ -339,7 +349,7 @@ def _write_safetensors(backbone: nn.Module, cfg: RunConfig, tmp: Path, final: Pa
     save_config(tmp, cfg)
     save_backbone(tmp, backbone.state_dict())
     rebuilt, _ = load_backbone(tmp)
-    _check(backbone, cfg, lambda x: (rebuilt(x), rebuilt.forward_tokens(x)), "freelabel.run.load_backbone")
+    _check(backbone, cfg, lambda x: (rebuilt(x), rebuilt.forward_tokens(x)), "freelabel.methods.load_backbone")
     return {"safetensors": {"weights": BACKBONE, "config": "config.yaml"}}
 
 
@@ -391,7 +401,7 @@ def _readme(info: dict) -> str:
                 "pooled = model(x)\n"
                 "tokens = model.forward_features(x)  # the ViT's prefix tokens first: model.num_prefix_tokens\n")  # fmt: skip
     else:
-        body = ("from freelabel.run import load_backbone\n\n" + folder +
+        body = ("from freelabel.methods import load_backbone\n\n" + folder +
                 "backbone, cfg = load_backbone(FOLDER)  # config.yaml + backbone.safetensors\n"
                 "pooled, tokens = backbone(x), backbone.forward_tokens(x)\n")  # fmt: skip
     return head + body + "```\n"

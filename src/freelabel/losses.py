@@ -1,45 +1,18 @@
 """Loss functions, pure and distribution-aware.
 
 Each loss takes this process's tensors. Where a loss looks across the batch it says so, and it
-gathers with :func:`gather`, whose backward all-reduces, so that N processes each holding a slice
+gathers with :func:`freelabel.dist.gather`, whose backward all-reduces, so that N processes each holding a slice
 of the batch get the same loss (averaged over processes) and the same gradients (after DDP's
 gradient averaging) as one process holding the whole batch.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) outside a distributed run."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)  # every process's loss depends on every slice: sum their gradients
-        rank, n = dist.get_rank(), grad.shape[0] // dist.get_world_size()
-        return grad[rank * n : (rank + 1) * n]
-
-
-def gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from all processes along dim 0, with gradients flowing back to each slice."""
-    return _GatherWithGrad.apply(x) if world()[1] > 1 else x
+from .dist import gather, ring_pass, world
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -173,41 +146,19 @@ def update_histogram(counts: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return counts + batch
 
 
-def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
-              max_logit_scale: float = math.log(100)) -> torch.Tensor:  # fmt: skip
+def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """CLIP's symmetric InfoNCE (Radford et al. 2021) over B image-caption pairs per process.
 
     ``image``, ``text``: ``[B, D]`` embeddings (normalised here); ``logit_scale``: the learnable log
-    inverse temperature, clamped at ``max_logit_scale`` (ln 100) so the logits stay in range. Each
-    image's positive is its caption among the N captions of the global batch and each caption's its
-    image: both sides are gathered. Returns the mean of the two directions over this process's pairs.
+    inverse temperature, used as it is (the method keeps the parameter at most ln 100 after each step,
+    so that its gradient never vanishes at the cap). Each image's positive is its caption among the N
+    captions of the global batch and each caption's its image: both sides are gathered. Returns the mean
+    of the two directions over this process's pairs.
     """
     image, text = F.normalize(image.float(), dim=1), F.normalize(text.float(), dim=1)
-    scale = logit_scale.float().clamp(max=max_logit_scale).exp()
+    scale = logit_scale.float().exp()
     target = world()[0] * len(image) + torch.arange(len(image), device=image.device)
     return (F.cross_entropy(scale * image @ gather(text).T, target) + F.cross_entropy(scale * text @ gather(image).T, target)) / 2
-
-
-def _pass_round(x: torch.Tensor, step: int) -> torch.Tensor:
-    """Send ``x`` to process ``rank + step`` and return what process ``rank - step`` sent (a ring)."""
-    rank, n = world()
-    received = torch.empty_like(x)
-    ops = [dist.P2POp(dist.isend, x.contiguous(), (rank + step) % n), dist.P2POp(dist.irecv, received, (rank - step) % n)]
-    for request in dist.batch_isend_irecv(ops):
-        request.wait()
-    return received
-
-
-class _RingPass(torch.autograd.Function):
-    """Forward: the previous process's tensor; backward: the gradient goes back to where it came from."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return _pass_round(x, 1)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return _pass_round(grad, -1)
 
 
 def siglip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor) -> torch.Tensor:
@@ -227,7 +178,7 @@ def siglip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tens
     signs = 2 * torch.eye(len(image), device=image.device) - 1  # the chunk of this process's own captions
     total = -F.logsigmoid(signs * (scale * image @ text.T + bias)).sum()
     for _ in range(world()[1] - 1):  # then every other process's captions, all negatives
-        text = _RingPass.apply(text)
+        text = ring_pass(text)
         total = total - F.logsigmoid(-(scale * image @ text.T + bias)).sum()
     return total / len(image)
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .losses import world
+from .dist import gather_detached
 
 
 class Queue(nn.Module):
@@ -25,10 +24,7 @@ class Queue(nn.Module):
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         keys = keys.detach().to(self.keys.dtype)
-        if world()[1] > 1:
-            parts = [torch.empty_like(keys) for _ in range(world()[1])]
-            dist.all_gather(parts, keys.contiguous())
-            keys = torch.cat(parts)
+        keys = gather_detached(keys)
         size, n = len(self.keys), len(keys)
         if n > size:
             keys, n = keys[-size:], size

@@ -1,4 +1,5 @@
-"""The run directory: resolved config, metrics.json, checkpoints, logs. Every write is atomic."""
+"""The run directory: resolved config, metrics.json, checkpoints, logs; reading and writing them, nothing
+else (building a run's backbone is :func:`freelabel.methods.load_backbone`). Every write is atomic."""
 
 from __future__ import annotations
 
@@ -14,12 +15,9 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from .config import RunConfig, from_dict, read_yaml, to_dict
+from .errors import RunError
 
 CONFIG, METRICS, CHECKPOINTS, BACKBONE = "config.yaml", "metrics.json", "checkpoints", "backbone.safetensors"
-
-
-class RunError(ValueError):
-    """A run directory that cannot be used as asked."""
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -85,6 +83,15 @@ def load_checkpoint(path: Path) -> tuple[dict, dict]:
     return load_file(str(path / "model.safetensors")), torch.load(path / "state.pt", weights_only=True)
 
 
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The weights in a safetensors file, or in a checkpoint folder's ``model.safetensors``."""
+    path = Path(path).expanduser()
+    file = path / "model.safetensors" if path.is_dir() else path
+    if not file.is_file():
+        raise RunError(f"no weights at {path}: give a .safetensors file or a checkpoint folder (RUN/checkpoints/step-N)")
+    return load_file(str(file))
+
+
 def save_artefact(run: Path, name: str, data: bytes) -> None:
     """A file a method leaves in the run directory (colorization's image grid, jigsaw's permutations)."""
     _atomic_write(Path(run) / name, data)
@@ -106,20 +113,6 @@ def load_backbone_state(run: Path) -> dict[str, torch.Tensor]:
         raise RunError(f"{run} has no trained weights yet ({BACKBONE} or {CHECKPOINTS}/)")
     state = load_file(str(ckpt / "model.safetensors"))
     return {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-
-
-def load_backbone(run: Path, trained: bool = True) -> tuple[torch.nn.Module, RunConfig]:
-    """The run's backbone with its trained weights (``trained=False``: the same architecture with the
-    run's seeded random initialisation), in eval mode, and the run's config."""
-    from .methods import METHODS
-
-    cfg = load_config(run)
-    torch.manual_seed(cfg.seed)
-    backbone = METHODS[cfg.method].make_backbone(cfg.backbone.name, cfg.data.channels or 3, cfg.views,
-                                                 **cfg.backbone.args)  # fmt: skip
-    if trained:
-        backbone.load_state_dict(load_backbone_state(run))
-    return backbone.eval(), cfg
 
 
 def file_logger(run: Path) -> logging.Handler:

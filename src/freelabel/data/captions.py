@@ -28,7 +28,9 @@ from pathlib import Path
 
 import torch
 
-from .sources import IMAGE_EXTENSIONS, DataError, ImageFiles, TensorImages, load_image
+from ..errors import DataError
+from .emoji import emoji, emoji_records
+from .sources import IMAGE_EXTENSIONS, ImageFiles, TensorImages, load_image
 
 CAPTIONED = {"emoji-captions": "the emoji set captioned by name ('an emoji of grinning face'), split by emoji"}
 IMAGE_KEYS, CAPTION_KEYS = ("image", "path", "file", "filepath"), ("caption", "text", "title")
@@ -170,8 +172,6 @@ def read_shards(spec: str, split: str, size: int, channels: int = 3) -> CaptionI
 def emoji_captions(split: str) -> CaptionImages:
     """The emoji set with the caption "an emoji of NAME" per image, and its category and subcategory
     label sets (names with hyphens as spaces: "face smiling")."""
-    from .emoji import emoji, emoji_records
-
     ds = emoji(split)
     every = emoji_records("all")
     sets = {}
@@ -185,8 +185,6 @@ def emoji_captions(split: str) -> CaptionImages:
 
 def open_captions(spec: str, split: str, size: int | None, channels: int = 3):
     """Caption data (see the module) as a dataset of ``(image, -1, caption)`` items."""
-    if spec in CAPTIONED:
-        return emoji_captions(split)
     if size is None:
         raise DataError("caption data needs an image size (data.image_size or views.size in the recipe)")
     if spec.endswith(".tar") or Path(spec).expanduser().is_dir() and any(Path(spec).expanduser().glob("*.tar")):

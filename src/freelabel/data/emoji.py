@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .sources import DataError, TensorImages, cache_dir, load_image
+from ..errors import DataError
+from .sources import TensorImages, cache_dir, load_image
 
 log = logging.getLogger(__name__)
 

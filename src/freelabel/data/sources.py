@@ -20,6 +20,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..errors import DataError
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -31,10 +33,6 @@ EMBEDDED = {
     "fashion-mnist": "Fashion-MNIST, 70k 28x28 grey images of clothes in 10 classes",
     "emoji": "Google's Noto emoji (npm emoji-datasource-google), 1.9k 64x64 colour images in 10 categories",
 }
-
-
-class DataError(ValueError):
-    """Bad or missing data; the message says what to do."""
 
 
 def cache_dir() -> Path:
@@ -215,30 +213,3 @@ def image_folder(root: str | Path, split: str, size: int, channels: int = 3, hol
         chosen += [i for i in members if (i in test) == (split != "train")]
     chosen.sort()
     return ImageFiles([paths[i] for i in chosen], [labels[i] for i in chosen], classes, size, channels, ignored)
-
-
-def open_dataset(spec: str, split: str = "train", size: int | None = None, channels: int = 3) -> Dataset:
-    """``spec`` is an embedded name (``fashion-mnist``, ``emoji``) or a folder path; ``split`` is ``train``,
-    ``test`` or ``all`` (pretraining on a folder uses every image). Caption data (``emoji-captions``, a
-    CSV/JSONL file, shards, a folder with captions) opens through :mod:`.captions`."""
-    from .captions import is_captioned, open_captions
-
-    if is_captioned(spec):
-        return open_captions(spec, split, size, channels)
-    if spec in EMBEDDED:
-        if spec == "emoji":
-            from .emoji import emoji
-
-            ds = emoji(split)
-        else:
-            ds = fashion_mnist("train" if split == "all" else split)
-        if size is not None and size != ds.images.shape[-1]:
-            ds.images = torch.nn.functional.interpolate(ds.images.float(), size=size, mode="bilinear",
-                                                        antialias=True).round().clamp(0, 255).to(torch.uint8)
-        return ds
-    looks_like_path = os.sep in spec or spec.startswith(".") or Path(spec).exists()
-    if not looks_like_path:
-        raise DataError(f"unknown dataset {spec!r}; valid: {', '.join(EMBEDDED)}, emoji-captions, or a folder of images")
-    if size is None:
-        raise DataError("a folder of images needs an image size (data.image_size in the recipe)")
-    return image_folder(spec, split, size, channels)

@@ -14,7 +14,12 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..data.loader import sequential
-from ..data.views import ViewConfig, normalise, resize
+from ..data.registry import NAMED, open_dataset
+from ..data.views import ViewConfig, resize
+from ..encoder import Encoder, load_encoder
+from ..errors import DataError
+from ..hardware import resolve_precision
+from ..run import update_metrics
 
 
 def knn_predict(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, ks: tuple[int, ...] = (20, 200),
@@ -41,78 +46,72 @@ def knn_accuracy(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Te
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module | None, ds: Dataset, view: ViewConfig, device: torch.device | str = "cpu",
-                     batch_size: int = 512, autocast: bool = False, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Pooled features of every image (``backbone=None``: the normalised pixels) and their labels."""
-    was_training = backbone.training if backbone is not None else False
-    if backbone is not None:
-        backbone.eval()
+def extract_features(encoder: Encoder | None, ds: Dataset, view: ViewConfig, batch_size: int = 512,
+                     autocast: bool = False, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Embeddings of every image by ``encoder`` (``None``: the pixels in [0, 1] at ``view.size``) and their labels."""
     feats, labels = [], []
-    device = torch.device(device)
     for batch in sequential(ds, batch_size, workers):
-        if backbone is None:  # raw pixels in [0, 1]
-            f = resize(batch.images.to(device), view.size).flatten(1)
+        if encoder is None:
+            f = resize(batch.images, view.size).flatten(1)
         else:
-            x = normalise(batch.images.to(device), view)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                f = backbone(x.contiguous(memory_format=torch.channels_last))
+            with torch.autocast(encoder.device.type, dtype=torch.bfloat16, enabled=autocast):
+                f = encoder.encode_image(batch.images)
         feats.append(f.float().cpu())
         labels.append(batch.labels)
-    if backbone is not None:
-        backbone.train(was_training)
     return torch.cat(feats), torch.cat(labels)
 
 
-def knn_eval(backbone: nn.Module | None, train_ds: Dataset, test_ds: Dataset, view: ViewConfig,
+def knn_eval(model: nn.Module | Encoder | None, train_ds: Dataset, test_ds: Dataset, view: ViewConfig,
              device: torch.device | str = "cpu", autocast: bool = False, ks: tuple[int, ...] = (20, 200),
              temperature: float = 0.07, workers: int = 0) -> dict[str, float]:  # fmt: skip
-    """k-NN top-1 of ``backbone`` (or raw pixels when ``None``): features of ``train_ds`` vote for
-    the images of ``test_ds``."""
-    train, train_labels = extract_features(backbone, train_ds, view, device, autocast=autocast, workers=workers)
-    test, test_labels = extract_features(backbone, test_ds, view, device, autocast=autocast, workers=workers)
+    """k-NN top-1 of ``model`` (an :class:`Encoder`, a bare backbone taking ``view``, or raw pixels when
+    ``None``): features of ``train_ds`` vote for the images of ``test_ds``. A backbone in training mode
+    is put back in it afterwards."""
+    backbone = model.backbone if isinstance(model, Encoder) else model
+    was_training = backbone is not None and backbone.training
+    if isinstance(model, nn.Module):
+        model = Encoder("backbone", model.to(device), view, getattr(train_ds, "channels", 3))
+    if backbone is not None:
+        backbone.eval()
+    try:
+        train, train_labels = extract_features(model, train_ds, view, autocast=autocast, workers=workers)
+        test, test_labels = extract_features(model, test_ds, view, autocast=autocast, workers=workers)
+    finally:
+        if backbone is not None:
+            backbone.train(was_training)
     if (train_labels < 0).any() or (test_labels < 0).any():
-        raise ValueError("k-NN evaluation needs labels: use a folder with one sub-folder per class")
+        raise DataError("k-NN evaluation needs labels: use a folder with one sub-folder per class")
     return knn_accuracy(train, train_labels, test, test_labels, ks, temperature)
 
 
-def evaluate_run(run: str | Path, data: str | None = None, baselines: bool = False, ks: tuple[int, ...] = (20, 200),
-                 temperature: float = 0.07) -> dict:  # fmt: skip
-    """k-NN top-1 of a run's backbone on ``data`` (default: the data it was trained on), written to the
-    run's ``metrics.json`` under ``knn``; ``baselines`` adds the randomly initialised backbone and raw
-    pixels."""
-    from ..data.sources import open_dataset
-    from ..hardware import default_device, resolve_precision
-    from ..run import load_backbone, update_metrics
-
-    backbone, cfg = load_backbone(run)
-    name = data or cfg.data.name
-    size, channels = cfg.data.image_size or cfg.views.size, cfg.data.channels or 3
+def evaluate_knn(spec: str | Path, data: str | None = None, baselines: bool = False, ks: tuple[int, ...] = (20, 200),
+                 temperature: float = 0.07, weights: str | Path | None = None,
+                 device: str | None = None) -> dict:  # fmt: skip
+    """k-NN top-1 of the encoder ``spec`` names (:func:`freelabel.encoder.load_encoder`) on ``data``
+    (default: a run's own data, else fashion-mnist). A run's result is ``trained`` and is written to its
+    ``metrics.json`` under ``knn``; a pretrained model's is ``pretrained``. ``baselines`` adds raw pixels
+    and, for a run, its randomly initialised backbone."""
+    encoder = load_encoder(spec, weights=weights, device=device)
+    cfg = encoder.config
+    name = data or (cfg.data.name if cfg else "fashion-mnist")
+    if cfg:  # decoded as in training
+        size, channels, workers = cfg.data.image_size or cfg.views.size, cfg.data.channels or 3, cfg.data.workers
+    else:  # in-memory sets are resized batch by batch
+        size, channels, workers = (None if name in NAMED else encoder.view.size), 3, 0
     train, test = open_dataset(name, "train", size, channels), open_dataset(name, "test", size, channels)
-    device = default_device()
-    autocast = resolve_precision("auto", device.type).startswith("bf16")
+    autocast = cfg is not None and resolve_precision("auto", encoder.device.type).startswith("bf16")
 
-    def score(model: nn.Module | None) -> dict[str, float]:
-        model = model.to(device) if model is not None else None
-        return knn_eval(model, train, test, cfg.views, device, autocast, ks, temperature, cfg.data.workers)
+    def score(model: Encoder | None) -> dict[str, float]:
+        return knn_eval(model, train, test, encoder.view, encoder.device, autocast, ks, temperature, workers)
 
-    results: dict = {"data": name, "train_images": len(train), "test_images": len(test), "trained": score(backbone)}
+    results: dict = {"data": name, "train_images": len(train), "test_images": len(test)}
+    results["trained" if cfg else "pretrained"] = score(encoder)
+    if not cfg:
+        results["model"] = str(spec)
+    if baselines and cfg:
+        results["random_init"] = score(load_encoder(spec, trained=False, device=encoder.device))
     if baselines:
-        results["random_init"] = score(load_backbone(run, trained=False)[0])
         results["raw_pixels"] = score(None)
-    update_metrics(Path(run), "knn", results)
+    if encoder.run_dir is not None:
+        update_metrics(encoder.run_dir, "knn", results)
     return results
-
-
-def evaluate_pretrained(model: str, data: str = "fashion-mnist", ks: tuple[int, ...] = (20, 200),
-                        temperature: float = 0.07, device: str | None = None) -> dict:  # fmt: skip
-    """k-NN top-1 of a pretrained backbone (a :func:`freelabel.pretrained.load` name or folder) on
-    ``data``, its images made with the model's own size, mean and std."""
-    from ..data.sources import EMBEDDED, open_dataset
-    from ..pretrained import load
-
-    backbone = load(model, device=device)
-    device_ = next(backbone.parameters()).device
-    size = None if data in EMBEDDED else backbone.view.size  # embedded sets are resized batch by batch
-    train, test = open_dataset(data, "train", size, 3), open_dataset(data, "test", size, 3)
-    results = knn_eval(backbone, train, test, backbone.view, device_, False, ks, temperature)
-    return {"data": data, "model": model, "train_images": len(train), "test_images": len(test), "pretrained": results}

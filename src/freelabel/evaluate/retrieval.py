@@ -1,4 +1,4 @@
-"""Image-caption retrieval and CLIPScore for image-text models (:class:`.zeroshot.ImageTextModel`).
+"""Image-caption retrieval and CLIPScore for image-text models (:func:`freelabel.encoder.load_encoder`).
 
 Retrieval: each image looks for its caption among all captions of the set (image -> text) and each
 caption for its image (text -> image), by cosine similarity; recall@k is the share of queries with a
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .zeroshot import ImageTextModel, embed_images, model_and_data, record_metrics
+from ..errors import DataError
+from .zeroshot import embed_images, model_and_data, record_metrics
 
 
 def recall_at_k(images: torch.Tensor, texts: torch.Tensor, captions: Sequence[str],
@@ -35,28 +36,24 @@ def recall_at_k(images: torch.Tensor, texts: torch.Tensor, captions: Sequence[st
     return out
 
 
-@torch.no_grad()
-def clip_score(model: ImageTextModel, images: torch.Tensor, captions: Sequence[str], w: float = 2.5) -> torch.Tensor:
-    """CLIPScore ``[N]`` of each image (uint8 ``[N, C, H, W]``) with its caption."""
-    cos = (model.encode_image(images).float() * model.encode_text(captions).float()).sum(-1)
-    return w * cos.clamp(min=0)
+def clip_score(images: torch.Tensor, texts: torch.Tensor, w: float = 2.5) -> torch.Tensor:
+    """CLIPScore ``[N]`` of normalised image embeddings ``[N, D]`` with their captions' ``[N, D]``."""
+    return w * (images.float() * texts.float()).sum(-1).clamp(min=0)
 
 
 @torch.no_grad()
 def evaluate_retrieval(spec: str | Path, data: str | None = None, ks: tuple[int, ...] = (1, 5, 10),
-                       batch_size: int = 256) -> dict:  # fmt: skip
+                       batch_size: int = 256, weights: str | Path | None = None) -> dict:  # fmt: skip
     """Retrieval recall@k both ways and the mean CLIPScore of the true pairs on the test split of
     caption data ``data`` (default: a run's own data); written to a run's ``metrics.json`` under
     ``retrieval``."""
-    from ..data.sources import DataError
-
-    model, name, ds = model_and_data(spec, data, "test")
+    model, name, ds = model_and_data(spec, data, "test", weights)
     images, _, captions = embed_images(model, ds, batch_size)
     if not captions:
         raise DataError(f"retrieval needs captions, and {name} has none: give caption data (emoji-captions, CSV/JSONL, ...)")
     texts = torch.cat([model.encode_text(captions[s : s + batch_size]).float().cpu()
                        for s in range(0, len(captions), batch_size)])  # fmt: skip
     results = {"data": name, "pairs": len(captions), **recall_at_k(images, texts, captions, ks),
-               "clip_score": 2.5 * (images * texts).sum(-1).clamp(min=0).mean().item()}  # fmt: skip
-    record_metrics(spec, "retrieval", name, results)
+               "clip_score": clip_score(images, texts).mean().item()}  # fmt: skip
+    record_metrics(model, "retrieval", name, results)
     return results

@@ -19,7 +19,11 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..data.loader import sequential
-from ..data.sources import DataError
+from ..data.registry import open_dataset
+from ..data.sources import ImageFiles, scan_folder
+from ..encoder import Encoder, load_encoder
+from ..errors import DataError, PretrainedError
+from ..run import save_artefact, update_metrics
 
 
 class ImageTextModel(Protocol):
@@ -64,33 +68,15 @@ def zeroshot_logits(model: ImageTextModel, images: torch.Tensor, classes: torch.
     return F.normalize(model.encode_image(images).float(), dim=-1) @ classes.T
 
 
-def load_model(spec: str | Path, device: torch.device | str | None = None) -> ImageTextModel:
-    """A freelabel ``clip``/``siglip`` run directory (its newest checkpoint), or any name or folder that
-    :func:`freelabel.pretrained.load` knows (CLIP, SigLIP, SigLIP 2 through transformers), in eval mode."""
-    from ..engine import build_method
-    from ..hardware import default_device
-    from ..methods import METHODS
-    from ..run import CONFIG, RunError, latest_checkpoint, load_checkpoint, load_config
-
-    device = torch.device(device) if device is not None else default_device()
-    run = Path(spec).expanduser()
-    if not (run / CONFIG).is_file():
-        from ..pretrained import load
-
-        model = load(str(spec))
-        if not hasattr(model, "encode_text"):
-            raise RunError(f"{spec} is not an image-text model (it has no text tower); give a CLIP or SigLIP")
-        return model
-    cfg = load_config(run)
-    ckpt = latest_checkpoint(run)
-    if not hasattr(METHODS.get(cfg.method), "encode_text"):
-        raise RunError(f"{run} is a {cfg.method} run, with no text tower; zero-shot and retrieval need a clip or siglip run")
-    if ckpt is None:
-        raise RunError(f"{run} has no checkpoint yet; train it first")
-    torch.manual_seed(cfg.seed)
-    method = build_method(cfg, cfg.data.channels or 3)
-    method.load_state_dict(load_checkpoint(ckpt)[0])
-    return method.to(device).eval()
+def load_image_text(spec: str | Path, weights: str | Path | None = None, device: str | None = None) -> Encoder:
+    """The encoder ``spec`` names (:func:`freelabel.encoder.load_encoder`), which must have a text tower."""
+    encoder = load_encoder(spec, weights=weights, device=device)
+    if not encoder.has_text:
+        what = f"a {encoder.config.method} run" if encoder.config else "a vision-only model"
+        raise PretrainedError(
+            f"{spec} is {what}, with no text tower; zero-shot and retrieval need a clip or siglip run, or a CLIP/SigLIP model"
+        )
+    return encoder
 
 
 @torch.no_grad()
@@ -127,30 +113,29 @@ def zeroshot_accuracy(model: ImageTextModel, images: torch.Tensor, names: Sequen
             "classes": len(names), "images": len(labels)}  # fmt: skip
 
 
-def evaluate_zeroshot(spec: str | Path, data: str | None = None, templates: Sequence[str] = TEMPLATES) -> dict:
+def evaluate_zeroshot(
+    spec: str | Path, data: str | None = None, templates: Sequence[str] = TEMPLATES, weights: str | Path | None = None
+) -> dict:
     """Zero-shot top-1 of a model on the test split of ``data`` (default: a run's own data) for each
     of its label sets; written to a run's ``metrics.json`` under ``zeroshot``."""
-    model, name, ds = model_and_data(spec, data, "test")
+    model, name, ds = model_and_data(spec, data, "test", weights)
     images, labels, _ = embed_images(model, ds)
     results = {"data": name, **{k: zeroshot_accuracy(model, images, names, y, templates)
                                 for k, (names, y) in label_sets(ds, labels).items()}}  # fmt: skip
-    record_metrics(spec, "zeroshot", name, results)
+    record_metrics(model, "zeroshot", name, results)
     return results
 
 
 def classify_folder(folder: str | Path, names: Sequence[str], spec: str | Path, out: str | Path | None = None,
-                    templates: Sequence[str] = TEMPLATES) -> list[tuple[str, str, float]]:  # fmt: skip
+                    templates: Sequence[str] = TEMPLATES, weights: str | Path | None = None) -> list[tuple[str, str, float]]:  # fmt: skip
     """Zero-shot classification of every image under ``folder`` among ``names``: rows of (path,
     predicted name, cosine similarity), also written as CSV to ``out``. Unreadable files are skipped."""
-    from ..data.sources import ImageFiles, scan_folder
-    from ..run import save_artefact
-
     names = [n.strip() for n in names if n.strip()]
     if not names:
         raise DataError('zero-shot classification needs class names: --labels "cat,dog,bird"')
-    model = load_model(spec)
+    model = load_image_text(spec, weights)
     paths = scan_folder(Path(folder).expanduser())[0]
-    ds = ImageFiles(paths, list(range(len(paths))), [], _image_size(spec))  # label = index, to map rows back
+    ds = ImageFiles(paths, list(range(len(paths))), [], model.view.size)  # label = index, to map rows back
     images, index, _ = embed_images(model, ds)
     score, pred = (images @ class_embeddings(model, names, templates).cpu().T).max(1)
     rows = [(str(paths[i]), names[p], s) for i, p, s in zip(index.tolist(), pred.tolist(), score.tolist())]
@@ -163,30 +148,19 @@ def classify_folder(folder: str | Path, names: Sequence[str], spec: str | Path, 
     return rows
 
 
-def _image_size(spec: str | Path) -> int:
-    """The size to decode images at: a run's view size, else 224 (pretrained models resize anyway)."""
-    from ..run import CONFIG, load_config
-
-    run = Path(spec).expanduser()
-    return load_config(run).views.size if (run / CONFIG).is_file() else 224
-
-
-def model_and_data(spec: str | Path, data: str | None, split: str) -> tuple[ImageTextModel, str, Dataset]:
-    from ..data.sources import open_dataset
-    from ..run import CONFIG, load_config
-
-    run = Path(spec).expanduser()
+def model_and_data(
+    spec: str | Path, data: str | None, split: str, weights: str | Path | None = None
+) -> tuple[Encoder, str, Dataset]:
+    """The image-text encoder of ``spec`` and the ``split`` of ``data`` (default: a run's own data)."""
+    model = load_image_text(spec, weights)
     if data is None:
-        if not (run / CONFIG).is_file():
+        if model.config is None:
             raise DataError(f"{spec} is not a run directory: name the data to evaluate on with --data")
-        data = load_config(run).data.name
-    model = load_model(spec)
-    return model, data, open_dataset(data, split, _image_size(spec))
+        data = model.config.data.name
+    return model, data, open_dataset(data, split, model.view.size)
 
 
-def record_metrics(spec: str | Path, section: str, data: str, results: dict) -> None:
+def record_metrics(model: Encoder, section: str, data: str, results: dict) -> None:
     """Add results to a run's ``metrics.json[section][data]`` (pretrained models have no run directory)."""
-    from ..run import CONFIG, update_metrics
-
-    if (Path(spec).expanduser() / CONFIG).is_file():
-        update_metrics(Path(spec).expanduser(), section, {data: results})
+    if model.run_dir is not None:
+        update_metrics(model.run_dir, section, {data: results})

@@ -4,7 +4,7 @@ mismatched pair of the batch.
 
     x = normalise(W_i f_image(view(image)))       # any freelabel backbone
     y = normalise(W_t f_text(caption))            # a text transformer (text.py)
-    CLIP:   loss = clip_loss(x, y, t)             # symmetric InfoNCE, temperature exp(-t) >= 1/100
+    CLIP:   loss = clip_loss(x, y, t)             # symmetric InfoNCE; after each step t = min(t, ln 100)
     SigLIP: loss = siglip_loss(x, y, t, b)        # a sigmoid per pair; t = log 10, b = -10 at start
 
 Either tower can be locked (frozen, kept in eval mode). LiT (Zhai et al. 2022) locks a pretrained
@@ -13,8 +13,8 @@ the ``lit-emoji-captions`` recipe does the mirror image, locking the pretrained 
 (``text_tower: minilm, lock_text: true``) and teaching the image tower to speak its language. A
 locked text tower's embeddings are cached per caption, so each caption is encoded once.
 
-A trained model is an :class:`freelabel.evaluate.zeroshot.ImageTextModel` (``encode_image``,
-``encode_text``), so it classifies by class names and retrieves like pretrained CLIPs do.
+A trained run, loaded by :func:`freelabel.encoder.load_encoder`, has ``encode_image`` and ``encode_text``,
+so it classifies by class names and retrieves like pretrained CLIPs do.
 """
 
 from __future__ import annotations
@@ -26,22 +26,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.sources import DataError
-from ..data.views import ViewConfig, normalise, resize
+from ..data.views import ViewConfig
+from ..errors import DataError
 from ..losses import clip_loss, siglip_loss
 from ..text import TextTower
 from .base import Method
 
 
 class CLIP(Method):
+    max_logit_scale: float | None = math.log(100)  # the temperature stays at least 1/100 (Radford et al.)
+
     def __init__(self, backbone: nn.Module, views: ViewConfig, embed_dim: int = 512, text_tower: str = "transformer",
                  text_args: dict | None = None, lock_image: bool = False, lock_text: bool = False,
                  temperature: float = 0.07):  # fmt: skip
         super().__init__()
         self.backbone = backbone
         self.views = [views]
-        self.view = views  # the evaluation view: resize and normalise as in training
-        self.in_chans = next(p for p in backbone.parameters() if p.ndim == 4).shape[1]
         self.text = TextTower(text_tower, **(text_args or {}))
         self.image_proj = nn.Linear(backbone.embed_dim, embed_dim, bias=False)
         self.text_proj = nn.Linear(self.text.embed_dim, embed_dim, bias=False)
@@ -68,8 +68,13 @@ class CLIP(Method):
         return torch.stack([self.cache[t] for t in texts])
 
     def contrast(self, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"loss": clip_loss(image, text, self.logit_scale),
-                "temperature": self.logit_scale.detach().clamp(max=math.log(100)).neg().exp()}  # fmt: skip
+        return {"loss": clip_loss(image, text, self.logit_scale), "temperature": self.logit_scale.detach().neg().exp()}
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        """Clamp the parameter, not the loss's use of it: at the cap its gradient can still bring it down."""
+        if self.max_logit_scale is not None:
+            self.logit_scale.clamp_(max=self.max_logit_scale)
 
     def training_step(self, batch: dict) -> dict:
         if batch.get("texts") is None:
@@ -82,18 +87,13 @@ class CLIP(Method):
         return self.image_proj(self.backbone(x))
 
     @torch.no_grad()
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        x = resize(images.to(self.logit_scale.device), self.view.size)
-        if x.shape[1] != self.in_chans:  # grey images for a colour model, or the other way round
-            x = x.expand(-1, self.in_chans, -1, -1) if x.shape[1] == 1 else x.mean(1, keepdim=True)
-        return F.normalize(self.image_features(normalise(x, self.view)).float(), dim=-1)
-
-    @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         return F.normalize(self.text_proj(self.text(texts)).float(), dim=-1)
 
 
 class SigLIP(CLIP):
+    max_logit_scale = None  # the sigmoid loss needs no cap (Zhai et al. 2023)
+
     def __init__(self, backbone: nn.Module, views: ViewConfig, embed_dim: int = 512, text_tower: str = "transformer",
                  text_args: dict | None = None, lock_image: bool = False, lock_text: bool = False,
                  temperature: float = 0.1, bias: float = -10.0):  # fmt: skip

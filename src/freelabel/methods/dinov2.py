@@ -27,9 +27,10 @@ from ..backbones import BackboneError
 from ..config import ConfigError
 from ..data.masking import block_masks
 from ..data.views import ViewConfig
+from ..dist import world
 from ..ema import frozen_copy
 from ..heads import DINOHead
-from ..losses import cross_view_entropy, gram_loss, ibot_patch_loss, koleo, sinkhorn_knopp, update_center, world
+from ..losses import cross_view_entropy, gram_loss, ibot_patch_loss, koleo, sinkhorn_knopp, update_center
 from .dino import DINO
 
 

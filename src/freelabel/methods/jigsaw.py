@@ -56,7 +56,7 @@ def maximal_hamming_permutations(n: int, tiles: int = 9, min_distance: int = 1,
     total = torch.zeros(len(every), dtype=torch.int32)
     chosen = [0]
     for _ in range(n - 1):
-        d = (every != every[chosen[-1]]).sum(1, dtype=torch.int32)
+        d = hamming(every, every[chosen[-1:]])[:, 0].to(torch.int32)
         nearest, total = torch.minimum(nearest, d), total + d
         pick = int((nearest * (tiles * n + 1) + total).argmax())
         if nearest[pick] < min_distance:

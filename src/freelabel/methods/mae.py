@@ -45,6 +45,8 @@ def unpatchify(patches: torch.Tensor, p: int, c: int, grid: tuple[int, int]) -> 
 
 
 class MAE(Method):
+    transformers_class = "ViTMAEModel"  # what `freelabel export --format transformers` writes, where it fits
+
     def __init__(self, backbone: nn.Module, views: ViewConfig, mask_ratio: float = 0.75, decoder_dim: int = 512,
                  decoder_depth: int = 8, decoder_heads: int = 16, norm_pix: bool = True):  # fmt: skip
         super().__init__()

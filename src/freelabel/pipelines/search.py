@@ -19,80 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..data.loader import sequential
-from ..data.sources import EMBEDDED, ImageFiles, load_image, open_dataset, scan_folder
-from ..data.views import ViewConfig
+from ..data.registry import NAMED, open_dataset
+from ..data.sources import ImageFiles, load_image, scan_folder
+from ..encoder import load_encoder
+from ..errors import SearchError
 
 EMBEDDINGS, MANIFEST = "embeddings.safetensors", "index.json"
-
-
-class SearchError(ValueError):
-    """An index or query that cannot be used as asked."""
-
-
-class SharedSpace(nn.Module):
-    """A freelabel clip/siglip model as an image encoder into its image-text space, with its text tower."""
-
-    def __init__(self, method: nn.Module):
-        super().__init__()
-        self.method = method
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.method.image_features(x)
-
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        return self.method.encode_text(texts)
-
-
-@dataclass
-class Encoder:
-    """A model that turns ``uint8`` images into L2-normalised embeddings."""
-
-    model: nn.Module
-    view: ViewConfig
-    channels: int
-
-    @torch.no_grad()
-    def images(self, images: torch.Tensor) -> torch.Tensor:
-        from ..pretrained import model_input
-
-        device = next(self.model.parameters()).device
-        return F.normalize(self.model(model_input(images.to(device), self.view)).float(), dim=-1).cpu()
-
-    def text(self, texts: list[str], model_name: str) -> torch.Tensor:
-        encode = getattr(self.model, "encode_text", None)
-        if encode is None:
-            raise SearchError(f"the backbone of {model_name} has no text tower: build the index with a CLIP or "
-                              "SigLIP model for text search")  # fmt: skip
-        return encode(texts).float().cpu()
-
-
-def load_encoder(model: str | Path, device: str | None = None) -> Encoder:
-    """A freelabel run directory's backbone, or any :func:`freelabel.pretrained.load` model."""
-    run = Path(model).expanduser()
-    if (run / "config.yaml").is_file():
-        from ..evaluate.zeroshot import load_model
-        from ..hardware import default_device
-        from ..methods import METHODS
-        from ..run import load_backbone, load_config
-
-        cfg = load_config(run)
-        if hasattr(METHODS.get(cfg.method), "encode_text"):  # a clip/siglip run: index its shared image-text space
-            return Encoder(SharedSpace(load_model(run, device)), cfg.views, cfg.data.channels or 3)
-        backbone, cfg = load_backbone(run)
-        return Encoder(backbone.to(device or default_device()), cfg.views, cfg.data.channels or 3)
-    from ..pretrained import load
-
-    m = load(model, device=device)
-    if not hasattr(m, "view"):
-        raise SearchError(
-            f"{model} is not an image encoder (a detector or segmenter?); use a backbone or CLIP-like model"
-        )
-    return Encoder(m.eval(), m.view, 3)
 
 
 @dataclass
@@ -139,14 +74,14 @@ def _save(path: Path, meta: dict, embeddings: torch.Tensor) -> None:
 
 
 def build_index(source: str | Path, model: str | Path, out: str | Path, split: str = "test", batch_size: int = 64,
-                device: str | None = None, workers: int = 0) -> dict:  # fmt: skip
+                device: str | None = None, workers: int = 0, weights: str | Path | None = None) -> dict:  # fmt: skip
     """Create or update the index at ``out`` over ``source`` (a folder, or an embedded data set name
-    whose ``split`` is indexed) with ``model`` (run directory or pretrained name). Returns counts
+    whose ``split`` is indexed) with ``model`` (and its ``weights``, see :func:`freelabel.encoder.load_encoder`). Returns counts
     (``embedded``: new or changed files, ``kept``, ``removed``: deleted files, ``failed``: unreadable
     files, ``rows``) and speed (``seconds`` in all, model loading included; ``images_per_s`` of
     decoding and embedding)."""
     out = Path(out)
-    embedded = str(source) in EMBEDDED
+    embedded = str(source) in NAMED
     model_id = str(model) if not Path(model).expanduser().exists() else str(Path(model).expanduser().resolve())
     source_id = f"{source}:{split}" if embedded else str(Path(source).expanduser().resolve())
     old = open_index(out) if (out / MANIFEST).exists() else None
@@ -170,7 +105,8 @@ def build_index(source: str | Path, model: str | Path, out: str | Path, split: s
     previous = {r["path"]: (i, r) for i, r in enumerate(old.rows)} if old else {}
     keep = [c for c in current if c["path"] in previous and previous[c["path"]][1] == c]
     todo = [i for i, c in enumerate(current) if not (c["path"] in previous and previous[c["path"]][1] == c)]
-    encoder = load_encoder(model, device) if todo or old is None else None
+    weights = str(Path(weights).expanduser().resolve()) if weights is not None else None
+    encoder = load_encoder(model, weights=weights, device=device) if todo or old is None else None
     new_rows, new_vecs, failed = [], [], []
     embed_start = time.perf_counter()
     if todo:
@@ -178,17 +114,17 @@ def build_index(source: str | Path, model: str | Path, out: str | Path, split: s
             batches = ((ds.images[todo[s : s + batch_size]], todo[s : s + batch_size], [])
                        for s in range(0, len(todo), batch_size))  # fmt: skip
         else:
-            files = ImageFiles([root / current[i]["path"] for i in todo], todo, [], encoder.view.size, encoder.channels)
+            files = ImageFiles([root / current[i]["path"] for i in todo], todo, [], encoder.view.size, encoder.in_chans)
             batches = ((b.images, b.labels.tolist(), b.skipped) for b in sequential(files, batch_size, workers))
         for images, idx, skipped in batches:
             failed += skipped
             if len(idx):
-                new_vecs.append(encoder.images(images))
+                new_vecs.append(encoder.encode_image(images).cpu())
                 new_rows += [current[i] for i in idx]
     embed_seconds = time.perf_counter() - embed_start
     vecs = ([old.embeddings[[previous[r["path"]][0] for r in keep]]] if keep else []) + new_vecs
     embeddings = torch.cat(vecs) if vecs else torch.empty(0, old.embeddings.shape[1] if old else 0)
-    meta = {"model": model_id, "source": source_id, "dim": int(embeddings.shape[1]),
+    meta = {"model": model_id, "weights": weights, "source": source_id, "dim": int(embeddings.shape[1]),
             "view": (old.meta["view"] if old and encoder is None else
                      {"size": encoder.view.size, "mean": list(encoder.view.mean), "std": list(encoder.view.std)}),
             "classes": names, "rows": keep + new_rows}  # fmt: skip
@@ -209,14 +145,14 @@ def search(index: str | Path, image: str | Path | None = None, text: str | None 
     if (image is None) == (text is None):
         raise SearchError("search by --image PATH or by --text TEXT (one of them)")
     idx = open_index(index)
-    encoder = load_encoder(idx.meta["model"], device)
+    encoder = load_encoder(idx.meta["model"], weights=idx.meta.get("weights"), device=device)
     if image is not None:
         try:
-            query = encoder.images(load_image(image, encoder.view.size, encoder.channels)[None])
+            query = encoder.encode_image(load_image(image, encoder.view.size, encoder.in_chans)[None]).cpu()
         except OSError as e:
             raise SearchError(f"cannot read the query image {image}: {e}") from e
     else:
-        query = encoder.text([text], idx.meta["model"])
+        query = encoder.encode_text([text]).cpu()
     scores, order = (query @ idx.embeddings.T)[0].topk(min(k, len(idx.rows)))
     base = Path(idx.meta["source"])
     return [{"rank": r + 1, "path": str(base / idx.rows[i]["path"]) if base.is_dir() else idx.rows[i]["path"],

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..data.sources import DataError
-from ..pretrained import PretrainedError, read_config
+from ..errors import DataError, PretrainedError
 from ..pretrained.detection import Detector, load_detector
+from ..pretrained.hub import read_config
 from ..pretrained.segmentation import CONCEPT, Segmenter, load_segmenter
 from .masks import nms, overlay, rle_encode
 

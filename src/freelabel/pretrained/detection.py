@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 from torchvision.ops import box_convert, clip_boxes_to_image
 
-from . import DETECTORS, PretrainedError, read_config, resolve_device_dtype
+from ..errors import PretrainedError
+from .hub import DETECTORS, read_config, resolve_device_dtype
 
 
 def to_pil(image: torch.Tensor | np.ndarray | Image.Image) -> Image.Image:

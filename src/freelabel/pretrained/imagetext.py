@@ -1,8 +1,8 @@
 """CLIP, SigLIP and SigLIP2 from transformers as freelabel image-text models.
 
 Each is a backbone (``forward`` gives the image embedding before normalisation, ``forward_tokens`` the
-vision tower's patch tokens) and an :class:`~freelabel.evaluate.zeroshot.ImageTextModel`
-(``encode_image`` and ``encode_text`` give L2-normalised embeddings in the shared space).
+vision tower's patch tokens) with ``encode_text`` (L2-normalised text embeddings in the shared space);
+:func:`freelabel.encoder.load_encoder` adds the preprocessing and ``encode_image``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.views import ViewConfig
-from . import PretrainedError, model_input, processor_view
+from ..errors import PretrainedError
+from .hub import processor_view
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 TEXT_BATCH = 256
@@ -46,8 +47,8 @@ class ImageTextBackbone(nn.Module):
         p = self.patch
         patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), -1)
         shapes = torch.tensor([[h // p, w // p]] * b, device=x.device)
-        mask = torch.ones(b, patches.shape[1], dtype=torch.long, device=x.device)
-        return self.model.get_image_features(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes)
+        attend = torch.ones(b, patches.shape[1], dtype=torch.long, device=x.device)  # every patch is real
+        return self.model.get_image_features(pixel_values=patches, pixel_attention_mask=attend, spatial_shapes=shapes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised images (``view``) -> image embeddings ``[B, D]`` (not L2-normalised)."""
@@ -58,11 +59,6 @@ class ImageTextBackbone(nn.Module):
         if mask is not None:
             raise PretrainedError("pretrained backbones take no token mask")
         return self._vision(x).last_hidden_state[:, self.prefix :]
-
-    @torch.no_grad()
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        x = model_input(images.to(next(self.model.parameters()).device), self.view)
-        return F.normalize(self(x).float(), dim=-1)
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 import torch
 
-from . import PretrainedError, read_config, resolve_device_dtype
+from ..errors import PretrainedError
 from .detection import load_parts, to_pil
+from .hub import read_config, resolve_device_dtype
 
-PROMPTABLE = {"sam": "SAM (Kirillov et al. 2023)", "sam2": "SAM 2 (Ravi et al. 2024)"}
 CONCEPT = {"sam3": "SAM 3 (Carion et al. 2025), concept prompts", "sam3_video": "SAM 3 checkpoint with its tracker"}
 
 

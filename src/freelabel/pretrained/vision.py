@@ -12,6 +12,7 @@ Both carry ``view``, the size/mean/std their input is made with (:func:`freelabe
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -21,22 +22,14 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_MAPPING_NAMES
 
 from ..backbones import ConvBackbone
 from ..data.views import ViewConfig
-from . import IMAGENET_MEAN, IMAGENET_STD, PretrainedError, processor_view
+from ..errors import PretrainedError
+from .hub import IMAGENET_MEAN, IMAGENET_STD, processor_view
 
 VISION_TYPES = tuple(MODEL_FOR_IMAGE_MAPPING_NAMES)
 FAMILIES = {"dinov2": "DINOv2", "dinov2_with_registers": "DINOv2", "dinov3_vit": "DINOv3", "dinov3_convnext": "DINOv3"}
 
 
-class NoTextTower:
-    """Vision-only models: asking for text embeddings is an error that names the fix."""
-
-    family: str
-
-    def encode_text(self, texts) -> torch.Tensor:
-        raise PretrainedError(f"{self.family} has no text tower: use a CLIP or SigLIP model for text search")
-
-
-class HFBackbone(NoTextTower, nn.Module):
+class HFBackbone(nn.Module):
     """A transformers image model behind freelabel's backbone interface."""
 
     def __init__(self, model: nn.Module, view: ViewConfig, name: str):
@@ -73,7 +66,7 @@ class HFBackbone(NoTextTower, nn.Module):
         return self._run(x)[1]
 
 
-class TorchvisionClassifier(NoTextTower, ConvBackbone):
+class TorchvisionClassifier(ConvBackbone):
     """A torchvision classifier with ``features`` and ``classifier`` (MobileNetV2/V3, EfficientNet):
     ``forward`` is the globally pooled feature map, ``logits`` adds the ImageNet ``classifier``."""
 
@@ -108,7 +101,11 @@ def load_torchvision(name: str, device: torch.device, dtype: torch.dtype,
             raise PretrainedError(f"cannot get torchvision's {name} weights ({e}); pass weights=PATH") from e
     else:
         net = builder(weights=None)
-        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        try:
+            net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        except (OSError, RuntimeError, pickle.UnpicklingError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PretrainedError(f"cannot use {weights} as torchvision's {name} weights ({first})") from None
     if not (hasattr(net, "features") and hasattr(net, "classifier")):
         raise PretrainedError(f"torchvision:{name} is not a features + classifier network (try mobilenet_v2)")
     return TorchvisionClassifier(net, f"torchvision:{name}").to(device, dtype).eval()

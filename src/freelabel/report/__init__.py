@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
 from ..data.sources import TensorImages
-from ..data.views import ViewConfig
+from ..encoder import Encoder
+from ..errors import DataError
 from . import figures
 
 PACKAGES = ("torch", "torchvision", "timm", "lightning", "transformers", "scikit-learn", "matplotlib")
@@ -60,19 +60,15 @@ def images(ds: Dataset, idx) -> np.ndarray:
     return np.stack([ds[int(i)][0].numpy() for i in idx.ravel()]).reshape(*idx.shape, *ds[0][0].shape)
 
 
-def sample_features(backbone: nn.Module, view: ViewConfig, train: Dataset, test: Dataset, train_images: int = 10_000,
-                    test_images: int = 2000) -> Sample:  # fmt: skip
-    """Features of ``test_images`` test and ``train_images`` training images (seeded samples)."""
+def sample_features(encoder: Encoder, train: Dataset, test: Dataset, train_images: int = 10_000, test_images: int = 2000,
+                    autocast: bool = False) -> Sample:  # fmt: skip
+    """Embeddings of ``test_images`` test and ``train_images`` training images (seeded samples)."""
     from ..evaluate.knn import extract_features
-    from ..hardware import default_device, resolve_precision
 
-    device = default_device()
-    autocast = resolve_precision("auto", device.type).startswith("bf16")
-    backbone = backbone.to(device)
     out = {}
     for name, ds, n in (("train", train, train_images), ("test", test, test_images)):
         part = _subset(ds, n, seed=0)
-        feats, labels = extract_features(backbone, part, view, device, batch_size=256, autocast=autocast)
+        feats, labels = extract_features(encoder, part, encoder.view, batch_size=256, autocast=autocast)
         out[name] = (feats, labels.numpy(), part)
     classes = list(getattr(test, "classes", None) or getattr(getattr(test, "dataset", None), "classes", []) or [])
     return Sample(*out["test"], *out["train"], classes=classes)
@@ -112,8 +108,8 @@ def sample_knn(sample: Sample, pixels: bool = False) -> dict[str, float]:
     from ..evaluate.knn import knn_accuracy
 
     def raw(ds: Dataset) -> torch.Tensor:
-        x = torch.as_tensor(images(ds, range(len(ds)))).float()
-        return F.interpolate(x, size=min(32, x.shape[-1]), mode="area").flatten(1)
+        chunks = (torch.as_tensor(images(ds, range(s, min(s + 256, len(ds))))).float() for s in range(0, len(ds), 256))
+        return torch.cat([F.interpolate(x, size=min(32, x.shape[-1]), mode="area").flatten(1) for x in chunks])
 
     train, test = (raw(sample.train_set), raw(sample.test_set)) if pixels else (sample.train, sample.test)
     return knn_accuracy(train, torch.as_tensor(sample.train_labels), test, torch.as_tensor(sample.test_labels))
@@ -266,14 +262,13 @@ def render(context: dict, template: str = "report.html.j2") -> str:
 
 def make_report(run: str | Path, train_images: int = 10_000, test_images: int = 2000) -> Path:
     """Write ``RUN/report.html`` for a pretraining run and return its path."""
-    from ..data.sources import DataError, open_dataset
-    from ..run import _atomic_write as atomic_write
-    from ..run import load_backbone, load_config, read_metrics
+    from ..run import load_config, read_metrics
 
     run = Path(run)
     cfg = load_config(run)
     metrics = read_metrics(run)
     pretrain = metrics.get("pretrain", {})
+    curves = training_curves(run, metrics, cfg.data.name)
     context = {
         "title": f"{cfg.method} · {cfg.backbone.name} · {cfg.data.name}",
         "subtitle": str(run.resolve()),
@@ -281,62 +276,66 @@ def make_report(run: str | Path, train_images: int = 10_000, test_images: int = 
         "environment": environment(pretrain.get("precision"), pretrain.get("devices")),
         "tables": metric_tables(metrics),
         "artefacts": artefacts(run),
+        "curves": data_uri(curves) if curves else None,
+        "log_every": cfg.log_every,
     }
-    curves = training_curves(run, metrics, cfg.data.name)
-    context["curves"], context["log_every"] = data_uri(curves) if curves else None, cfg.log_every
-    backbone, cfg = load_backbone(run)
-    size, channels = cfg.data.image_size or cfg.views.size, cfg.data.channels or 3
-    context["features"], context["features_note"] = None, None
-    try:
-        train, test = open_dataset(cfg.data.name, "train", size, channels), open_dataset(cfg.data.name, "test", size, channels)
-    except DataError as e:  # the rest of the report needs no images
-        context["features_note"] = f"No feature map or neighbours: the run's data cannot be opened here ({e})."
-    else:
-        if _labelled(test):
-            sample = sample_features(backbone, cfg.views, train, test, train_images, test_images)
-            context["features"] = _feature_sections(sample)
-        else:
-            context["features_note"] = f"No feature map or neighbours: {cfg.data.name} has no class labels to colour them by."
-    out = run / "report.html"
-    atomic_write(out, render(context).encode())
-    out.chmod(0o644)  # a page to share
-    return out
-
-
-def _labelled(ds: Dataset) -> bool:
-    return int(ds[0][1]) >= 0
+    context |= _features(str(run), cfg.data.name, train_images, test_images)
+    return _write(context, run / "report.html")
 
 
 def report_pretrained(model: str, data: str = "fashion-mnist", out: str | Path = "report", train_images: int = 10_000,
                       test_images: int = 2000) -> Path:  # fmt: skip
     """Write ``OUT/report.html`` for a pretrained model (hub name, local folder or ``torchvision:NAME``)
-    on labelled ``data``: k-NN top-1 on the sample next to raw pixels, the map and the neighbours."""
-    from ..data.sources import EMBEDDED, DataError, open_dataset
-    from ..pretrained import load
+    on labelled ``data``: k-NN top-1 on the samples next to raw pixels, the map and the neighbours."""
+    context = {"title": f"{model} · {data}", "subtitle": "pretrained model", "environment": environment(),
+               "artefacts": [], "curves": None, "log_every": None}  # fmt: skip
+    context |= _features(model, data, train_images, test_images, knn=True)
+    if context["features"] is None:
+        raise DataError(context["features_note"])
+    return _write(context, Path(out) / "report.html")
+
+
+def _features(spec: str, data: str, train_images: int, test_images: int, knn: bool = False) -> dict:
+    """The map and neighbour sections of encoder ``spec`` on ``data`` (and, with ``knn``, the k-NN table
+    on the samples, the encoder's config and its tables), or a note saying why there are none."""
+    from ..data.registry import NAMED, open_dataset
+    from ..encoder import load_encoder
+    from ..hardware import resolve_precision
+
+    encoder = load_encoder(spec)
+    cfg = encoder.config
+    size, channels = (cfg.data.image_size or cfg.views.size, cfg.data.channels or 3) if cfg else (None if data in NAMED else encoder.view.size, 3)
+    context: dict = {"features": None, "features_note": None}
+    if knn:
+        view = encoder.view
+        context["config"] = json.dumps({"model": spec, "data": data, "view": {"size": view.size, "mean": view.mean,
+                                                                              "std": view.std}}, indent=2)  # fmt: skip
+    try:
+        train, test = open_dataset(data, "train", size, channels), open_dataset(data, "test", size, channels)
+    except DataError as e:  # the rest of a run's report needs no images
+        context["features_note"] = f"No feature map or neighbours: the data cannot be opened here ({e})."
+        return context
+    if not _labelled(test):
+        context["features_note"] = f"No feature map or neighbours: {data} has no class labels to colour them by."
+        return context
+    autocast = cfg is not None and resolve_precision("auto", encoder.device.type).startswith("bf16")
+    sample = sample_features(encoder, train, test, train_images, test_images, autocast)
+    context["features"] = _feature_sections(sample)
+    if knn:
+        scores = {"data": data, "train_images": len(sample.train), "test_images": len(sample.test),
+                  "pretrained": sample_knn(sample), "raw_pixels": sample_knn(sample, pixels=True)}  # fmt: skip
+        context["tables"] = metric_tables({"knn (sample)": scores})
+    return context
+
+
+def _write(context: dict, path: Path) -> Path:
     from ..run import _atomic_write as atomic_write
 
-    backbone = load(model)
-    size = None if data in EMBEDDED else backbone.view.size
-    train, test = open_dataset(data, "train", size, 3), open_dataset(data, "test", size, 3)
-    if not _labelled(test):
-        raise DataError(f"{data} has no labels; a report of a pretrained model needs a folder with one sub-folder per class")
-    sample = sample_features(backbone, backbone.view, train, test, train_images, test_images)
-    knn = {"data": data, "train_images": len(sample.train), "test_images": len(sample.test),
-           "pretrained": sample_knn(sample), "raw_pixels": sample_knn(sample, pixels=True)}  # fmt: skip
-    context = {
-        "title": f"{model} · {data}",
-        "subtitle": "pretrained model",
-        "config": json.dumps({"model": model, "data": data, "view": vars(backbone.view)}, indent=2, default=str),
-        "environment": environment(),
-        "tables": metric_tables({"knn (sample)": knn}),
-        "artefacts": [],
-        "curves": None,
-        "log_every": None,
-        "features": _feature_sections(sample),
-        "features_note": None,
-    }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "report.html", render(context).encode())
-    (out / "report.html").chmod(0o644)
-    return out / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, render(context).encode())
+    path.chmod(0o644)  # a page to share
+    return path
+
+
+def _labelled(ds: Dataset) -> bool:
+    return int(ds[0][1]) >= 0
