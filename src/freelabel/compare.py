@@ -150,6 +150,7 @@ def _child(cfg: RunConfig, run: str) -> None:
         sys.exit(130)
     except Exception as e:  # the comparison goes on with the next method; this one is retried next time
         print(f"freelabel: compare: {Path(run).name} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        Path(run).mkdir(parents=True, exist_ok=True)
         update_metrics(Path(run), "compare", {"failed": f"{type(e).__name__}: {e}"})
         sys.exit(1)
 
@@ -193,7 +194,8 @@ def compare(specs: list[str], data: str = "fashion-mnist", out: str | Path = "co
 def _row(run: Path, entry: Entry) -> dict:
     m = read_metrics(run)
     p, knn, res = m.get("pretrain", {}), m.get("knn", {}), m.get("resources", {})
-    failed = m.get("compare", {}).get("failed")
+    done = finished(run)
+    failed = None if done else m.get("compare", {}).get("failed")  # a retry that succeeded clears it
     cfg = entry.cfg
     return {
         "name": entry.name, "method": cfg.method, "recipe": cfg.recipe, "backbone": cfg.backbone.name,
@@ -203,7 +205,7 @@ def _row(run: Path, entry: Entry) -> dict:
         "steps": p.get("steps"), "epochs": p.get("epochs"), "train_minutes": p.get("train_minutes"),
         "images_per_s": p.get("images_per_s"), "peak_memory_mb": res.get("peak_gpu_mb", res.get("peak_rss_mb")),
         "final_loss": p.get("final_loss"),
-        "status": "done" if finished(run) else "failed" if failed else "not finished", "error": failed,
+        "status": "done" if done else "failed" if failed else "not finished", "error": failed,
     }  # fmt: skip
 
 
