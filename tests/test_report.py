@@ -97,7 +97,7 @@ def test_report_of_a_run_whose_data_is_gone_says_so(run, tmp_path):
     cfg["data"]["name"] = str(tmp_path / "gone")
     (moved / "config.yaml").write_text(yaml.safe_dump(cfg))
     page = make_report(moved).read_text()
-    assert "the run&#39;s data cannot be opened here" in page
+    assert "No feature map or neighbours: the data cannot be opened here" in page
     assert {"training curves", "permutations.json"} <= set(images_of(page))
 
 

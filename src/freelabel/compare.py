@@ -141,9 +141,8 @@ def linear_probe(run: Path) -> None:
 
 
 def _child(cfg: RunConfig, run: str) -> None:
-    from .engine import setup_logging
-
-    setup_logging()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")  # a fresh process: as the CLI logs
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     try:
         run_one(cfg, Path(run))
     except KeyboardInterrupt:
