@@ -54,10 +54,11 @@ from freelabel.backbones import build_backbone
 from freelabel.config import RunConfig, load_recipe, resolve
 from freelabel.data.sources import TensorImages, fashion_mnist
 from freelabel.data.views import ViewConfig
-from freelabel.engine import lr_at, pretrain
+from freelabel.engine import pretrain
 from freelabel.evaluate.knn import knn_eval
 from freelabel.hardware import resolve_precision
 from freelabel.methods import load_backbone
+from freelabel.schedules import lr_at
 
 Tensors = list[torch.Tensor]
 Transform = Callable[[Image.Image], Tensors]  # a lightly multi-view transform

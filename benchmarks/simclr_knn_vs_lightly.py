@@ -21,9 +21,10 @@ from simclr_throughput import lightly_setup, lightly_step  # noqa: E402  (same d
 
 from freelabel.config import load_recipe, resolve
 from freelabel.data.sources import fashion_mnist
-from freelabel.engine import lr_at, pretrain
+from freelabel.engine import pretrain
 from freelabel.evaluate.knn import evaluate_knn, knn_eval
 from freelabel.hardware import resolve_precision
+from freelabel.schedules import lr_at
 
 
 def train_lightly(cfg, minutes: float, workers: int, autocast: bool) -> nn.Module:

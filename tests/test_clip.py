@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from two_processes import in_two_processes, randn
 
 from freelabel import losses
+from freelabel.data.loader import Batch
 from freelabel.data.views import ViewConfig
 from freelabel.encoder import Encoder
 from freelabel.evaluate.retrieval import clip_score, recall_at_k
@@ -133,7 +134,8 @@ def test_clip_method_trains_with_captions_and_a_locked_text_tower_stays_put():
 
     view = ViewConfig(size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     texts = ["an emoji of a cat", "an emoji of a dog", "an emoji of a red heart", "an emoji of a cat"]
-    batch = {"views": [randn(4, 3, 16, 16)], "texts": texts}
+    x = randn(4, 3, 16, 16)
+    batch = Batch(images=x, views=[x], texts=texts)
     tiny = {"width": 32, "layers": 1, "heads": 2}
     for name, extra in (("clip", {}), ("siglip", {"bias": -10.0}), ("clip", {"lock_text": True})):
         torch.manual_seed(0)
@@ -205,7 +207,7 @@ def test_a_few_steps_on_one_batch_learn_to_match_its_captions(name, fmnist):
     torch.manual_seed(0)
     method = METHODS[name](build_backbone("convnet", 1, 28, widths=(8, 16)), view, embed_dim=16,
                            text_args={"width": 32, "layers": 1, "heads": 2})  # fmt: skip
-    batch = {"views": [(images.float() / 255 - 0.5) / 0.5], "texts": [f"a photo of a {c}" for c in classes]}
+    batch = Batch(images, views=[(images.float() / 255 - 0.5) / 0.5], texts=[f"a photo of a {c}" for c in classes])
     opt = torch.optim.Adam(method.parameters(), lr=3e-3)
     first = None
     for _ in range(40):

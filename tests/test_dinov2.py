@@ -9,6 +9,7 @@ from two_processes import in_two_processes, randn
 from freelabel import losses
 from freelabel.backbones import build_backbone
 from freelabel.cli import main
+from freelabel.data.loader import Batch
 from freelabel.data.masking import block_masks
 from freelabel.data.views import ViewConfig
 from freelabel.methods.dinov2 import DINOv2
@@ -95,16 +96,16 @@ def test_block_masks_hide_a_ratio_in_range_in_blocks_on_the_asked_share_of_image
 def test_a_vit_replaces_hidden_patches_with_the_mask_token():
     vit = build_backbone("vit_tiny", 1, 16, patch_size=4, depth=2, embed_dim=32, num_heads=2).eval()
     x = randn(2, 1, 16, 16)
-    pooled, tokens = vit.forward_tokens(x, pooled=True)
+    pooled, tokens = vit.forward_pooled_tokens(x)
     torch.testing.assert_close(pooled, vit(x))
     mask = torch.zeros(2, 16, dtype=torch.bool)
     mask[:, :4] = True  # the top row of patches
     token = torch.randn(32, requires_grad=True)
     y = x.clone()
     y[:, :, :4] = 5.0  # changes only hidden pixels
-    a = vit.forward_tokens(x, mask, token)
-    assert a.shape == (2, 16, 32)
-    torch.testing.assert_close(a, vit.forward_tokens(y, mask, token))
+    p, a = vit.forward_masked(x, mask, token)
+    assert a.shape == (2, 16, 32) and p.shape == (2, 32)
+    torch.testing.assert_close(a, vit.forward_masked(y, mask, token)[1])
     assert not torch.allclose(a, tokens)
     a.sum().backward()
     assert token.grad.abs().sum() > 0
@@ -137,7 +138,8 @@ def test_the_gram_teacher_is_the_ema_teacher_frozen_when_gram_anchoring_starts()
     method.on_step(0.75)  # taken once: later teacher updates leave it
     for k, v in method.gram_teacher.state_dict().items():
         torch.testing.assert_close(v, snapshot[k])
-    batch = {"views": [torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)]}
+    views = [torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)]
+    batch = Batch(views[0], views=views, masks=method.masks(4, torch.Generator().manual_seed(0)))
     out = method.training_step(batch)
     assert out["gram"] > 0 and torch.isfinite(out["loss"])
     assert out["loss"].item() == pytest.approx((out["dino"] + out["ibot"] + 0.1 * out["koleo"] + out["gram"]).item())
@@ -214,3 +216,25 @@ def test_tiny_dinov2_runs_with_sinkhorn_then_gram_anchoring_switches_on_mid_run(
     state = load_file(str(anchored / "checkpoints" / "step-00000004" / "model.safetensors"))
     torch.testing.assert_close(state["gram_teacher.model.cls_token"], earlier["teacher.backbone.model.cls_token"])
     assert all(v > 0 for v in _scalars(anchored, "train/gram").values())
+
+
+@pytest.mark.slow
+def test_a_resumed_dinov2_run_draws_the_same_ibot_masks_and_losses(fmnist_folder, tmp_path):
+    """The iBOT masks come from the loader's seeded stream, not the global one (which a data loader, made
+    anew on resume, draws from): a run resumed at step 2 repeats steps 3 and 4."""
+    import shutil
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    args = ["pretrain", "dinov2", "--backbone", "vit_tiny", "--steps", "4", "--batch-size", "8",
+            "--data", str(fmnist_folder), "--recipe", "dinov2-fashion-mnist",
+            *[a for s in TINY + ["checkpoint_every=2"] for a in ("--set", s)]]  # fmt: skip
+    assert main([*args, "--out", str(full)]) == 0
+    shutil.copytree(full, part)
+    shutil.rmtree(part / "checkpoints" / "step-00000004")
+    (part / "backbone.safetensors").unlink()
+    shutil.rmtree(part / "tb")
+    assert main(["pretrain", "--resume", str(part)]) == 0
+    for tag in ("train/ibot", "train/loss"):
+        resumed, whole = _scalars(part, tag), _scalars(full, tag)
+        assert sorted(resumed) == [3, 4] and resumed[3] == pytest.approx(whole[3], abs=1e-6)
+        assert resumed[4] == pytest.approx(whole[4], abs=1e-6)

@@ -13,11 +13,11 @@ PACKAGE = Path(freelabel.__file__).parent
 # Rank of each top-level module or sub-package; a module may import only modules of its own rank or below.
 LAYERS = {
     0: ["__init__", "errors", "config", "dist", "hardware", "data", "backbones", "heads", "losses", "memory"]
-    + ["ema", "text", "run"],
+    + ["ema", "schedules", "text", "run"],
     1: ["methods"],
     2: ["pretrained"],
     3: ["encoder"],
-    4: ["engine", "evaluate", "export", "pipelines", "report", "compare"],
+    4: ["engine", "train", "evaluate", "export", "pipelines", "report", "compare"],
     5: ["cli", "__main__"],
 }
 RANK = {name: rank for rank, names in LAYERS.items() for name in names}

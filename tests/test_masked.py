@@ -10,7 +10,7 @@ from PIL import Image
 
 from freelabel.backbones import BackboneError, build_backbone
 from freelabel.cli import main
-from freelabel.data.loader import batches
+from freelabel.data.loader import Batch, batches
 from freelabel.data.masking import MultiBlockMasks, RandomMasks, places
 from freelabel.data.registry import open_dataset
 from freelabel.data.sources import TensorImages
@@ -107,19 +107,19 @@ def test_vit_encoder_runs_on_the_visible_tokens_only():
     mask = RandomMasks((7, 7))(4, torch.Generator().manual_seed(0))["mask"]
     seen = []
     vit.model.blocks[0].register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape))
-    out = vit.forward_tokens(x, mask)
+    out = vit.forward_visible(x, mask)
     assert seen[-1] == (4, 1 + 12, 32) and out.shape == (4, 12, 32)  # class token + 12 visible patches
     hidden_pixels = F.interpolate(mask.view(4, 1, 7, 7).float(), scale_factor=4).bool()
     noisy = torch.where(hidden_pixels, torch.randn_like(x) * 5, x)  # change every hidden pixel
-    torch.testing.assert_close(vit.forward_tokens(noisy, mask), out)
+    torch.testing.assert_close(vit.forward_visible(noisy, mask), out)
     visible_changed = torch.where(hidden_pixels, x, x + 1)
-    assert not torch.allclose(vit.forward_tokens(visible_changed, mask), out)
+    assert not torch.allclose(vit.forward_visible(visible_changed, mask), out)
     full = vit.forward_tokens(x)  # the visible tokens are the patches in grid order, at their own positions
-    torch.testing.assert_close(vit.forward_tokens(x, torch.zeros(4, 49, dtype=torch.bool)), full)
+    torch.testing.assert_close(vit.forward_visible(x, torch.zeros(4, 49, dtype=torch.bool)), full)
     uneven = torch.zeros(4, 49, dtype=torch.bool)
     uneven[0, :3] = True
     with pytest.raises(BackboneError, match="same number"):
-        vit.forward_tokens(x, uneven)
+        vit.forward_visible(x, uneven)
 
 
 def test_patchify_and_the_normalised_pixel_loss_against_a_direct_computation():
@@ -146,7 +146,7 @@ def test_mae_step_uses_the_hidden_patches_only():
     mae = MAE(tiny_vit(), VIEWS, decoder_dim=16, decoder_depth=1, decoder_heads=2)
     x = torch.randn(4, 1, 28, 28)
     mask = mae.masks(4, torch.Generator().manual_seed(0))["mask"]
-    loss = mae.training_step({"views": [x], "masks": {"mask": mask}})["loss"]
+    loss = mae.training_step(Batch(x, views=[x], masks={"mask": mask}))["loss"]
     pred = mae.reconstruct(x, mask)
     assert pred.shape == (4, 37, 16)
     full = torch.zeros(4, 49, 16)
@@ -162,7 +162,7 @@ def test_ijepa_target_gets_no_gradient_and_follows_the_ema():
     assert not any(p.requires_grad for p in ijepa.target.parameters())
     x = torch.randn(8, 1, 28, 28)
     masks = ijepa.masks(8, torch.Generator().manual_seed(0))
-    out = ijepa.training_step({"views": [x], "masks": masks})
+    out = ijepa.training_step(Batch(x, views=[x], masks=masks))
     out["loss"].backward()
     assert all(p.grad is None for p in ijepa.target.parameters())
     assert ijepa.backbone.model.patch_embed.proj.weight.grad.abs().sum() > 0
@@ -170,8 +170,8 @@ def test_ijepa_target_gets_no_gradient_and_follows_the_ema():
     # The loss is the predictor's output at the targets against the layer-normed target tokens there.
     at = masks["targets"]
     with torch.no_grad():
-        h = ijepa.target.forward_tokens(x)
-        z = ijepa.backbone.forward_tokens(x, masks["context"])
+        h = ijepa.target["backbone"].forward_tokens(x)
+        z = ijepa.backbone.forward_visible(x, masks["context"])
         per_block = [ijepa.predictor(z, places(~masks["context"]), at[:, i]) for i in range(4)]
         want = torch.stack([F.smooth_l1_loss(p, F.layer_norm(h[torch.arange(8)[:, None], at[:, i]], (32,)))
                             for i, p in enumerate(per_block)]).mean()  # fmt: skip
@@ -181,7 +181,7 @@ def test_ijepa_target_gets_no_gradient_and_follows_the_ema():
         for p in ijepa.backbone.parameters():
             p.add_(1.0)
     ijepa.on_step(0.5)
-    assert ijepa.momentum == pytest.approx(0.998)  # 0.996 -> 1 linearly
+    assert ijepa.target.momentum == pytest.approx(0.998)  # 0.996 -> 1 linearly
     ijepa.after_step(0.5)
     for b, a in zip(before, ijepa.target.parameters()):
         torch.testing.assert_close(a, b + 0.002, rtol=0, atol=1e-5)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from freelabel.cli import main
-from freelabel.ema import cosine_schedule, ema_update, frozen_copy
-from freelabel.engine import lr_at
+from freelabel.ema import MomentumTeacher, ema_update, frozen_copy
 from freelabel.methods import METHODS
+from freelabel.schedules import cosine_schedule, lr_at
 
 TINY_ARGS = {
     "simclr": ["method_args.hidden_dim=32"],
@@ -62,6 +62,34 @@ def test_ema_update_moves_the_target_by_one_minus_momentum():
     torch.testing.assert_close(target[0].weight, before + 0.1)
     ema_update(target, online, 0.0)  # momentum 0: a copy
     torch.testing.assert_close(target[0].weight, online[0].weight)
+
+
+def test_a_momentum_teacher_follows_its_student_on_its_schedule_and_saves_only_itself():
+    student = {"backbone": torch.nn.Linear(3, 2), "head": torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))}
+    teacher = MomentumTeacher(student, momentum=0.9)
+    method = torch.nn.ModuleDict({**student, "teacher": teacher})
+    assert sorted(teacher.state_dict()) == sorted(f"{n}.{k}" for n, m in student.items() for k in m.state_dict())
+    assert all(k.startswith(("backbone.", "head.", "teacher.backbone.", "teacher.head.")) for k in method.state_dict())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(teacher(x), student["head"](student["backbone"](x)))  # a copy, run in order
+    before = teacher["backbone"].weight.clone()
+    with torch.no_grad():
+        student["backbone"].weight.add_(1.0)
+    teacher.set_progress(0.0)
+    teacher.update()
+    torch.testing.assert_close(teacher["backbone"].weight, before + 0.1)
+    teacher.set_progress(0.5)
+    assert teacher.momentum == pytest.approx(0.95)  # half-way along the cosine to 1
+    teacher.set_progress(1.0)
+    teacher.update()  # momentum 1: frozen
+    torch.testing.assert_close(teacher["backbone"].weight, before + 0.1)
+    linear = MomentumTeacher(student, 0.996, schedule="linear")
+    linear.set_progress(0.5)
+    assert linear.momentum == pytest.approx(0.998)
+    fixed = MomentumTeacher(student, 0.99, schedule="constant")
+    fixed.set_progress(0.5)
+    assert fixed.momentum == 0.99
 
 
 def test_dino_freezes_its_last_layer_early_and_warms_the_teacher_temperature():

@@ -12,6 +12,7 @@ from freelabel.backbones import build_backbone
 from freelabel.cli import main
 from freelabel.config import ConfigError
 from freelabel.data.colour import ab_bins, annealed_mean, lab_to_rgb, rgb_to_lab, soft_encode
+from freelabel.data.loader import Batch
 from freelabel.data.views import ViewConfig, normalise
 from freelabel.losses import rebalanced_cross_entropy, rebalancing_weights
 from freelabel.methods.colorization import Colorization, LightnessInput
@@ -127,7 +128,8 @@ def test_jigsaw_shuffles_tiles_by_the_permutation_it_asks_for():
     torch.manual_seed(0)
     jig = Jigsaw(build_backbone("convnet", 1, 36, widths=(8,)), ViewConfig(size=36), permutations=10, tile_dim=4,
                  hidden_dim=8)  # fmt: skip
-    out = jig.training_step({"views": [torch.randn(8, 1, 36, 36)]})
+    x = torch.randn(8, 1, 36, 36)
+    out = jig.training_step(Batch(x, views=[x]))
     assert torch.isfinite(out["loss"]) and out["loss"].item() == pytest.approx(np.log(10), rel=0.3)
 
 

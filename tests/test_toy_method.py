@@ -24,7 +24,7 @@ class Flip(Method):
         self.head = nn.Linear(backbone.embed_dim, 2)
 
     def training_step(self, batch):
-        x = (batch["views"] if isinstance(batch, dict) else batch.views)[0]
+        x = batch.views[0]
         flipped = torch.arange(len(x), device=x.device) % 2
         x = torch.where(flipped.bool().view(-1, 1, 1, 1), x.flip(-1), x)
         return {"loss": F.cross_entropy(self.head(self.backbone(x)), flipped)}

@@ -1,7 +1,6 @@
-"""Backbones behind one interface.
+"""Backbones behind one interface, :class:`Backbone`.
 
-Every backbone is an ``nn.Module`` with ``embed_dim``, ``forward(x) -> [B, D]`` (pooled) and
-``forward_tokens(x, mask=None) -> [B, N, D]`` (spatial or patch tokens). Names:
+Names:
 
 - ``convnet``: a small, fast CNN (1.2M parameters) for CPU runs on small images;
 - ``resnet18`` ... ``resnet152``: torchvision ResNets, with a 3x3 stride-1 stem and no max-pool
@@ -12,6 +11,10 @@ Every backbone is an ``nn.Module`` with ``embed_dim``, ``forward(x) -> [B, D]`` 
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -28,6 +31,42 @@ NAMED = {
 }
 
 
+@runtime_checkable
+class Backbone(Protocol):
+    """What every backbone offers: one entry point per use, in timm's manner (no mode flags).
+
+    ``grid`` and ``patch_size`` are ``None`` for backbones without patches (CNNs); those refuse
+    :meth:`forward_visible` and :meth:`forward_masked` with a :class:`BackboneError` that names the fix."""
+
+    embed_dim: int  # D
+    in_chans: int  # channels of the input it takes
+    grid: tuple[int, int] | None  # the patch grid (rows, cols) at the training image size
+    patch_size: int | None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``[B, D]``."""
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch (or spatial) tokens ``[B, N, D]``, no class or register tokens."""
+
+    def forward_pooled_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pooled [B, D], tokens [B, N, D])`` of one pass."""
+
+    def forward_visible(self, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Tokens of the visible patches only ``[B, N_visible, D]``, in grid order (MAE's, I-JEPA's
+        encoders): ``hidden`` (bool ``[B, N]``, the same count in every row) patches are dropped after
+        the position embedding, before the blocks."""
+
+    def forward_masked(self, x: torch.Tensor, mask: torch.Tensor,
+                       mask_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pooled, tokens)`` with the ``mask`` (bool ``[B, N]``, any count per row) patches replaced by
+        ``mask_token [D]`` before the position embedding (iBOT, DINOv2)."""
+
+
+def _no_patches(net: nn.Module) -> BackboneError:
+    return BackboneError(f"{type(net).__name__} has no patch tokens to hide; use a ViT backbone (vit_tiny, ...)")
+
+
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
@@ -37,14 +76,25 @@ class ConvBackbone(nn.Module):
 
     features: nn.Module
     embed_dim: int
+    in_chans: int
+    grid = patch_size = None
 
-    def forward_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is not None:
-            raise BackboneError(f"{type(self).__name__} has no tokens to mask; use a ViT backbone for masked methods")
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).flatten(2).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).mean((2, 3))
+
+    def forward_pooled_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.forward_tokens(x)
+        return tokens.mean(1), tokens
+
+    def forward_visible(self, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        raise _no_patches(self)
+
+    def forward_masked(self, x: torch.Tensor, mask: torch.Tensor,
+                       mask_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise _no_patches(self)
 
 
 class ConvNet(ConvBackbone):
@@ -56,7 +106,7 @@ class ConvNet(ConvBackbone):
         for cin, cout in zip(widths[:-1], widths[1:]):
             layers += [_conv_bn(cin, cout, 2), _conv_bn(cout, cout)]
         self.features = nn.Sequential(*layers)
-        self.embed_dim = widths[-1]
+        self.embed_dim, self.in_chans = widths[-1], in_chans
 
 
 class ResNet(ConvBackbone):
@@ -70,12 +120,23 @@ class ResNet(ConvBackbone):
             net.maxpool = nn.Identity()
         elif in_chans != 3:
             net.conv1 = nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
-        self.embed_dim = net.fc.in_features
+        self.embed_dim, self.in_chans = net.fc.in_features, in_chans
         self.features = nn.Sequential(*list(net.children())[:-2])
 
 
+@contextmanager
+def _output_replaced(module: nn.Module, change: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Inside, ``module``'s output goes through ``change``: a way into a public ``forward_features``."""
+    handle = module.register_forward_hook(lambda _module, _args, out: change(out))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class TimmBackbone(nn.Module):
-    """Any timm model, headless. ViTs take a ``mask`` in :meth:`forward_tokens`."""
+    """Any timm model, headless. A ViT's entry points run timm's public ``forward_features``; hiding
+    patches changes the output of its ``patch_embed`` (mask token) or ``patch_drop`` (visible only)."""
 
     def __init__(self, name: str, in_chans: int = 3, image_size: int = 224, **kwargs):
         super().__init__()
@@ -90,45 +151,89 @@ class TimmBackbone(nn.Module):
         else:
             extra = {"img_size": image_size} if "vit" in name or "deit" in name else {}
             self.model = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=0, **extra, **kwargs)
-        self.embed_dim = self.model.num_features
-        self.is_vit = hasattr(self.model, "patch_embed") and hasattr(self.model, "blocks")
-
-    def forward_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None,
-                       pooled: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """Patch tokens ``[B, N, D]``. With ``mask`` (bool ``[B, N]``, True = hidden, the same count in every
-        row) the hidden patches are dropped after the position embedding and before the blocks, as MAE's
-        and I-JEPA's encoders do: the blocks see only the visible tokens, and ``[B, N_visible, D]`` comes
-        back in the patches' order. With a ``mask_token [D]`` hidden patches are instead replaced by it
-        before the position embedding and all N are kept (iBOT, DINOv2; any count per row).
-        ``pooled=True`` (ViTs) returns ``(pooled [B, D], tokens)`` of one pass, the pooled embedding being
-        what :meth:`forward` gives."""
-        if not self.is_vit:
-            if mask is not None or pooled:
-                raise BackboneError(f"{type(self.model).__name__} takes no token mask; use a ViT")
-            feats = self.model.forward_features(x)
-            return feats.flatten(2).transpose(1, 2) if feats.ndim == 4 else feats
-        m = self.model
-        x = m.patch_embed(x)
-        if mask is not None and mask_token is not None:
-            x = torch.where(mask.view(*x.shape[:-1], 1), mask_token.to(x.dtype), x)
-        x = m._pos_embed(x)
-        prefix = m.num_prefix_tokens
-        if mask is not None and mask_token is None:
-            shape = [x.shape[0], x.shape[1] - prefix]
-            if list(mask.shape) != shape or bool((mask.sum(1) != mask[0].sum()).any()):
-                raise BackboneError(f"a token mask must be bool [B, N] = {shape} hiding the same number of patches "
-                                    f"in every row; got {list(mask.shape)}")  # fmt: skip
-            keep = (~mask).nonzero()[:, 1].view(x.shape[0], -1) + prefix
-            index = torch.cat([torch.arange(prefix, device=x.device).expand(x.shape[0], -1), keep], 1)
-            x = x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        x = m.norm(m.blocks(m.norm_pre(x)))
-        return (m.forward_head(x, pre_logits=True), x[:, prefix:]) if pooled else x[:, prefix:]
+        self.embed_dim, self.in_chans = self.model.num_features, in_chans
+        vit = hasattr(self.model, "patch_embed") and hasattr(self.model, "blocks")
+        embed = self.model.patch_embed if vit else None
+        self.grid = tuple(embed.grid_size) if vit else None
+        self.patch_size = embed.patch_size[0] if vit else None
+        self.prefix = self.model.num_prefix_tokens if vit else 0  # class and register tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.model.forward_features(x)
+        if self.grid is None and feats.ndim == 4:  # a CNN's feature map
+            return feats.flatten(2).transpose(1, 2)
+        return feats[:, self.prefix :]
 
-def build_backbone(name: str, in_chans: int = 3, image_size: int = 224, **kwargs) -> nn.Module:
+    def forward_pooled_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.grid is None:
+            return self.forward(x), self.forward_tokens(x)
+        feats = self.model.forward_features(x)
+        return self.model.forward_head(feats, pre_logits=True), feats[:, self.prefix :]
+
+    def forward_visible(self, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        if self.grid is None:
+            raise _no_patches(self.model)
+
+        def keep_visible(t: torch.Tensor) -> torch.Tensor:  # t: [B, prefix + N, D], positions added
+            shape = [t.shape[0], t.shape[1] - self.prefix]
+            if list(hidden.shape) != shape or bool((hidden.sum(1) != hidden[0].sum()).any()):
+                raise BackboneError(f"a token mask must be bool [B, N] = {shape} hiding the same number of patches "
+                                    f"in every row; got {list(hidden.shape)}")  # fmt: skip
+            keep = (~hidden).nonzero()[:, 1].view(t.shape[0], -1) + self.prefix
+            index = torch.cat([torch.arange(self.prefix, device=t.device).expand(t.shape[0], -1), keep], 1)
+            return t.gather(1, index.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
+
+        with _output_replaced(self.model.patch_drop, keep_visible):
+            return self.model.forward_features(x)[:, self.prefix :]
+
+    def forward_masked(self, x: torch.Tensor, mask: torch.Tensor,
+                       mask_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.grid is None:
+            raise _no_patches(self.model)
+
+        def put_token(t: torch.Tensor) -> torch.Tensor:  # t: [B, N, D] or [B, H, W, D], no positions yet
+            return torch.where(mask.view(*t.shape[:-1], 1), mask_token.to(t.dtype), t)
+
+        with _output_replaced(self.model.patch_embed, put_token):
+            feats = self.model.forward_features(x)
+        return self.model.forward_head(feats, pre_logits=True), feats[:, self.prefix :]
+
+
+class InputTransform(nn.Module):
+    """A backbone behind a fixed change of its input (colorization's lightness, jigsaw's per-image
+    standardisation): every entry point changes ``x`` with :meth:`transform`, then calls the same entry
+    point of ``net`` with every other argument as given."""
+
+    def __init__(self, net: nn.Module, in_chans: int | None = None):
+        super().__init__()
+        self.net = net
+        self.embed_dim, self.grid, self.patch_size = net.embed_dim, net.grid, net.patch_size
+        self.in_chans = in_chans or net.in_chans
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.transform(x))
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_tokens(self.transform(x))
+
+    def forward_pooled_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.forward_pooled_tokens(self.transform(x))
+
+    def forward_visible(self, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_visible(self.transform(x), hidden)
+
+    def forward_masked(self, x: torch.Tensor, mask: torch.Tensor,
+                       mask_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.forward_masked(self.transform(x), mask, mask_token)
+
+
+def build_backbone(name: str, in_chans: int = 3, image_size: int = 224, **kwargs) -> Backbone:
     """Build a backbone by name (see the module docstring for the names)."""
     try:
         return _build(name, in_chans, image_size, **kwargs)
@@ -137,7 +242,7 @@ def build_backbone(name: str, in_chans: int = 3, image_size: int = 224, **kwargs
                             "with --set backbone.args={...}, or {} for none") from None  # fmt: skip
 
 
-def _build(name: str, in_chans: int, image_size: int, **kwargs) -> nn.Module:
+def _build(name: str, in_chans: int, image_size: int, **kwargs) -> Backbone:
     if name == "convnet":
         return ConvNet(in_chans, **kwargs)
     if name in TORCHVISION_RESNETS:

@@ -1,34 +1,39 @@
 """The training loop: one short loop on Lightning Fabric for every method.
 
-Fabric picks devices and precision and wraps DDP; this module keeps the rest readable: the data
-order, the views, the learning-rate schedule, the budget, logging, checkpoints and resume. It knows
+Fabric picks devices and precision and wraps DDP. The loop in :func:`_pretrain` reads in one screen;
+its parts have names: the budget clock (:mod:`freelabel.train.clock`), the optimiser schedule
+(:mod:`freelabel.schedules`), what a run shows (:mod:`freelabel.train.monitor`), the online k-NN
+(:mod:`freelabel.train.online_knn`) and, below in this module, checkpoints, resume and Ctrl-C. It knows
 no method by name: a method is any :class:`freelabel.methods.Method`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from lightning.fabric import Fabric
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import run as rundir
 from .config import ConfigError, RunConfig
-from .data.loader import batches, steps_per_epoch
+from .data.loader import Batch, batches, steps_per_epoch
 from .data.registry import open_dataset
 from .data.views import Views
-from .ema import cosine_schedule
 from .errors import TrainingError
-from .evaluate.knn import knn_eval
 from .hardware import resolve_precision
 from .methods import Method, build_method
+from .schedules import OptimizerSchedule
+from .train.clock import BudgetClock
+from .train.monitor import Monitor
+from .train.online_knn import OnlineKNN
 
 log = logging.getLogger("freelabel")
 
@@ -44,13 +49,11 @@ class TrainState:
     images_seen: int = 0
     skipped: list[str] = field(default_factory=list)  # files that failed to decode
 
-
-def lr_at(progress: float, warmup: float, min_lr: float = 0.0) -> float:
-    """Multiplier of the peak learning rate: linear warm-up over ``warmup``, then cosine to ``min_lr``."""
-    if progress < warmup:
-        return progress / warmup
-    t = min(1.0, (progress - warmup) / max(1e-12, 1 - warmup))
-    return min_lr + (1 - min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+    def advance(self, images: int) -> None:
+        """One step done, on ``images`` images of all processes together."""
+        self.step += 1
+        self.position += 1
+        self.images_seen += images
 
 
 def build_optimizer(method: Method, cfg: RunConfig, world: int) -> torch.optim.Optimizer:
@@ -91,19 +94,68 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
 
 def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     data = open_dataset(cfg.data.name, "train", size=cfg.data.image_size or cfg.views.size)
+    fabric, method, model, optimizer, precision = _setup(cfg, data, out)
+    schedule = OptimizerSchedule(optimizer, cfg.optim)  # before resuming: the peak learning rates
+    state = _resume(out, method, optimizer) if resume else TrainState()
+    knn = OnlineKNN(cfg, method.backbone, fabric.device, precision, state.train_seconds, fabric.is_global_zero)
+    clock = _budget_clock(cfg, len(data), fabric)  # training time runs from here, evaluation excluded
+    rank, world = fabric.global_rank, fabric.world_size
+    views = [Views(v) for v in method.views]
+    monitor = Monitor(out, state, cfg.log_every, fabric.is_global_zero, lambda v: fabric.all_reduce(v, reduce_op="mean"))
+    save = partial(_save_checkpoint, out, state, method, optimizer, fabric)
+    last: Batch | None = None  # the last batch, for the method's artefacts
+
+    with monitor, _checkpoint_on_interrupt(save, state, out):
+        while clock.progress(state) < 1:
+            for batch in batches(data, cfg.optim.batch_size, seed=cfg.seed, epoch=state.epoch, start=state.position,
+                                 rank=rank, world=world, workers=cfg.data.workers, masks=method.masks):
+                if (p := clock.progress(state)) >= 1:
+                    break
+                state.skipped += batch.skipped
+                schedule(p)
+                method.on_step(p)
+                last = _on_device(batch, views, step_generator(cfg.seed, state.step, rank), fabric.device)
+                outputs = model(last)
+                _stop_if_not_finite(outputs["loss"], state.step, cfg, out)
+                optimizer.zero_grad(set_to_none=True)
+                fabric.backward(outputs["loss"])
+                method.after_backward(p)
+                if cfg.optim.clip_grad:
+                    fabric.clip_gradients(model, optimizer, max_norm=cfg.optim.clip_grad)
+                optimizer.step()
+                method.after_step(p)
+                state.advance(len(batch.images) * world)
+                clock.tick(state)
+                monitor.step(outputs, optimizer.param_groups[0]["lr"], clock.progress(state))
+                if state.step % cfg.checkpoint_every == 0:
+                    with clock.paused():
+                        save()
+                if knn.due(state):
+                    with clock.paused():
+                        monitor.scalar("knn/top1_k20", knn(state)["top1_k20"], state.step)
+            else:
+                state.epoch, state.position = state.epoch + 1, 0
+        monitor.done()
+    save()
+    knn.finish(state)
+    return _finish(cfg, out, state, method, last, monitor, knn.curve, precision, fabric, len(data))
+
+
+def _setup(cfg: RunConfig, data, out: Path) -> tuple[Fabric, Method, torch.nn.Module, torch.optim.Optimizer, str]:
+    """Fabric, the method (the same initial weights on every process), its wrapped module and optimiser,
+    and the precision; the run's config is written once every check has passed."""
     cfg.data.channels = data.channels
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
     method = build_method(cfg, data.channels)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
     fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, precision=precision)
     fabric.launch()
-    main = fabric.is_global_zero
     if cfg.sync_bn and fabric.world_size > 1 and fabric.device.type != "cuda":  # before anything is written
         raise ConfigError("sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); leave it off on the CPU")
-    if main:
+    if fabric.is_global_zero:
         rundir.save_config(out, cfg)
         log.info("%s on %s: %d images, %s backbone, %s, %d device(s)", cfg.method, cfg.data.name, len(data),
-                 cfg.backbone.name, precision, fabric.world_size)  # fmt: skip
+                 cfg.backbone.name, precision, fabric.world_size)
     fabric.barrier()
     if cfg.sync_bn and fabric.world_size > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
@@ -113,181 +165,91 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     model, optimizer = fabric.setup(method, optimizer)
     if cfg.compile:
         model = torch.compile(model)
+    return fabric, method, model, optimizer, precision
 
-    peak_lrs = [g["lr"] for g in optimizer.param_groups]  # before a resumed optimiser brings its last lr
-    state = TrainState()
-    if resume:
-        ckpt = rundir.latest_checkpoint(out)
-        if ckpt is None:
-            raise rundir.RunError(f"{out} has no checkpoint to resume from; start it again without --resume")
-        weights, saved = rundir.load_checkpoint(ckpt)
-        method.load_state_dict(weights)
-        optimizer.load_state_dict(saved["optimizer"])
-        state = TrainState(**saved["train"])
-        torch.set_rng_state(saved["torch_rng"])
-        log.info("resumed from %s (step %d)", ckpt, state.step)
 
-    per_epoch = steps_per_epoch(len(data), cfg.optim.batch_size, fabric.world_size)
+def _budget_clock(cfg: RunConfig, images: int, fabric: Fabric) -> BudgetClock:
+    per_epoch = steps_per_epoch(images, cfg.optim.batch_size, fabric.world_size)
     if per_epoch == 0:
-        raise ConfigError(f"{len(data)} images cannot fill one batch of {cfg.optim.batch_size * fabric.world_size}; lower --batch-size")
+        raise ConfigError(f"{images} images cannot fill one batch of {cfg.optim.batch_size * fabric.world_size}; "
+                          "lower --batch-size")
     budget = cfg.budget
     total_steps = budget.steps or (math.ceil(budget.epochs * per_epoch) if budget.epochs else None)
+    agree = (lambda seconds: fabric.broadcast(seconds, 0)) if fabric.world_size > 1 else None
+    return BudgetClock(total_steps, budget.minutes, agree)
 
-    def progress() -> float:
-        if total_steps:
-            return state.step / total_steps
-        return state.train_seconds / (budget.minutes * 60)
 
-    views = [Views(v) for v in method.views]
-    writer = _tensorboard(out) if main else None
-    evaluator = _online_knn(cfg, method, fabric.device, precision) if cfg.eval_every_minutes and main else None
-    interval = (cfg.eval_every_minutes or 0) * 60
-    next_eval = (state.train_seconds // interval + 1) * interval if evaluator else math.inf
-    curve: list[dict] = []
-    last: dict | None = None  # the last batch, for the method's artefacts
+def _on_device(batch: Batch, views: list[Views], g: torch.Generator, device: torch.device) -> Batch:
+    """The batch on ``device`` with the method's views made from its images (channels-last)."""
+    images = batch.images.to(device, non_blocking=True)
+    made = [v(images, g).contiguous(memory_format=torch.channels_last) for v in views]
+    masks = {k: m.to(device, non_blocking=True) for k, m in batch.masks.items()}
+    return dataclasses.replace(batch, images=images, views=made, masks=masks)
 
-    def checkpoint() -> None:
-        if main:
-            train = asdict(state)
-            rundir.save_checkpoint(out, state.step, method.state_dict(), {
-                "optimizer": optimizer.state_dict(), "train": train, "torch_rng": torch.get_rng_state()})  # fmt: skip
-        fabric.barrier()
 
-    bar = _progress_bar(enabled=main)
-    task = bar.add_task("pretrain", total=1000, info="")
-    window_start, window_images = time.perf_counter(), 0
-    last_log = -1.0
-    metrics: dict[str, float] = {}
-    tick = time.perf_counter()  # training time runs from here, loading included, evaluation excluded
+def _stop_if_not_finite(loss: torch.Tensor, step: int, cfg: RunConfig, out: Path) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"the loss became {loss.item()} at step {step}; lower the learning rate (--lr, now {cfg.optim.lr}), "
+            f"add optim.clip_grad, or use --precision 32-true. The last good checkpoint is in {out / rundir.CHECKPOINTS}"
+        )
+
+
+# ----------------------------------------------------------------------------- checkpoints and resume
+def _save_checkpoint(out: Path, state: TrainState, method: Method, optimizer: torch.optim.Optimizer,
+                     fabric: Fabric) -> None:
+    """Weights, optimiser, where the run stands and the global random state, written by the first process."""
+    if fabric.is_global_zero:
+        saved = {"optimizer": optimizer.state_dict(), "train": asdict(state), "torch_rng": torch.get_rng_state()}
+        rundir.save_checkpoint(out, state.step, method.state_dict(), saved)
+    fabric.barrier()
+
+
+def _resume(out: Path, method: Method, optimizer: torch.optim.Optimizer) -> TrainState:
+    """Load the newest checkpoint of ``out`` into ``method`` and ``optimizer``; where the run stood."""
+    ckpt = rundir.latest_checkpoint(out)
+    if ckpt is None:
+        raise rundir.RunError(f"{out} has no checkpoint to resume from; start it again without --resume")
+    weights, saved = rundir.load_checkpoint(ckpt)
+    method.load_state_dict(weights)
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["torch_rng"])
+    log.info("resumed from %s (step %d)", ckpt, saved["train"]["step"])
+    return TrainState(**saved["train"])
+
+
+@contextmanager
+def _checkpoint_on_interrupt(save: Callable[[], None], state: TrainState, out: Path) -> Iterator[None]:
+    """Ctrl-C saves a checkpoint to resume from, then stops the run."""
     try:
-        with bar:
-            while progress() < 1:
-                for batch in batches(data, cfg.optim.batch_size, seed=cfg.seed, epoch=state.epoch, start=state.position,
-                                     rank=fabric.global_rank, world=fabric.world_size, workers=cfg.data.workers,
-                                     masks=method.masks):  # fmt: skip
-                    if progress() >= 1:
-                        break
-                    state.skipped += batch.skipped
-                    p = progress()
-                    for group, peak in zip(optimizer.param_groups, peak_lrs):
-                        group["lr"] = peak * lr_at(p, cfg.optim.warmup, cfg.optim.min_lr)
-                        if group["weight_decay"] and cfg.optim.weight_decay_end is not None:
-                            group["weight_decay"] = cosine_schedule(p, cfg.optim.weight_decay, cfg.optim.weight_decay_end)
-                    method.on_step(p)
-                    g = step_generator(cfg.seed, state.step, fabric.global_rank)
-                    images = batch.images.to(fabric.device, non_blocking=True)
-                    made = [v(images, g).contiguous(memory_format=torch.channels_last) for v in views]
-                    masks = {k: m.to(fabric.device, non_blocking=True) for k, m in batch.masks.items()}
-                    last = {"images": images, "labels": batch.labels, "views": made, "texts": batch.texts, "masks": masks}
-                    outputs = model(last)
-                    loss = outputs["loss"]
-                    if not torch.isfinite(loss):
-                        raise TrainingError(
-                            f"the loss became {loss.item()} at step {state.step}; lower the learning rate "
-                            f"(--lr, now {cfg.optim.lr}), add optim.clip_grad, or use --precision 32-true. "
-                            f"The last good checkpoint is in {out / rundir.CHECKPOINTS}")  # fmt: skip
-                    optimizer.zero_grad(set_to_none=True)
-                    fabric.backward(loss)
-                    method.after_backward(p)
-                    if cfg.optim.clip_grad:
-                        fabric.clip_gradients(model, optimizer, max_norm=cfg.optim.clip_grad)
-                    optimizer.step()
-                    method.after_step(p)
-
-                    state.step += 1
-                    state.position += 1
-                    state.images_seen += len(images) * fabric.world_size
-                    now = time.perf_counter()
-                    state.train_seconds += now - tick
-                    tick = now
-                    if budget.minutes and fabric.world_size > 1:  # every process stops at the same step
-                        state.train_seconds = fabric.broadcast(state.train_seconds, 0)
-                    window_images += len(images) * fabric.world_size
-                    if state.step % cfg.log_every == 0:
-                        now = time.perf_counter()
-                        metrics = {k: fabric.all_reduce(v.detach().float(), reduce_op="mean").item()
-                                   for k, v in outputs.items()}
-                        metrics.update(lr=optimizer.param_groups[0]["lr"], images_per_s=window_images / (now - window_start))
-                        window_start, window_images = now, 0
-                        if writer:
-                            for k, v in metrics.items():
-                                writer.add_scalar(f"train/{k}", v, state.step)
-                        bar.update(task, completed=int(1000 * progress()), info=_describe(state.step, metrics))
-                        if main and not bar.console.is_terminal and state.train_seconds - last_log >= 30:
-                            last_log = state.train_seconds
-                            log.info("%s  %.0f%%", _describe(state.step, metrics), 100 * progress())
-                    if state.step % cfg.checkpoint_every == 0:
-                        checkpoint()
-                        tick = time.perf_counter()
-                    if state.train_seconds >= next_eval:
-                        curve.append(evaluator(state))
-                        writer.add_scalar("knn/top1_k20", curve[-1]["top1_k20"], state.step)
-                        next_eval += interval
-                        window_start, window_images = time.perf_counter(), 0
-                        tick = window_start
-                else:
-                    state.epoch += 1
-                    state.position = 0
-            bar.update(task, completed=1000)
+        yield
     except KeyboardInterrupt:
-        checkpoint()
+        save()
         log.warning("interrupted at step %d; a checkpoint is saved: resume with `freelabel pretrain --resume %s`",
-                    state.step, out)  # fmt: skip
+                    state.step, out)
         raise
-    checkpoint()
-    if evaluator and (not curve or curve[-1]["step"] != state.step):
-        curve.append(evaluator(state))
+
+
+def _finish(cfg: RunConfig, out: Path, state: TrainState, method: Method, last: Batch | None, monitor: Monitor,
+            curve: list[dict], precision: str, fabric: Fabric, images: int) -> dict:
+    """The run's results; the first process writes the backbone, the method's artefacts and metrics.json."""
     result = {
-        "method": cfg.method, "backbone": cfg.backbone.name, "steps": state.step, "epochs": state.images_seen / len(data),
+        "method": cfg.method, "backbone": cfg.backbone.name, "steps": state.step, "epochs": state.images_seen / images,
         "images_seen": state.images_seen, "train_minutes": state.train_seconds / 60,
-        "images_per_s": state.images_seen / max(state.train_seconds, 1e-9), "final_loss": metrics.get("loss"),
+        "images_per_s": state.images_seen / max(state.train_seconds, 1e-9), "final_loss": monitor.metrics.get("loss"),
         "precision": precision, "devices": fabric.world_size, "skipped_files": len(state.skipped),
         "skipped_examples": state.skipped[:20],
-    }  # fmt: skip
+    }
     if curve:
         result["knn_curve"] = curve
-    if main:
+    if fabric.is_global_zero:
         rundir.save_backbone(out, method.backbone.state_dict())
         for name, data in (method.artefacts(last) if last else {}).items():
             rundir.save_artefact(out, name, data)
         rundir.update_metrics(out, "pretrain", result)
-        if writer:
-            writer.close()
+        monitor.close()
         if state.skipped:
             log.warning("skipped %d unreadable files, e.g. %s", len(state.skipped), state.skipped[0])
         log.info("done: %d steps, %.1f min, %.0f images/s; run directory %s",
-                 state.step, result["train_minutes"], result["images_per_s"], out)  # fmt: skip
+                 state.step, result["train_minutes"], result["images_per_s"], out)
     return result
-
-
-def _describe(step: int, m: dict[str, float]) -> str:
-    return f"step {step}  loss {m.get('loss', float('nan')):.4f}  lr {m.get('lr', 0):.2e}  {m.get('images_per_s', 0):.0f} img/s"
-
-
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                    TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=Console(stderr=True),
-                    disable=not enabled)  # fmt: skip
-
-
-def _tensorboard(out: Path):
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(out / "tb"))
-
-
-def _online_knn(cfg: RunConfig, method: Method, device: torch.device, precision: str):
-    """k-NN of the backbone during training, for the curve of accuracy against training time."""
-    size = cfg.data.image_size or cfg.views.size
-    train, test = open_dataset(cfg.data.name, "train", size), open_dataset(cfg.data.name, "test", size)
-    if any(label < 0 for label in (train[0][1], test[0][1])):
-        log.warning("eval_every_minutes ignored: %s has no labels", cfg.data.name)
-        return None
-
-    def evaluate(state: TrainState) -> dict:
-        acc = knn_eval(method.backbone, train, test, cfg.views, device, autocast=precision.startswith("bf16"),
-                       workers=cfg.data.workers)  # fmt: skip
-        log.info("k-NN at %.1f min (step %d): %s", state.train_seconds / 60, state.step, acc)
-        return {"minutes": state.train_seconds / 60, "step": state.step, **acc}
-
-    return evaluate

@@ -22,11 +22,15 @@ from .sources import TensorImages
 
 @dataclass
 class Batch:
+    """One step's data: the loader fills in images, labels, texts and masks; the engine adds the views
+    (the method's augmented, normalised copies of the images) and hands the whole to the method."""
+
     images: torch.Tensor  # uint8 [B, C, H, W]
-    labels: torch.Tensor  # int64 [B], -1 where unknown
-    skipped: list[str]  # paths that failed to decode in this batch
+    labels: torch.Tensor | None = None  # int64 [B], -1 where unknown
+    skipped: list[str] = field(default_factory=list)  # paths that failed to decode in this batch
     texts: list[str] | None = None  # captions, where the data has them (items of three: image, label, text)
     masks: dict[str, torch.Tensor] = field(default_factory=dict)  # made by the method's mask maker
+    views: list[torch.Tensor] = field(default_factory=list)  # float [B, C, S, S] each, one per ViewConfig
 
 
 MaskMaker = Callable[[int, torch.Generator], dict[str, torch.Tensor]]  # (batch size, generator) -> masks

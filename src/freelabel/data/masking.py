@@ -1,17 +1,17 @@
 """Patch masks for the masked methods, one module they share.
 
 Masks are over a ViT's patch grid, row-major; ``True`` means *hidden*, as
-:meth:`freelabel.backbones.TimmBackbone.forward_tokens` takes it. Randomness comes from a
+:meth:`freelabel.backbones.Backbone.forward_visible` and ``forward_masked`` take it. Randomness comes from a
 ``torch.Generator``, so a seed fixes every mask.
 
 - :class:`RandomMasks` (MAE): each sample hides its own random ``ratio`` of the patches.
 - :class:`MultiBlockMasks` (I-JEPA): a few rectangular target blocks and one large context block
   with the targets cut out of it, as facebookresearch/ijepa's ``src/masks/multiblock.py`` makes them.
-- :func:`block_masks` (iBOT, DINOv2): BEiT-style blocks on a share of the images.
+- :func:`block_masks` (iBOT, DINOv2): BEiT-style blocks on a share of the images; :class:`BlockMasks`.
 
-A method that needs masks made on the data-loading side sets ``masks`` to a maker (the two classes);
+A method that needs masks made on the data-loading side sets ``masks`` to a maker (the classes);
 the loader calls it once per batch with the batch size and a seeded generator (so a resumed run draws
-the same masks), and the tensors it returns reach the method as ``batch["masks"]``.
+the same masks), and the tensors it returns reach the method as ``batch.masks``.
 """
 
 from __future__ import annotations
@@ -22,14 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-
-def grid_of(backbone) -> tuple[int, int]:
-    """The patch grid ``(rows, cols)`` of a freelabel ViT backbone."""
-    embed = getattr(getattr(backbone, "model", None), "patch_embed", None)
-    if embed is None or not hasattr(embed, "grid_size"):
-        raise ValueError(f"{type(backbone).__name__} has no patch grid")
-    return tuple(embed.grid_size)
 
 
 def keep_first(mask: torch.Tensor, count: int) -> torch.Tensor:
@@ -117,6 +109,20 @@ class MultiBlockMasks:
 def places(mask: torch.Tensor) -> torch.Tensor:
     """The grid places where ``mask [B, N]`` is True, ``long [B, K]`` in grid order (every row must have K)."""
     return mask.nonzero()[:, 1].view(mask.shape[0], -1)
+
+
+@dataclass
+class BlockMasks:
+    """iBOT's and DINOv2's masks as a mask maker: :func:`block_masks` over the ``views`` global views of
+    every image, stacked view by view like the views are (``{"mask": bool [views * B, N]}``)."""
+
+    grid: tuple[int, int]
+    ratio: tuple[float, float] = (0.1, 0.5)
+    probability: float = 0.5
+    views: int = 2
+
+    def __call__(self, batch: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"mask": block_masks(self.views * batch, self.grid, self.ratio, self.probability, generator=g)}
 
 
 def block_masks(batch: int, grid: tuple[int, int], ratio: tuple[float, float] = (0.1, 0.5), probability: float = 0.5,

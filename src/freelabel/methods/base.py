@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..backbones import build_backbone
-from ..data.loader import MaskMaker
+from ..data.loader import Batch, MaskMaker
 from ..data.views import ViewConfig
 
 
@@ -17,9 +17,9 @@ class Method(nn.Module):
     Subclasses set ``backbone`` and ``views`` (one :class:`ViewConfig` per view the engine must
     make from each image) and implement :meth:`training_step`. A method that hides patches sets
     ``masks`` to a mask maker (:mod:`freelabel.data.masking`), which the loader calls for every batch.
-    The engine calls the module with a batch ``{"images": uint8 [B,C,H,W], "labels": [B], "views":
-    [float [B,C,S,S], ...], "texts": [str] * B or None, "masks": {name: tensor}}`` (``texts``: the
-    captions of caption data); around it, the hooks below with the run's progress (0 to 1).
+    The engine calls the module with a :class:`~freelabel.data.loader.Batch` (``views``: one float
+    tensor per view config; ``masks``: what the mask maker made; ``texts``: the captions of caption
+    data); around it, the hooks below with the run's progress (0 to 1).
     """
 
     backbone: nn.Module
@@ -33,7 +33,7 @@ class Method(nn.Module):
         a method whose backbone sees only part of the image (colorization: lightness) wraps it."""
         return build_backbone(name, in_chans, views.size, **args)
 
-    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Return ``{"loss": scalar, ...other scalars to log}``."""
         raise NotImplementedError
 
@@ -46,9 +46,9 @@ class Method(nn.Module):
     def after_step(self, progress: float) -> None:
         """After the optimiser step: update momentum encoders and teachers."""
 
-    def artefacts(self, batch: dict) -> dict[str, bytes]:
+    def artefacts(self, batch: Batch) -> dict[str, bytes]:
         """After training, with the last batch: files to keep in the run directory, by name."""
         return {}
 
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self.training_step(batch)

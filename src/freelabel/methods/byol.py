@@ -14,8 +14,9 @@ import dataclasses
 import torch
 import torch.nn as nn
 
+from ..data.loader import Batch
 from ..data.views import ViewConfig
-from ..ema import cosine_schedule, ema_update, frozen_copy
+from ..ema import MomentumTeacher
 from ..heads import mlp
 from ..losses import normalized_mse
 from .base import Method
@@ -31,22 +32,17 @@ class BYOL(Method):
         self.views = [dataclasses.replace(views, blur=1.0 * (views.blur > 0)) if asymmetric else views, second]
         self.projector = mlp(backbone.embed_dim, hidden_dim, proj_dim, 2)
         self.predictor = mlp(proj_dim, hidden_dim, proj_dim, 2)
-        self.target = frozen_copy(self.online())
-        self.base_momentum, self.momentum = momentum, momentum
+        self.target = MomentumTeacher({"backbone": self.backbone, "projector": self.projector}, momentum)
 
     def on_step(self, progress: float) -> None:
-        self.momentum = cosine_schedule(progress, self.base_momentum, 1.0)
+        self.target.set_progress(progress)
 
-    def training_step(self, batch: dict) -> dict:
-        x1, x2 = batch["views"]  # each view through the networks on its own: batch statistics per view
+    def training_step(self, batch: Batch) -> dict:
+        x1, x2 = batch.views  # each view through the networks on its own: batch statistics per view
         p1, p2 = (self.predictor(self.projector(self.backbone(x))) for x in (x1, x2))
         with torch.no_grad():
             z1, z2 = (self.target(x) for x in (x1, x2))
-        return {"loss": normalized_mse(p1, z2) + normalized_mse(p2, z1), "momentum": torch.tensor(self.momentum)}
-
-    def online(self) -> nn.Sequential:
-        """Backbone and projector as one network (a view of them, not a copy)."""
-        return nn.Sequential(self.backbone, self.projector)
+        return {"loss": normalized_mse(p1, z2) + normalized_mse(p2, z1), "momentum": torch.tensor(self.target.momentum)}
 
     def after_step(self, progress: float) -> None:
-        ema_update(self.target, self.online(), self.momentum)
+        self.target.update()

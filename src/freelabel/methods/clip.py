@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.loader import Batch
 from ..data.views import ViewConfig
 from ..errors import DataError
 from ..losses import clip_loss, siglip_loss
@@ -76,11 +77,11 @@ class CLIP(Method):
         if self.max_logit_scale is not None:
             self.logit_scale.clamp_(max=self.max_logit_scale)
 
-    def training_step(self, batch: dict) -> dict:
-        if batch.get("texts") is None:
+    def training_step(self, batch: Batch) -> dict:
+        if batch.texts is None:
             raise DataError(f"{type(self).__name__.lower()} learns from captions: give --data emoji-captions, a "
                             "CSV/JSONL of image,caption, a folder with a .txt beside each image, or .tar shards")  # fmt: skip
-        return self.contrast(self.image_features(batch["views"][0]), self.text_proj(self.text_features(batch["texts"])))
+        return self.contrast(self.image_features(batch.views[0]), self.text_proj(self.text_features(batch.texts)))
 
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised views -> the shared space (not yet L2-normalised)."""

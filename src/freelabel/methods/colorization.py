@@ -24,23 +24,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
-from ..backbones import build_backbone
+from ..backbones import InputTransform, build_backbone
 from ..config import ConfigError
 from ..data.colour import ab_bins, annealed_mean, lab_to_rgb, rgb_to_lab, soft_encode
+from ..data.loader import Batch
 from ..data.sources import DataError
 from ..data.views import ViewConfig, normalise
 from ..losses import rebalanced_cross_entropy, rebalancing_weights, update_histogram
 from .base import Method
 
 
-class LightnessInput(nn.Module):
+class LightnessInput(InputTransform):
     """A one-channel backbone behind a door that lets only lightness through: it takes RGB views
     normalised with ``mean``/``std`` and gives the backbone their CIE L, scaled to [-1, 1]."""
 
     def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
-        super().__init__()
-        self.net = net
-        self.embed_dim = net.embed_dim
+        super().__init__(net, in_chans=3)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
@@ -49,14 +48,9 @@ class LightnessInput(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             return rgb_to_lab((x.float() * self.std + self.mean).clamp(0, 1))
 
-    def lightness(self, x: torch.Tensor) -> torch.Tensor:
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The lightness of the views."""
         return (self.lab(x)[:, :1] / 50 - 1).to(x.dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.lightness(x))
-
-    def forward_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net.forward_tokens(self.lightness(x), mask)
 
 
 class Colorization(Method):
@@ -95,8 +89,8 @@ class Colorization(Method):
         out = self.head(tokens.transpose(1, 2).reshape(len(x), -1, side, side))
         return F.interpolate(out, size=self.out_size, mode="bilinear") if out.shape[-1] != self.out_size else out
 
-    def training_step(self, batch: dict) -> dict:
-        x = batch["views"][0]
+    def training_step(self, batch: Batch) -> dict:
+        x = batch.views[0]
         out = self.predict(x).float()
         ab = F.adaptive_avg_pool2d(self.backbone.lab(x)[:, 1:], self.out_size)  # the true colour, same grid
         if self.loss == "regression":
@@ -114,9 +108,9 @@ class Colorization(Method):
         lab = self.backbone.lab(x)
         return lab_to_rgb(torch.cat([lab[:, :1], F.interpolate(ab, size=x.shape[-2:], mode="bilinear")], 1))
 
-    def artefacts(self, batch: dict) -> dict[str, bytes]:
+    def artefacts(self, batch: Batch) -> dict[str, bytes]:
         """``colorization.png``: rows of input lightness, predicted colour and true colour."""
-        x = normalise(batch["images"][:16], self.views[0])
+        x = normalise(batch.images[:16], self.views[0])
         training = self.training
         self.eval()
         predicted = self.colourise(x)

@@ -16,11 +16,34 @@ import dataclasses
 import torch
 import torch.nn as nn
 
+from ..data.loader import Batch
 from ..data.views import ViewConfig
-from ..ema import cosine_schedule, ema_update, frozen_copy
+from ..ema import MomentumTeacher
 from ..heads import DINOHead
 from ..losses import dino_loss, update_center
 from .base import Method
+
+
+def multi_crop(views: ViewConfig, local_crops: int, local_size: int, local_scale: tuple[float, float]) -> list[ViewConfig]:
+    """DINO's views: two global ones (blurred always / rarely and solarized) and ``local_crops`` small ones."""
+    blur = views.blur > 0
+    return [
+        dataclasses.replace(views, blur=1.0 * blur),
+        dataclasses.replace(views, blur=0.1 * blur, solarize=0.2),
+        *[dataclasses.replace(views, size=local_size, scale=tuple(local_scale), blur=0.5 * blur)] * local_crops,
+    ]
+
+
+def teacher_temperature(progress: float, start: float, end: float, warmup: float) -> float:
+    """From ``start`` to ``end`` linearly over the first ``warmup`` of the run, then ``end``."""
+    return end if progress >= warmup else start + (end - start) * progress / warmup
+
+
+def drop_last_layer_grads(head: DINOHead, progress: float, until: float) -> None:
+    """The prototypes stay put for the first ``until`` of the run (DINO's frozen last layer)."""
+    if progress < until:
+        for p in head.last_layer.parameters():
+            p.grad = None
 
 
 class DINO(Method):
@@ -32,27 +55,20 @@ class DINO(Method):
                  norm_last_layer: bool = True):  # fmt: skip
         super().__init__()
         self.backbone = backbone
-        blur = views.blur > 0
-        self.views = [
-            dataclasses.replace(views, blur=1.0 * blur),
-            dataclasses.replace(views, blur=0.1 * blur, solarize=0.2),
-            *[dataclasses.replace(views, size=local_size, scale=tuple(local_scale), blur=0.5 * blur)] * local_crops,
-        ]
+        self.views = multi_crop(views, local_crops, local_size, local_scale)
         self.head = DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer)
-        self.teacher = frozen_copy(self.student())
+        self.teacher = MomentumTeacher({"backbone": backbone, "head": self.head}, momentum)
         self.register_buffer("center", torch.zeros(out_dim))
         self.temps = (student_temp, warmup_teacher_temp, teacher_temp, teacher_temp_warmup)
         self.teacher_temp = warmup_teacher_temp
-        self.base_momentum, self.momentum = momentum, momentum
         self.center_momentum, self.freeze_last_layer = center_momentum, freeze_last_layer
 
     def on_step(self, progress: float) -> None:
-        _, start, end, warmup = self.temps
-        self.teacher_temp = end if progress >= warmup else start + (end - start) * progress / warmup
-        self.momentum = cosine_schedule(progress, self.base_momentum, 1.0)
+        self.teacher_temp = teacher_temperature(progress, *self.temps[1:])
+        self.teacher.set_progress(progress)
 
-    def training_step(self, batch: dict) -> dict:
-        views = batch["views"]
+    def training_step(self, batch: Batch) -> dict:
+        views = batch.views
         with torch.no_grad():
             teacher = self.teacher(torch.cat(views[:2])).chunk(2)
         student = list(self.head(self.backbone(torch.cat(views[:2]))).chunk(2))
@@ -60,16 +76,11 @@ class DINO(Method):
             student += self.head(self.backbone(torch.cat(views[2:]))).chunk(len(views) - 2)
         loss = dino_loss(student, list(teacher), self.center, self.temps[0], self.teacher_temp)
         self.center.copy_(update_center(self.center, torch.cat(teacher), self.center_momentum))
-        return {"loss": loss, "teacher_temp": torch.tensor(self.teacher_temp), "momentum": torch.tensor(self.momentum)}
+        return {"loss": loss, "teacher_temp": torch.tensor(self.teacher_temp),
+                "momentum": torch.tensor(self.teacher.momentum)}
 
     def after_backward(self, progress: float) -> None:
-        if progress < self.freeze_last_layer:
-            for p in self.head.last_layer.parameters():
-                p.grad = None
-
-    def student(self) -> nn.Sequential:
-        """Backbone and head as one network (a view of them, not a copy)."""
-        return nn.Sequential(self.backbone, self.head)
+        drop_last_layer_grads(self.head, progress, self.freeze_last_layer)
 
     def after_step(self, progress: float) -> None:
-        ema_update(self.teacher, self.student(), self.momentum)
+        self.teacher.update()

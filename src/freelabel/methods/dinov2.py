@@ -11,7 +11,8 @@ Sinkhorn-Knopp centring as an option; and DINOv3's Gram anchoring (Siméoni et a
          + w * |Gram(s_patch) - Gram(gram_teacher(g1, g2))|^2 # Gram anchoring, after `gram_start`
     gram_teacher: a frozen copy of the EMA teacher made at `gram_start` (or read from `gram_checkpoint`)
 
-Schedules (teacher temperature, momentum, frozen last layer) are DINO's: this class extends it.
+The masks come from the loader (:class:`~freelabel.data.masking.BlockMasks`), so a resumed run draws
+the same; DINO's parts (views, head, teacher temperature, frozen last layer) are composed, not inherited.
 """
 
 from __future__ import annotations
@@ -25,16 +26,17 @@ from safetensors.torch import load_file
 
 from ..backbones import BackboneError
 from ..config import ConfigError
-from ..data.masking import block_masks
+from ..data.loader import Batch
+from ..data.masking import BlockMasks
 from ..data.views import ViewConfig
-from ..dist import world
-from ..ema import frozen_copy
+from ..ema import MomentumTeacher, frozen_copy
 from ..heads import DINOHead
 from ..losses import cross_view_entropy, gram_loss, ibot_patch_loss, koleo, sinkhorn_knopp, update_center
-from .dino import DINO
+from .base import Method
+from .dino import drop_last_layer_grads, multi_crop, teacher_temperature
 
 
-class DINOv2(DINO):
+class DINOv2(Method):
     def __init__(self, backbone: nn.Module, views: ViewConfig, out_dim: int = 65536, hidden_dim: int = 2048,
                  bottleneck_dim: int = 256, student_temp: float = 0.1, teacher_temp: float = 0.07,
                  warmup_teacher_temp: float = 0.04, teacher_temp_warmup: float = 0.3, momentum: float = 0.992,
@@ -44,21 +46,26 @@ class DINOv2(DINO):
                  separate_ibot_head: bool = False, ibot_out_dim: int = 65536, mask_probability: float = 0.5,
                  mask_ratio: tuple[float, float] = (0.1, 0.5), koleo_weight: float = 0.1, gram_weight: float = 0.0,
                  gram_start: float = 0.0, gram_checkpoint: str = ""):  # fmt: skip
-        if not getattr(backbone, "is_vit", False):
+        super().__init__()
+        if backbone.grid is None:
             raise BackboneError("dinov2 masks patch tokens: use a ViT backbone (vit_tiny, vit_small, ...)")
         if centering not in ("center", "sinkhorn"):
             raise ConfigError(f"method_args.centering must be center or sinkhorn, got {centering!r}")
-        super().__init__(backbone, views, out_dim, hidden_dim, bottleneck_dim, student_temp, teacher_temp,
-                         warmup_teacher_temp, teacher_temp_warmup, momentum, center_momentum, local_crops, local_size,
-                         local_scale, freeze_last_layer, norm_last_layer)  # fmt: skip
+        self.backbone = backbone
+        self.views = multi_crop(views, local_crops, local_size, local_scale)
+        self.masks = BlockMasks(backbone.grid, tuple(mask_ratio), mask_probability)
+        shape = dict(hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim, norm_last_layer=norm_last_layer)
+        self.head = DINOHead(backbone.embed_dim, out_dim, **shape)
         self.mask_token = nn.Parameter(torch.zeros(backbone.embed_dim))
-        self.ibot_head = (DINOHead(backbone.embed_dim, ibot_out_dim, hidden_dim, bottleneck_dim,
-                                   norm_last_layer=norm_last_layer) if separate_ibot_head else None)  # fmt: skip
-        if separate_ibot_head:
-            self.teacher = frozen_copy(self.student())  # DINO's teacher, with the iBOT head
+        self.ibot_head = DINOHead(backbone.embed_dim, ibot_out_dim, **shape) if separate_ibot_head else None
+        student = {"backbone": backbone, "head": self.head} | ({"ibot_head": self.ibot_head} if separate_ibot_head else {})
+        self.teacher = MomentumTeacher(student, momentum)  # the one teacher, with the iBOT head where there is one
+        self.register_buffer("center", torch.zeros(out_dim))
         self.register_buffer("patch_center", torch.zeros(ibot_out_dim if separate_ibot_head else out_dim))
+        self.temps = (student_temp, warmup_teacher_temp, teacher_temp, teacher_temp_warmup)
+        self.teacher_temp = warmup_teacher_temp
+        self.center_momentum, self.freeze_last_layer = center_momentum, freeze_last_layer
         self.centering, self.ibot_weight, self.koleo_weight = centering, ibot_weight, koleo_weight
-        self.mask_probability, self.mask_ratio = mask_probability, tuple(mask_ratio)
         self.gram_weight, self.gram_start, self.gram_on = gram_weight, gram_start, False
         if gram_weight > 0:
             self.gram_teacher = frozen_copy(backbone)
@@ -74,19 +81,14 @@ class DINOv2(DINO):
     def train(self, mode: bool = True) -> DINOv2:
         """The student trains; the teachers stay in eval mode (no drop-path in them, as in DINOv2)."""
         super().train(mode)
-        for teacher in (self.teacher, getattr(self, "gram_teacher", None)):
-            if teacher is not None:
-                teacher.eval()
+        self.teacher.eval()
+        if self.gram_weight > 0:
+            self.gram_teacher.eval()
         return self
 
-    def student(self) -> nn.ModuleDict:
-        """Backbone and heads as one network (a view of them, not a copy); the teacher is its EMA."""
-        ibot = getattr(self, "ibot_head", None)  # None also while DINO's constructor makes the first teacher
-        heads = {"ibot_head": ibot} if ibot is not None else {}
-        return nn.ModuleDict({"backbone": self.backbone, "head": self.head, **heads})
-
     def on_step(self, progress: float) -> None:
-        super().on_step(progress)
+        self.teacher_temp = teacher_temperature(progress, *self.temps[1:])
+        self.teacher.set_progress(progress)
         self.gram_on = self.gram_weight > 0 and progress >= self.gram_start
         if self.gram_on and not self.gram_ready:  # the Gram teacher: the EMA teacher as it is now
             self.gram_teacher.load_state_dict(self.teacher["backbone"].state_dict())
@@ -100,17 +102,13 @@ class DINOv2(DINO):
         center.copy_(update_center(center, logits, self.center_momentum))
         return probs
 
-    def training_step(self, batch: dict) -> dict:
-        views = batch["views"]
+    def training_step(self, batch: Batch) -> dict:
+        views, masks = batch.views, batch.masks["mask"]  # masks: [2B, N], the global views stacked
         glob = torch.cat(views[:2])
         teacher = self.teacher
         with torch.no_grad():
-            t_cls, t_patch = teacher["backbone"].forward_tokens(glob, pooled=True)
-        side = int(t_patch.shape[1] ** 0.5)  # square views: a side x side grid of patches
-        g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))) + world()[0])  # other masks per process
-        masks = block_masks(len(glob), (side, side), self.mask_ratio, self.mask_probability, generator=g)
-        masks = masks.to(glob.device)
-        s_cls, s_patch = self.backbone.forward_tokens(glob, masks, self.mask_token, pooled=True)
+            t_cls, t_patch = teacher["backbone"].forward_pooled_tokens(glob)  # the teacher sees every patch
+        s_cls, s_patch = self.backbone.forward_masked(glob, masks, self.mask_token)
 
         with torch.no_grad():
             dino_targets = self.targets(teacher["head"](t_cls), self.center).chunk(2)
@@ -132,13 +130,15 @@ class DINOv2(DINO):
             out["gram"] = gram_loss(s_patch, anchor)
         out["loss"] = out["dino"] + self.ibot_weight * out["ibot"] + self.koleo_weight * out["koleo"] + \
             self.gram_weight * out["gram"]  # fmt: skip
-        return {**out, "teacher_temp": torch.tensor(self.teacher_temp), "momentum": torch.tensor(self.momentum)}
+        return {**out, "teacher_temp": torch.tensor(self.teacher_temp), "momentum": torch.tensor(self.teacher.momentum)}
 
     def after_backward(self, progress: float) -> None:
-        super().after_backward(progress)
-        if progress < self.freeze_last_layer and self.ibot_head is not None:
-            for p in self.ibot_head.last_layer.parameters():
-                p.grad = None
+        drop_last_layer_grads(self.head, progress, self.freeze_last_layer)
+        if self.ibot_head is not None:
+            drop_last_layer_grads(self.ibot_head, progress, self.freeze_last_layer)
+
+    def after_step(self, progress: float) -> None:
+        self.teacher.update()
 
 
 def teacher_backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -151,7 +151,7 @@ def teacher_backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
     if ckpt is None:
         raise ConfigError(f"gram_checkpoint {path} holds no checkpoint (a run directory or its checkpoints/step-N)")
     state = load_file(str(ckpt / "model.safetensors"))
-    for prefix in ("teacher.backbone.", "teacher.0.", "backbone."):
+    for prefix in ("teacher.backbone.", "backbone."):
         found = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
         if found:
             return found

@@ -17,9 +17,10 @@ import torch
 import torch.nn as nn
 
 from ..config import ConfigError
+from ..data.loader import Batch
 from ..data.masking import MultiBlockMasks, places
 from ..data.views import ViewConfig
-from ..ema import ema_update, frozen_copy
+from ..ema import MomentumTeacher
 from ..heads import MaskedTokenDecoder
 from ..losses import latent_prediction_loss
 from .base import Method
@@ -39,22 +40,22 @@ class IJEPA(Method):
         grid = vit_grid(backbone, "ijepa")
         self.masks = MultiBlockMasks(grid, targets, tuple(target_scale), tuple(target_aspect), tuple(context_scale))
         self.predictor = MaskedTokenDecoder(backbone.embed_dim, grid, predictor_dim, predictor_depth, predictor_heads)
-        self.target = frozen_copy(backbone)
-        self.loss, self.base_momentum, self.momentum = loss, momentum, momentum
+        self.target = MomentumTeacher({"backbone": backbone}, momentum, schedule="linear")
+        self.loss = loss
 
     def on_step(self, progress: float) -> None:
-        self.momentum = self.base_momentum + (1 - self.base_momentum) * min(progress, 1.0)
+        self.target.set_progress(progress)
 
-    def training_step(self, batch: dict) -> dict:
-        x, masks = batch["views"][0], batch["masks"]
+    def training_step(self, batch: Batch) -> dict:
+        x, masks = batch.views[0], batch.masks
         hidden, at = masks["context"], masks["targets"]  # bool [B, N] (True: not context), long [B, M, K]
         b, m, k = at.shape
         with torch.no_grad():
-            h = self.target.forward_tokens(x)
+            h = self.target["backbone"].forward_tokens(x)
             h = h.gather(1, at.flatten(1).unsqueeze(-1).expand(-1, -1, h.shape[-1])).view(b * m, k, -1)
-        z = self.backbone.forward_tokens(x, hidden)
+        z = self.backbone.forward_visible(x, hidden)
         pred = self.predictor(z.repeat_interleave(m, 0), places(~hidden).repeat_interleave(m, 0), at.flatten(0, 1))
-        return {"loss": latent_prediction_loss(pred, h, self.loss), "momentum": torch.tensor(self.momentum)}
+        return {"loss": latent_prediction_loss(pred, h, self.loss), "momentum": torch.tensor(self.target.momentum)}
 
     def after_step(self, progress: float) -> None:
-        ema_update(self.target, self.backbone, self.momentum)
+        self.target.update()

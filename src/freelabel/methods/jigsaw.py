@@ -23,8 +23,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..backbones import build_backbone
+from ..backbones import InputTransform, build_backbone
 from ..config import ConfigError
+from ..data.loader import Batch
 from ..data.views import ViewConfig
 from ..heads import mlp
 from .base import Method
@@ -71,19 +72,12 @@ def standardise(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return (x - x.mean(dims, keepdim=True)) / (x.std(dims, keepdim=True) + 1e-5)
 
 
-class Standardised(nn.Module):
+class Standardised(InputTransform):
     """A backbone that standardises each input on its own, as every jigsaw tile is in training, so that
     whole images in evaluation meet the statistics the network learned on."""
 
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net, self.embed_dim = net, net.embed_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(standardise(x, (1, 2, 3)))
-
-    def forward_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net.forward_tokens(standardise(x, (1, 2, 3)), mask)
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return standardise(x, (1, 2, 3))
 
 
 def puzzle_tiles(x: torch.Tensor, grid: int = 3, tile: float = 64 / 75, channel_jitter: int = 0) -> torch.Tensor:
@@ -125,8 +119,8 @@ class Jigsaw(Method):
         self.tile_head = nn.Sequential(nn.Linear(backbone.embed_dim, tile_dim), nn.ReLU(inplace=True))  # fc6, shared
         self.classifier = mlp(grid * grid * tile_dim, hidden_dim, permutations, 2)  # fc7, fc8
 
-    def training_step(self, batch: dict) -> dict:
-        tiles = puzzle_tiles(batch["views"][0], self.grid, self.tile, self.channel_jitter)
+    def training_step(self, batch: Batch) -> dict:
+        tiles = puzzle_tiles(batch.views[0], self.grid, self.tile, self.channel_jitter)
         b = len(tiles)
         target = torch.randint(0, len(self.permutations), (b,), device=tiles.device)
         shuffled = tiles[torch.arange(b, device=tiles.device)[:, None], self.permutations[target]]
@@ -135,5 +129,5 @@ class Jigsaw(Method):
         accuracy = (logits.argmax(1) == target).float().mean()
         return {"loss": F.cross_entropy(logits.float(), target), "accuracy": accuracy}
 
-    def artefacts(self, batch: dict) -> dict[str, bytes]:
+    def artefacts(self, batch: Batch) -> dict[str, bytes]:
         return {"permutations.json": json.dumps(self.permutations.tolist()).encode()}

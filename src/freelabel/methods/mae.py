@@ -16,7 +16,8 @@ import torch.nn as nn
 from torchvision.utils import save_image
 
 from ..config import ConfigError
-from ..data.masking import RandomMasks, grid_of, places
+from ..data.loader import Batch
+from ..data.masking import RandomMasks, places
 from ..data.views import ViewConfig, normalise
 from ..heads import MaskedTokenDecoder
 from ..losses import masked_patch_loss
@@ -25,11 +26,10 @@ from .base import Method
 
 def vit_grid(backbone: nn.Module, method: str) -> tuple[int, int]:
     """The patch grid of a ViT backbone, or a message that names the fix."""
-    try:
-        return grid_of(backbone)
-    except ValueError:
+    if backbone.grid is None:
         raise ConfigError(f"{method} hides patches and needs a ViT backbone, e.g. --backbone vit_tiny "
-                          f"--set backbone.args.patch_size=4 at 28 px") from None  # fmt: skip
+                          "--set backbone.args.patch_size=4 at 28 px")
+    return backbone.grid
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -54,30 +54,29 @@ class MAE(Method):
         self.views = [views]
         self.grid = vit_grid(backbone, "mae")
         self.masks = RandomMasks(self.grid, mask_ratio)
-        self.patch = backbone.model.patch_embed.patch_size[0]
-        self.channels = backbone.model.patch_embed.proj.in_channels
+        self.patch, self.channels = backbone.patch_size, backbone.in_chans
         self.norm_pix = norm_pix
         self.decoder = MaskedTokenDecoder(backbone.embed_dim, self.grid, decoder_dim, decoder_depth, decoder_heads,
                                           out_dim=self.patch**2 * self.channels)  # fmt: skip
 
     def reconstruct(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Predicted pixels ``[B, N_hidden, p*p*C]`` of the hidden patches (``mask`` True), in grid order."""
-        z = self.backbone.forward_tokens(x, mask)
+        z = self.backbone.forward_visible(x, mask)
         return self.decoder(z, places(~mask), places(mask))
 
-    def training_step(self, batch: dict) -> dict:
-        x, mask = batch["views"][0], batch["masks"]["mask"]
+    def training_step(self, batch: Batch) -> dict:
+        x, mask = batch.views[0], batch.masks["mask"]
         pred = torch.zeros(*mask.shape, self.patch**2 * self.channels, device=x.device)
         pred[mask] = self.reconstruct(x, mask).float().flatten(0, 1)
         return {"loss": masked_patch_loss(pred, patchify(x.float(), self.patch), mask, self.norm_pix)}
 
     @torch.no_grad()
-    def artefacts(self, batch: dict) -> dict[str, bytes]:
+    def artefacts(self, batch: Batch) -> dict[str, bytes]:
         """``reconstruction.png``: rows of originals, the visible patches (hidden ones grey) and the
         reconstruction (predicted hidden patches, in each patch's true mean and spread when ``norm_pix``,
         pasted among the visible ones), for 16 images with a fresh mask."""
         view = self.views[0]
-        x = normalise(batch["images"][:16], view)
+        x = normalise(batch.images[:16], view)
         mask = self.masks(len(x), torch.Generator().manual_seed(0))["mask"].to(x.device)
         training = self.training
         self.eval()

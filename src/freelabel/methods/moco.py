@@ -22,8 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.loader import Batch
 from ..data.views import ViewConfig
-from ..ema import cosine_schedule, ema_update, frozen_copy
+from ..ema import MomentumTeacher
 from ..heads import mlp
 from ..losses import info_nce
 from ..memory import Queue
@@ -41,12 +42,13 @@ class MoCoV2(Method):
         super().__init__()
         self.backbone, self.views = backbone, [views, views]
         self.projector = mlp(backbone.embed_dim, hidden_dim, proj_dim, 2, norm=False)
-        self.key_encoder = frozen_copy(self.encoder())
+        self.key_encoder = MomentumTeacher({"backbone": backbone, "projector": self.projector}, momentum,
+                                           schedule="constant")
         self.queue = Queue(queue_size, proj_dim)
-        self.temperature, self.momentum, self.bn_splits = temperature, momentum, bn_splits
+        self.temperature, self.bn_splits = temperature, bn_splits
 
-    def training_step(self, batch: dict) -> dict:
-        x1, x2 = batch["views"]
+    def training_step(self, batch: Batch) -> dict:
+        x1, x2 = batch.views
         q = in_splits(self.encoder(), x1, self.bn_splits)
         with torch.no_grad():
             order = torch.randperm(len(x2), device=x2.device)
@@ -61,7 +63,7 @@ class MoCoV2(Method):
         return nn.Sequential(self.backbone, self.projector)
 
     def after_step(self, progress: float) -> None:
-        ema_update(self.key_encoder, self.encoder(), self.momentum)
+        self.key_encoder.update()
 
 
 class MoCoV3(Method):
@@ -73,21 +75,19 @@ class MoCoV3(Method):
         self.backbone, self.views = backbone, [views, views]
         self.projector = mlp(backbone.embed_dim, hidden_dim, proj_dim, proj_layers, last_bn=True)
         self.predictor = mlp(proj_dim, hidden_dim, proj_dim, 2, last_bn=predictor_bn)
-        self.momentum_encoder = frozen_copy(self.encoder())
-        self.temperature, self.base_momentum, self.momentum = temperature, momentum, momentum
+        self.momentum_encoder = MomentumTeacher({"backbone": backbone, "projector": self.projector}, momentum)
+        self.temperature = temperature
 
     def on_step(self, progress: float) -> None:
-        self.momentum = cosine_schedule(progress, self.base_momentum, 1.0)
+        self.momentum_encoder.set_progress(progress)
 
-    def training_step(self, batch: dict) -> dict:
-        x1, x2 = batch["views"]  # each view through the networks on its own: batch statistics per view
+    def training_step(self, batch: Batch) -> dict:
+        x1, x2 = batch.views  # each view through the networks on its own: batch statistics per view
         q1, q2 = (self.predictor(self.projector(self.backbone(x))) for x in (x1, x2))
         with torch.no_grad():
             k1, k2 = (self.momentum_encoder(x) for x in (x1, x2))
         loss = 2 * self.temperature * (info_nce(q1, k2, self.temperature) + info_nce(q2, k1, self.temperature))
-        return {"loss": loss, "momentum": torch.tensor(self.momentum)}
-
-    encoder = MoCoV2.encoder
+        return {"loss": loss, "momentum": torch.tensor(self.momentum_encoder.momentum)}
 
     def after_step(self, progress: float) -> None:
-        ema_update(self.momentum_encoder, self.encoder(), self.momentum)
+        self.momentum_encoder.update()

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError
+from ..data.loader import Batch
 from ..data.views import ViewConfig
 from ..heads import mlp
 from .base import Method
@@ -45,7 +46,7 @@ class Rotation(Method):
         # RotNet's classifier on the backbone's pooled features: linear, or an MLP with hidden_dim
         self.classifier = mlp(backbone.embed_dim, hidden_dim, 4, 2) if hidden_dim else nn.Linear(backbone.embed_dim, 4)
 
-    def training_step(self, batch: dict) -> dict:
-        x, turns = rotation_batch(batch["views"][0], self.per_image)
+    def training_step(self, batch: Batch) -> dict:
+        x, turns = rotation_batch(batch.views[0], self.per_image)
         logits = self.classifier(self.backbone(x))
         return {"loss": F.cross_entropy(logits.float(), turns), "accuracy": (logits.argmax(1) == turns).float().mean()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..data.loader import Batch
 from ..data.views import ViewConfig
 from ..heads import mlp
 from ..losses import nt_xent
@@ -26,6 +27,6 @@ class SimCLR(Method):
         self.projector = mlp(backbone.embed_dim, hidden_dim, proj_dim, proj_layers)
         self.temperature = temperature
 
-    def training_step(self, batch: dict) -> dict:
-        z1, z2 = self.projector(self.backbone(torch.cat(batch["views"]))).chunk(2)  # one pass for both views
+    def training_step(self, batch: Batch) -> dict:
+        z1, z2 = self.projector(self.backbone(torch.cat(batch.views))).chunk(2)  # one pass for both views
         return {"loss": nt_xent(z1, z2, self.temperature)}

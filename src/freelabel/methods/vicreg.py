@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..data.loader import Batch
 from ..data.views import ViewConfig
 from ..heads import mlp
 from ..losses import vicreg_loss
@@ -25,6 +26,6 @@ class VICReg(Method):
         self.projector = mlp(backbone.embed_dim, hidden_dim, proj_dim, proj_layers)
         self.weights = (sim_weight, var_weight, cov_weight)
 
-    def training_step(self, batch: dict) -> dict:
-        z1, z2 = self.projector(self.backbone(torch.cat(batch["views"]))).chunk(2)
+    def training_step(self, batch: Batch) -> dict:
+        z1, z2 = self.projector(self.backbone(torch.cat(batch.views))).chunk(2)
         return {"loss": vicreg_loss(z1, z2, *self.weights)}

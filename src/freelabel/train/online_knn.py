@@ -1,0 +1,54 @@
+"""k-NN accuracy of the backbone during training, for the curve of accuracy against training time."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from ..config import RunConfig
+from ..data.registry import open_dataset
+from ..evaluate.knn import knn_eval
+from .clock import Position
+
+log = logging.getLogger("freelabel")
+
+
+class OnlineKNN:
+    """Every ``cfg.eval_every_minutes`` of training time (and once at the end), the k-NN accuracy of
+    ``backbone`` on the run's data; ``curve`` holds the results. Off where ``enabled`` is false (all
+    processes but the first), without the option, or on data without labels."""
+
+    def __init__(self, cfg: RunConfig, backbone: torch.nn.Module, device: torch.device, precision: str,
+                 train_seconds: float, enabled: bool):
+        self.cfg, self.backbone, self.device, self.precision = cfg, backbone, device, precision
+        self.curve: list[dict] = []
+        self.interval = (cfg.eval_every_minutes or 0) * 60
+        self.data = self._labelled_data() if enabled and self.interval else None
+        self.next = (train_seconds // self.interval + 1) * self.interval if self.data else math.inf
+
+    def _labelled_data(self):
+        size = self.cfg.data.image_size or self.cfg.views.size
+        train, test = open_dataset(self.cfg.data.name, "train", size), open_dataset(self.cfg.data.name, "test", size)
+        if any(label < 0 for label in (train[0][1], test[0][1])):
+            log.warning("eval_every_minutes ignored: %s has no labels", self.cfg.data.name)
+            return None
+        return train, test
+
+    def due(self, run: Position) -> bool:
+        return run.train_seconds >= self.next
+
+    def __call__(self, run: Position) -> dict:
+        """Evaluate now; the result joins ``curve``."""
+        acc = knn_eval(self.backbone, *self.data, self.cfg.views, self.device,
+                       autocast=self.precision.startswith("bf16"), workers=self.cfg.data.workers)
+        log.info("k-NN at %.1f min (step %d): %s", run.train_seconds / 60, run.step, acc)
+        self.curve.append({"minutes": run.train_seconds / 60, "step": run.step, **acc})
+        self.next += self.interval
+        return self.curve[-1]
+
+    def finish(self, run: Position) -> None:
+        """The last point of the curve, at the end of training."""
+        if self.data and (not self.curve or self.curve[-1]["step"] != run.step):
+            self(run)
