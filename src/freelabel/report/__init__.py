@@ -117,6 +117,8 @@ def sample_knn(sample: Sample, pixels: bool = False) -> dict[str, float]:
 
 def environment(precision: str | None = None, devices: int | None = None) -> dict[str, str]:
     """Versions and hardware of this machine (and the run's precision and device count when known)."""
+    from ..hardware import cpu_has_bf16
+
     env = {"python": platform.python_version(), "platform": platform.platform()}
     for name in ("freelabel", *PACKAGES):
         try:
@@ -124,7 +126,7 @@ def environment(precision: str | None = None, devices: int | None = None) -> dic
         except importlib.metadata.PackageNotFoundError:
             env[name] = "not installed"
     cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), platform.processor())
-    env["cpu"] = f"{cpu} ({torch.get_num_threads()} threads)"
+    env["cpu"] = f"{cpu} ({torch.get_num_threads()} threads{', bf16 units' if cpu_has_bf16() else ''})"
     env["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     if precision:
         env["run precision"] = precision
