@@ -3,16 +3,10 @@ import pytest
 import torch
 from PIL import Image
 
-from freelabel.data.captions import (
-    CaptionImages,
-    emoji_captions,
-    make_shards,
-    open_captions,
-    read_pairs,
-    read_shards,
-)
+from freelabel.data.captions import CaptionImages, emoji_captions, open_captions, read_pairs
 from freelabel.data.loader import batches, collate
 from freelabel.data.registry import open_dataset
+from freelabel.data.shards import make_shards
 from freelabel.data.sources import load_image
 from freelabel.errors import DataError
 
@@ -51,13 +45,15 @@ def test_bad_caption_data_says_what_to_fix(captioned, tmp_path):
 def test_shards_round_trip(captioned, tmp_path):
     shards = make_shards(str(captioned / "pairs.csv"), tmp_path / "shards", per_shard=8)
     assert [s.name for s in shards] == [f"shard-{i:06d}.tar" for i in range(4)]  # 30 pairs, 8 per shard
-    back = read_shards(str(tmp_path / "shards"), "all", 16)
-    pairs = read_pairs(str(captioned / "pairs.csv"))
-    assert back.texts == [t for _, t in pairs]
-    torch.testing.assert_close(back.images, torch.stack([load_image(p, 16) for p, _ in pairs]), atol=0, rtol=0)
+    back = open_dataset(str(tmp_path / "shards"), "all", 16)
+    items = list(back)
+    pairs = dict((t, p) for p, t in read_pairs(str(captioned / "pairs.csv")))
+    assert sorted(t for _, _, t in items) == sorted(pairs)
+    for image, _, text in items:
+        torch.testing.assert_close(image, load_image(pairs[text], 16), atol=0, rtol=0)
     for split in ("train", "test"):  # shards keep the split of the source
-        assert sorted(read_shards(str(tmp_path / "shards/shard-{000000..000003}.tar"), split, 16).texts) == \
-            sorted(open_captions(str(captioned), split, 16).texts)  # fmt: skip
+        texts = [t for _, _, t in open_dataset(str(tmp_path / "shards/shard-{000000..000003}.tar"), split, 16)]
+        assert sorted(texts) == sorted(open_captions(str(captioned), split, 16).texts)
     with pytest.raises(DataError, match="already holds shards"):
         make_shards(str(captioned), tmp_path / "shards")
 

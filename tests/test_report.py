@@ -161,6 +161,7 @@ def test_compare_two_methods_then_resume(tmp_path, fmnist_folder, capsys, browse
     for r in rows:
         assert r["status"] == "done" and r["steps"] == "3"
         assert 10 < float(r["knn_top1_k20"]) <= 100 and 10 < float(r["random_init_k20"]) <= 100
+        assert 10 < float(r["linear_top1"]) <= 100
         assert float(r["images_per_s"]) > 0 and float(r["peak_memory_mb"]) > 100  # a process holding torch
         assert (out / r["name"] / "report.html").is_file()
     assert [float(r["knn_top1_k20"]) for r in rows] == sorted((float(r["knn_top1_k20"]) for r in rows), reverse=True)

@@ -282,6 +282,7 @@ def test_cli_points_and_boxes(tiny, photos, tmp_path):
         (["--points", "1,2,3,4", "--segmenter", "SAM"], "a point is X,Y or X,Y,LABEL"),
         (["--boxes", "1,2", "--segmenter", "SAM"], "a box is X0,Y0,X1,Y1"),
         (["--boxes", "1,2,3,4", "--segmenter", "/nonexistent/model"], "no such model folder"),
+        (["--text", "cat", "--segmenter", "SAM", "--coco", "x.json"], "give --out FOLDER (a JSON and an overlay per"),
     ],
 )
 def test_cli_errors_are_one_line_exit_2(tiny, photos, tmp_path, capsys, extra, says):
@@ -299,3 +300,53 @@ def test_cli_bad_image(tiny, tmp_path, capsys):
                  "--out", str(tmp_path / "o")]) == 2  # fmt: skip
     assert "cannot read" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_labels_a_folder_as_one_coco_file_and_resumes(tiny, photos, tmp_path, capsys, monkeypatch):
+    from pycocotools.coco import COCO
+
+    import freelabel.pipelines.segment as seg
+
+    folder = tmp_path / "folder"
+    (folder / "more").mkdir(parents=True)
+    for name in ("astronaut.png", "chelsea.jpg"):
+        (folder / name).write_bytes((photos / name).read_bytes())
+    (folder / "more" / "cat2.jpg").write_bytes((photos / "chelsea.jpg").read_bytes())
+    (folder / "broken.png").write_text("not a png")
+    args = ["segment", str(folder), "--text", "a person, a cat", "--detector", tiny("grounding-dino"),
+            "--segmenter", tiny("sam"), "--box-threshold", "0.3", "--batch-size", "1"]  # fmt: skip
+    assert main([*args, "--coco", str(tmp_path / "whole.json")]) == 0
+    assert "unreadable, left out: broken.png" in capsys.readouterr().out
+    coco = COCO(str(tmp_path / "whole.json"))
+    assert sorted(i["file_name"] for i in coco.dataset["images"]) == ["astronaut.png", "chelsea.jpg", "more/cat2.jpg"]
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["a person", "a cat"]
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert anns and all(0 < a["score"] <= 1 and a["iscrowd"] == 0 for a in anns)
+    for a in anns:
+        image = coco.imgs[a["image_id"]]
+        mask = coco.annToMask(a)
+        assert mask.shape == (image["height"], image["width"]) and mask.sum() == a["area"]
+        x, y, w, h = a["bbox"]
+        assert 0 <= x and 0 <= y and x + w <= image["width"] + 0.01 and y + h <= image["height"] + 0.01
+    by_name = {i["file_name"]: i["id"] for i in coco.dataset["images"]}
+    same = [[(a["bbox"], a["score"]) for a in coco.loadAnns(coco.getAnnIds(imgIds=by_name[n]))]
+            for n in ("chelsea.jpg", "more/cat2.jpg")]  # fmt: skip
+    assert same[0] == same[1]  # the same photo twice: the same objects
+
+    calls, real = [], seg._by_text
+
+    def stop_on_third_batch(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(seg, "_by_text", stop_on_third_batch)
+    assert main([*args, "--coco", str(tmp_path / "resumed.json")]) == 130
+    assert not (tmp_path / "resumed.json").exists() and (tmp_path / "resumed.json.partial").is_file()
+    monkeypatch.setattr(seg, "_by_text", real)
+    capsys.readouterr()
+    assert main([*args, "--coco", str(tmp_path / "resumed.json")]) == 0
+    assert "(3 images from the stopped run)" in capsys.readouterr().out  # broken.png and two labelled
+    whole, resumed = json.loads((tmp_path / "whole.json").read_text()), json.loads((tmp_path / "resumed.json").read_text())
+    assert resumed == whole and not (tmp_path / "resumed.json.partial").exists()

@@ -69,3 +69,13 @@ def test_grey_images_and_output_shape_and_normalisation():
     out = Views(cfg)(x, torch.Generator().manual_seed(0))
     assert out.shape == (5, 1, 20, 20) and out.dtype == torch.float32
     assert out.min() >= -2.0 - 1e-5 and out.max() <= 2.0 + 1e-5
+
+
+def test_views_work_in_place_on_their_own_copy_only():
+    x = _images(6).float() / 255
+    before = x.clone()
+    Views(ViewConfig(size=32, jitter=1.0, grayscale=0.5, blur=1.0, solarize=0.5))(x, torch.Generator().manual_seed(0))
+    assert torch.equal(x, before)
+    crops = _images(6)
+    out = Views(ViewConfig(size=32, hflip=1.0, **PLAIN))(crops, torch.Generator().manual_seed(0), cropped=True)
+    torch.testing.assert_close(out, crops.float().flip(-1) / 255, atol=1e-6, rtol=0)  # crops made already: only mirrored

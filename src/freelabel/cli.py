@@ -70,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
         it.add_argument("--data", help="test data (default: the run's data): emoji-captions, fashion-mnist, a folder, ...")
         it.add_argument("--weights", help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)")
 
+    _protocol_parsers(evsub)
+
+    pr = sub.add_parser("predict", help="apply a classifier folder (from eval linear/finetune) to a folder of images")
+    pr.add_argument("classifier", help="classifier folder")
+    pr.add_argument("images", help="folder of images (searched recursively)")
+    pr.add_argument("--out", help="CSV to write (image, label_1, score_1, ...); default: print it")
+    pr.add_argument("-k", type=int, default=5, help="labels per image")
+
     zs = sub.add_parser("zeroshot", help="classify a folder of images by class names, zero-shot")
     zs.add_argument("images", help="folder of images")
     zs.add_argument("--labels", required=True, help='class names, comma-separated: "cat,dog,bird"')
@@ -77,12 +85,14 @@ def _parser() -> argparse.ArgumentParser:
     zs.add_argument("--weights", help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)")
     zs.add_argument("--out", help="CSV to write (image, label, score); default: print it")
 
-    sh = sub.add_parser("shards", help="WebDataset shards of image-caption pairs")
+    sh = sub.add_parser("shards", help="WebDataset shards of images (labels, captions), streamed in training")
     shsub = sh.add_subparsers(dest="action", required=True, metavar="ACTION")
-    mk = shsub.add_parser("make", help="write shards from a CSV/JSONL of image,caption or a folder with .txt captions")
-    mk.add_argument("src", help="CSV/JSONL file or captioned folder")
-    mk.add_argument("out", help="folder for shard-000000.tar, ...")
+    mk = shsub.add_parser("make", help="write shards from an image folder (class sub-folders become labels), a "
+                          "CSV/JSONL of image,caption or a folder with .txt captions")  # fmt: skip
+    mk.add_argument("src", help="image folder, CSV/JSONL file or captioned folder")
+    mk.add_argument("out", help="folder for shard-000000.tar, ... and shards.json")
     mk.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
+    mk.add_argument("--workers", type=int, help="processes writing shards (default: the cores available)")
 
     ix = sub.add_parser("index", help="an embedding index of images: build, search, evaluate")
     ixsub = ix.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -120,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
                         "NAME.png (overlay) per image into --out. By text: --text with --detector (Grounding DINO or "
                         "OWLv2) and a SAM/SAM2 --segmenter, or a SAM3 --segmenter alone. By prompts: --points and/or "
                         "--boxes with a SAM/SAM2 --segmenter. Models are hub names or save_pretrained folders.")  # fmt: skip
-    sg.add_argument("images", nargs="+", metavar="IMAGE")
+    sg.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or with --coco also folders of images")
     sg.add_argument("--text", help='comma-separated phrases, e.g. "cat,dog"')
     sg.add_argument("--detector", help="Grounding DINO or OWLv2 model turning --text into boxes")
     sg.add_argument("--segmenter", required=True, help="SAM, SAM2 or SAM3 model")
@@ -132,7 +142,9 @@ def _parser() -> argparse.ArgumentParser:
     sg.add_argument("--batch-size", type=int, default=4, help="images per detector forward pass")
     sg.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     sg.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: bf16 on GPU, fp32 on CPU")
-    sg.add_argument("--out", required=True, help="output folder")
+    sg.add_argument("--out", help="output folder (a JSON and an overlay PNG per image)")
+    sg.add_argument("--coco", metavar="FILE", help="instead: one COCO instances file for all the images (by --text), "
+                    "resumable: a rerun continues where a stopped one left off")  # fmt: skip
 
     rp = sub.add_parser("report", help="an HTML report of a run (or of a pretrained model with --model)",
                         description="Write RUN/report.html (or OUT/report.html for --model): one self-contained file "
@@ -166,6 +178,41 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _protocol_parsers(evsub) -> None:
+    """``eval linear``, ``finetune``, ``dense``, ``attention`` (:mod:`freelabel.evaluate`)."""
+    model = "run directory, or a pretrained model: hub name, local folder or torchvision:NAME"
+    lin = evsub.add_parser("linear", help="linear probe on frozen features (a grid of heads, best on a validation split)")
+    ft = evsub.add_parser("finetune", help="fine-tune backbone + linear head, with all or few labels (or from scratch)")
+    de = evsub.add_parser("dense", help="dense linear probe on frozen patch tokens / feature maps: mIoU")
+    at = evsub.add_parser("attention", help="CLS attention maps of a ViT's last block, per head, and their object Jaccard")
+    for p in (lin, ft, de, at):
+        p.add_argument("run", help=model)
+    for p in (lin, ft):
+        p.add_argument("--data", help="labelled data (default: the run's data; fashion-mnist for a pretrained model)")
+        p.add_argument("--out", help="classifier folder to write (default: inside the run directory)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the validation split, label subset and training")
+    for p in (de, at):
+        p.add_argument("--data", default="composed", help="composed (Fashion-MNIST garments on canvases with exact "
+                       "masks, the default), or a folder with images/ and masks/ (PNG class ids, 255 ignored)")  # fmt: skip
+    for p in (lin, de, at):
+        p.add_argument("--baselines", action="store_true", help="also score the random-init backbone" +
+                       (" and raw pixels" if p is lin else ""))  # fmt: skip
+    lin.add_argument("--epochs", type=int, default=25, help="epochs of the linear heads")
+    ft.add_argument("--labels", default="100%", help="1%%, 10%%, 100%% of each class, or N images per class")
+    ft.add_argument("--subset", metavar="FILE", help="train on the images this file lists (one path or row number per line)")
+    ft.add_argument("--init", choices=["trained", "random"], default="trained",
+                    help="random: the same backbone from its random init (the supervised-from-scratch reference)")  # fmt: skip
+    ft.add_argument("--from-scratch", dest="init", action="store_const", const="random", help="the same as --init random")
+    budget = ft.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=float, help="budget in epochs (default: 10, and at least 500 steps)")
+    budget.add_argument("--minutes", type=float, help="budget in minutes of training")
+    ft.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate for a batch of 256")
+    ft.add_argument("--layer-decay", type=float, default=0.75, help="ViTs: lr factor per block, top to bottom")
+    ft.add_argument("--batch-size", type=int, default=256)
+    at.add_argument("--out", help="folder for the attention images (default: RUN/attention)")
+    at.add_argument("--images", type=int, default=8, help="images to draw")
+
+
 def _overrides(args: argparse.Namespace) -> dict:
     from .config import parse_override
 
@@ -186,6 +233,15 @@ def _overrides(args: argparse.Namespace) -> dict:
     return o
 
 
+def _no_gpu(accelerator: str | None) -> bool:
+    """Whether a run would train on the CPU: asked to, or left to choose on a machine with no GPU."""
+    import torch
+
+    if accelerator in (None, "auto"):
+        return not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    return accelerator == "cpu"
+
+
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from .errors import ConfigError
     from .methods import method_class
@@ -194,7 +250,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         if not args.method:
             raise ConfigError("name a method (see `freelabel methods`), or give --resume RUN_DIR")
         method_class(args.method)  # an unknown name fails here, before torch and the training libraries load
-    from .config import default_recipe, load_recipe, resolve, to_dict
+    from .config import cpu_recipe, default_recipe, load_recipe, resolve, to_dict
     from .run import load_config
 
     if args.resume:
@@ -203,7 +259,14 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     else:
         data = args.data or "fashion-mnist"
         name = args.recipe or default_recipe(args.method, data)
-        cfg = resolve({**load_recipe(name), "recipe": name}, {"method": args.method, **_overrides(args)})
+        recipe = load_recipe(name)
+        if not args.recipe and name == args.method and Path(data).expanduser().exists() and _no_gpu(args.accelerator):
+            name, recipe = cpu_recipe(args.method) or (name, recipe)
+        cfg = resolve({**recipe, "recipe": name}, {"method": args.method, **_overrides(args)})
+        if name != (args.recipe or default_recipe(args.method, data)):
+            logging.getLogger("freelabel").info(
+                "no GPU here: pretraining with %s's CPU-sized recipe (%s at %d px); for the paper recipe give --recipe %s",
+                args.method, cfg.backbone.name, cfg.views.size, args.method)  # fmt: skip
         out = Path(args.out or f"runs/{args.method}-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
     from .engine import pretrain
 
@@ -211,6 +274,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    if args.protocol in ("linear", "finetune", "dense", "attention"):
+        return cmd_eval_protocol(args)
     if args.protocol != "knn":
         return cmd_eval_imagetext(args)
     from .config import ConfigError
@@ -241,6 +306,53 @@ def cmd_eval_imagetext(args: argparse.Namespace) -> None:
     print(json.dumps(results, indent=2))
 
 
+def cmd_eval_protocol(args: argparse.Namespace) -> None:
+    import json
+
+    if args.protocol == "linear":
+        from .evaluate.linear import evaluate_linear
+
+        r = evaluate_linear(args.run, args.data, args.baselines, args.out, args.epochs, args.seed)
+        rows = {k: f"{r[k]['top1']:.2f}%" for k in ("trained", "random_init", "raw_pixels") if k in r}
+    elif args.protocol == "finetune":
+        from .evaluate.finetune import finetune
+
+        r = finetune(args.run, args.data, args.labels, subset_file=args.subset, init=args.init, epochs=args.epochs,
+                     minutes=args.minutes, lr=args.lr, layer_decay=args.layer_decay, batch_size=args.batch_size,
+                     seed=args.seed, out=args.out)  # fmt: skip
+        rows = {args.init: f"{r['top1']:.2f}% ({r['train_images']} labelled images, {r['steps']} steps, {r['minutes']} min)"}
+    elif args.protocol == "dense":
+        from .evaluate.dense import evaluate_dense
+
+        r = evaluate_dense(args.run, args.data, args.baselines)
+        rows = {k: f"mIoU {r[k]['miou']:.2f}%" for k in ("trained", "random_init") if k in r}
+    else:
+        from .evaluate.attention import evaluate_attention
+
+        r = evaluate_attention(args.run, args.data, args.out, args.images, args.baselines)
+        rows = {k: f"Jaccard {r[k]['jaccard_mean_head']:.2f}% (best head {r[k]['jaccard_best_head']:.2f}%)"
+                for k in ("trained", "random_init") if k in r}  # fmt: skip
+    print(f"{args.protocol} on {r['data']}: " + json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)}))
+    for name, text in rows.items():
+        print(f"  {name:12s} {text}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import csv
+
+    from .evaluate.classifier import predict_folder
+
+    rows, failed = predict_folder(args.classifier, args.images, args.out, args.k)
+    for path in failed:
+        print(f"unreadable: {path}", file=sys.stderr)
+    if args.out:
+        print(f"{len(rows)} images classified into {args.out}")
+    else:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["image"] + [f"{n}_{j}" for j in range(1, min(args.k, len(rows[0]) // 2) + 1) for n in ("label", "score")])
+        writer.writerows(rows)
+
+
 def cmd_zeroshot(args: argparse.Namespace) -> None:
     from .evaluate.zeroshot import classify_folder
 
@@ -254,9 +366,9 @@ def cmd_zeroshot(args: argparse.Namespace) -> None:
 
 
 def cmd_shards(args: argparse.Namespace) -> None:
-    from .data.captions import make_shards
+    from .data.shards import make_shards
 
-    shards = make_shards(args.src, args.out, args.per_shard)
+    shards = make_shards(args.src, args.out, args.per_shard, args.workers)
     print(f"{len(shards)} shards written to {args.out}")
 
 
@@ -307,6 +419,21 @@ def cmd_segment(args: argparse.Namespace) -> None:
     from .config import ConfigError
 
     text = [t.strip() for t in args.text.split(",") if t.strip()] if args.text else None
+    if (args.out is None) == (args.coco is None):
+        raise ConfigError("give --out FOLDER (a JSON and an overlay per image) or --coco FILE (one COCO file), not both")
+    if args.coco:
+        if args.points or args.boxes:
+            raise ConfigError("--coco labels images by --text phrases; points and boxes prompt single images (use --out)")
+        from .pipelines.segment import label_folder
+
+        r = label_folder(args.images, args.coco, segmenter=args.segmenter, text=text, detector=args.detector,
+                         box_threshold=args.box_threshold, text_threshold=args.text_threshold, nms_threshold=args.nms,
+                         batch_size=args.batch_size, device=args.device, dtype=args.dtype)  # fmt: skip
+        for name in r["unreadable"]:
+            print(f"  unreadable, left out: {name}")
+        print(f"wrote {r['annotations']} objects in {r['images']} images to {r['coco']}"
+              + (f" ({r['resumed']} images from the stopped run)" if r["resumed"] else ""))  # fmt: skip
+        return
     records = segment(args.images, args.out, segmenter=args.segmenter, text=text, detector=args.detector,
                       points=numbers(args.points, "--points"), boxes=numbers(args.boxes, "--boxes"),
                       box_threshold=args.box_threshold, text_threshold=args.text_threshold, nms_threshold=args.nms,
@@ -385,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         "index": cmd_index,
         "export": cmd_export,
         "segment": cmd_segment,
+        "predict": cmd_predict,
         "report": cmd_report,
         "compare": cmd_compare,
     }

@@ -90,18 +90,19 @@ def _check_existing(entry: Entry, run: Path) -> None:
 
 def finished(run: Path) -> bool:
     m = read_metrics(run)
-    return "resources" in m and "knn" in m and (run / "report.html").is_file()
+    return all(k in m for k in ("resources", "knn", "linear")) and (run / "report.html").is_file()
 
 
 def run_one(cfg: RunConfig, run: Path) -> None:
-    """Train (or continue), record peak memory, score with k-NN (and the linear probe), write the
-    report. Each stage is skipped when its result is already in the run folder."""
+    """Train (or continue), record peak memory, score with k-NN (next to random init and raw pixels) and
+    the linear probe, write the report. Each stage is skipped when its result is already in the run folder."""
     import shutil
 
     import torch
 
     from .engine import pretrain
     from .evaluate.knn import evaluate_knn
+    from .evaluate.linear import evaluate_linear
     from .report import make_report
 
     run = Path(run)
@@ -118,7 +119,8 @@ def run_one(cfg: RunConfig, run: Path) -> None:
     metrics = read_metrics(run)
     if "raw_pixels" not in metrics.get("knn", {}):
         evaluate_knn(run, baselines=True)
-    linear_probe(run)
+    if "linear" not in metrics:
+        evaluate_linear(run)
     make_report(run)
 
 
@@ -131,13 +133,6 @@ def peak_rss_mb() -> float:
         scale = 2**20 if sys.platform == "darwin" else 2**10  # bytes on macOS, KiB on Linux
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
-
-
-def linear_probe(run: Path) -> None:
-    """LINEAR PROBE CALL SITE. The linear probe (issue 16) is not on main yet; when it lands, this body
-    becomes ``if "linear" not in read_metrics(run): evaluate_linear(run)`` (``freelabel.evaluate.linear``,
-    as on its branch), which writes ``metrics.json["linear"]["trained"]["top1"]``: the leaderboard
-    already reads it, and the report shows it as a table."""
 
 
 def _child(cfg: RunConfig, run: str) -> None:
@@ -239,7 +234,7 @@ def write_leaderboard(out: Path, rows: list[dict], entries: list[Entry]) -> None
     raw = next((read_metrics(out / r["name"]).get("knn", {}).get("raw_pixels", {}).get("top1_k20") for r in rows
                 if "raw_pixels" in read_metrics(out / r["name"]).get("knn", {})), None)  # fmt: skip
 
-    shown = [c for c in COLUMNS if c not in ("method", "error") and (c != "linear_top1" or any(r[c] is not None for r in rows))]
+    shown = [c for c in COLUMNS if c not in ("method", "error")]
     heads = [LABELS.get(c, c) for c in shown]
     errors = [f"{r['name']} failed: {r['error']}" for r in rows if r["error"]]
     md = [f"# Leaderboard: {setting}", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(shown)]

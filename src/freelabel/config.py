@@ -179,6 +179,29 @@ def default_recipe(method: str, data: str) -> str:
     return specific if specific in list_recipes() else method
 
 
+CPU_VIEW_SIZE = 64  # the views of CNN recipes cut to a CPU's size for photos
+
+
+def cpu_recipe(method: str) -> tuple[str, dict] | None:
+    """For a folder of photos on a machine without a GPU: the method's recipe for a laptop CPU (small
+    backbone and views; ``METHOD-emoji``, ``-emoji-captions`` or ``-fashion-mnist``), with the paper
+    recipe's colour augmentation and normalisation where the CPU recipe is a grey one, and CNN views of
+    ``CPU_VIEW_SIZE`` pixels (ViT recipes keep the size their patch grid is tuned to). Its name and
+    the recipe; ``None`` for a method with no CPU recipe."""
+    name = next((f"{method}-{d}" for d in ("emoji", "emoji-captions", "fashion-mnist")
+                 if f"{method}-{d}" in list_recipes()), None)  # fmt: skip
+    if name is None:
+        return None
+    recipe, paper = load_recipe(name), load_recipe(method)
+    views = recipe.setdefault("views", {})
+    if name.endswith("fashion-mnist"):
+        views.update({k: v for k, v in paper.get("views", {}).items() if k in ("saturation", "hue", "grayscale", "mean", "std")})
+    if recipe.get("backbone", {}).get("name") == "convnet":
+        views["size"] = CPU_VIEW_SIZE
+    recipe["about"] = f"{name} sized for photos on a CPU: {recipe['backbone']['name']} at {views.get('size')} px"
+    return name, recipe
+
+
 def load_recipe(name_or_path: str) -> dict:
     path = Path(name_or_path)
     if not path.suffix:

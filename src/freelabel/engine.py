@@ -28,10 +28,11 @@ from .data.loader import Batch, batches, steps_per_epoch
 from .data.registry import open_dataset
 from .data.views import Views
 from .errors import TrainingError
-from .hardware import resolve_precision
+from .hardware import loader_workers, resolve_precision
 from .methods import Method, build_method
 from .schedules import OptimizerSchedule
 from .train.clock import BudgetClock
+from .train.forecast import Forecast
 from .train.monitor import Monitor
 from .train.online_knn import OnlineKNN
 
@@ -101,6 +102,8 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     clock = _budget_clock(cfg, len(data), fabric)  # training time runs from here, evaluation excluded
     rank, world = fabric.global_rank, fabric.world_size
     views = [Views(v) for v in method.views]
+    workers = loader_workers(cfg.data.workers, world // cfg.num_nodes)  # this machine's cores at most
+    forecast = Forecast(cfg.budget, clock.total_steps, cfg.optim.batch_size * world, len(data), fabric.is_global_zero)
     monitor = Monitor(out, state, cfg.log_every, fabric.is_global_zero, lambda v: fabric.all_reduce(v, reduce_op="mean"))
     save = partial(_save_checkpoint, out, state, method, optimizer, fabric)
     last: Batch | None = None  # the last batch, for the method's artefacts
@@ -108,7 +111,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     with monitor, _checkpoint_on_interrupt(save, state, out):
         while clock.progress(state) < 1:
             for batch in batches(data, cfg.optim.batch_size, seed=cfg.seed, epoch=state.epoch, start=state.position,
-                                 rank=rank, world=world, workers=cfg.data.workers, masks=method.masks):
+                                 rank=rank, world=world, workers=workers, masks=method.masks, views=method.views):
                 if (p := clock.progress(state)) >= 1:
                     break
                 state.skipped += batch.skipped
@@ -126,6 +129,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                 method.after_step(p)
                 state.advance(len(batch.images) * world)
                 clock.tick(state)
+                forecast.step(state)
                 monitor.step(outputs, optimizer.param_groups[0]["lr"], clock.progress(state))
                 if state.step % cfg.checkpoint_every == 0:
                     with clock.paused():
@@ -180,9 +184,14 @@ def _budget_clock(cfg: RunConfig, images: int, fabric: Fabric) -> BudgetClock:
 
 
 def _on_device(batch: Batch, views: list[Views], g: torch.Generator, device: torch.device) -> Batch:
-    """The batch on ``device`` with the method's views made from its images (channels-last)."""
+    """The batch on ``device`` with the method's views made from its images (channels-last): from the
+    crops made where files were decoded, or from the whole images held in memory."""
     images = batch.images.to(device, non_blocking=True)
-    made = [v(images, g).contiguous(memory_format=torch.channels_last) for v in views]
+    if batch.crops:
+        made = [v(c.to(device, non_blocking=True), g, cropped=True) for v, c in zip(views, batch.crops)]
+    else:
+        made = [v(images, g) for v in views]
+    made = [x.contiguous(memory_format=torch.channels_last) for x in made]
     masks = {k: m.to(device, non_blocking=True) for k, m in batch.masks.items()}
     return dataclasses.replace(batch, images=images, views=made, masks=masks)
 

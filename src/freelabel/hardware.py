@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -29,3 +30,13 @@ def resolve_precision(precision: str, accelerator: str = "auto") -> str:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def loader_workers(asked: int, processes: int = 1) -> int:
+    """``asked`` loader workers, cut so that those of the ``processes`` on this machine fit its cores."""
+    return max(0, min(asked, cpu_cores() // max(1, processes)))

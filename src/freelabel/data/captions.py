@@ -6,8 +6,8 @@ Sources, all giving items ``(image uint8 [C, S, S], -1, caption)``:
   relative to the file) and a caption (``caption``, ``text`` or ``title``) per row;
 - a folder with a ``.txt`` caption beside each image (``cat.png`` + ``cat.txt``);
 - WebDataset tar shards (image + ``txt`` per sample): one ``.tar``, a brace pattern
-  (``shards/s-{000000..000009}.tar``) or a folder of ``.tar`` files; read with ``webdataset``
-  and held in memory. :func:`make_shards` writes them from any of the sources above;
+  (``shards/s-{000000..000009}.tar``) or a folder of ``.tar`` files, streamed (:mod:`.shards`, whose
+  ``make_shards`` writes them from any of the sources above);
 - ``emoji-captions``: the emoji set (:mod:`.emoji`) captioned by name, "an emoji of grinning face",
   split by emoji like ``emoji``, with the categories and subcategories as zero-shot label sets.
 
@@ -18,10 +18,7 @@ pairs whose image name hashes to 0 mod 5 (``test``); ``all`` is everything.
 from __future__ import annotations
 
 import csv
-import io
 import json
-import os
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +27,7 @@ import torch
 
 from ..errors import DataError
 from .emoji import emoji, emoji_records
-from .sources import IMAGE_EXTENSIONS, ImageFiles, TensorImages, load_image
+from .sources import IMAGE_EXTENSIONS, ImageFiles, TensorImages
 
 CAPTIONED = {"emoji-captions": "the emoji set captioned by name ('an emoji of grinning face'), split by emoji"}
 IMAGE_KEYS, CAPTION_KEYS = ("image", "path", "file", "filepath"), ("caption", "text", "title")
@@ -45,8 +42,8 @@ class CaptionFiles(ImageFiles):
         super().__init__(paths, labels or [-1] * len(paths), classes or [], size, channels)
         self.texts = texts
 
-    def __getitem__(self, i: int) -> tuple:
-        image, label = super().__getitem__(i)
+    def item(self, i: int, crops=None, g: torch.Generator | None = None) -> tuple:
+        image, label = super().item(i, crops, g)
         return (image, label) if image is None else (image, label, self.texts[i])
 
 
@@ -71,18 +68,18 @@ def is_captioned(spec: str) -> bool:
 
 def sample_key(path: Path) -> str:
     """A pair's key (its image's name without extension, no dots): it decides the split, and
-    :func:`make_shards` writes it as the sample's WebDataset key, so shards keep their source's split."""
+    ``make_shards`` writes it as the sample's WebDataset key, so shards keep their source's split."""
     return path.stem.replace(".", "_")
 
 
-def _held_out(key: str) -> bool:
+def held_out(key: str) -> bool:
     return zlib.crc32(key.encode()) % 5 == 0
 
 
 def _keep(key: str, split: str) -> bool:
     if split not in ("train", "test", "all"):
         raise DataError(f"caption data has splits 'train', 'test' and 'all', not {split!r}")
-    return split == "all" or _held_out(key) == (split == "test")
+    return split == "all" or held_out(key) == (split == "test")
 
 
 def _pick(row: dict, keys: tuple[str, ...], where: str) -> str:
@@ -139,36 +136,6 @@ def read_pairs(spec: str) -> list[tuple[Path, str]]:
                     "image, WebDataset .tar shards, or emoji-captions")  # fmt: skip
 
 
-def shard_urls(spec: str) -> list[str]:
-    """The tar files a shard spec names: one file, a folder of them, or a brace pattern."""
-    import braceexpand
-
-    path = Path(spec).expanduser()
-    urls = sorted(map(str, path.glob("*.tar"))) if path.is_dir() else list(braceexpand.braceexpand(str(path)))
-    missing = [u for u in urls if not Path(u).is_file()]
-    if not urls or missing:
-        raise DataError(f"no WebDataset shards at {missing[0] if missing else spec}; make them with `freelabel shards make`")
-    return urls
-
-
-def read_shards(spec: str, split: str, size: int, channels: int = 3) -> CaptionImages:
-    """Every (image, txt) sample of the shards in ``split``, decoded into memory."""
-    import webdataset as wds
-
-    images, texts = [], []
-    for sample in wds.WebDataset(shard_urls(spec), shardshuffle=False, empty_check=False):
-        key = sample["__key__"]
-        ext = next((e for e in sample if "." + e in IMAGE_EXTENSIONS), None)
-        if ext is None or "txt" not in sample:
-            raise DataError(f"shard sample {key} needs an image (png/jpg/webp/bmp) and a txt caption; has {sorted(sample)}")
-        if _keep(key, split):
-            images.append(load_image(io.BytesIO(sample[ext]), size, channels))
-            texts.append(sample["txt"].decode("utf-8").strip())
-    if not images:
-        raise DataError(f"the shards at {spec} hold no samples in split {split!r}")
-    return CaptionImages(torch.stack(images), torch.full((len(images),), -1), texts=texts)
-
-
 def emoji_captions(split: str) -> CaptionImages:
     """The emoji set with the caption "an emoji of NAME" per image, and its category and subcategory
     label sets (names with hyphens as spaces: "face smiling")."""
@@ -187,8 +154,6 @@ def open_captions(spec: str, split: str, size: int | None, channels: int = 3):
     """Caption data (see the module) as a dataset of ``(image, -1, caption)`` items."""
     if size is None:
         raise DataError("caption data needs an image size (data.image_size or views.size in the recipe)")
-    if spec.endswith(".tar") or Path(spec).expanduser().is_dir() and any(Path(spec).expanduser().glob("*.tar")):
-        return read_shards(spec, split, size, channels)
     every, root = read_pairs(spec), Path(spec).expanduser()
     folder_of = {p: p.relative_to(root).parts[0] for p, _ in every if root.is_dir() and p.parent != root}
     classes = sorted(set(folder_of.values())) if len(folder_of) == len(every) else []  # class sub-folders
@@ -197,30 +162,3 @@ def open_captions(spec: str, split: str, size: int | None, channels: int = 3):
         raise DataError(f"{spec} has no image-caption pairs in split {split!r}")
     labels = [classes.index(folder_of[p]) for p, _ in pairs] if classes else None
     return CaptionFiles([p for p, _ in pairs], [t for _, t in pairs], size, channels, labels, classes)
-
-
-def make_shards(src: str, out: str | Path, per_shard: int = 1000) -> list[Path]:
-    """Write the pairs of ``src`` (CSV/JSONL or captioned folder) as WebDataset shards
-    ``out/shard-000000.tar``, ... of ``per_shard`` samples, each holding the image file as it is
-    and its caption as ``txt``. Shards appear only once all are written."""
-    import webdataset as wds
-
-    pairs = read_pairs(src)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if any(out.glob("shard-*.tar")):
-        raise DataError(f"{out} already holds shards; choose another output folder")
-    seen: set[str] = set()
-    with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-") as tmp:
-        with wds.ShardWriter(os.path.join(tmp, "shard-%06d.tar"), maxcount=per_shard, verbose=0) as sink:
-            for i, (path, text) in enumerate(pairs):
-                if not path.is_file():
-                    raise DataError(f"{path} (listed in {src}) does not exist")
-                key = sample_key(path) if sample_key(path) not in seen else f"{sample_key(path)}_{i}"
-                seen.add(key)
-                ext = path.suffix.lower().lstrip(".").replace("jpeg", "jpg")
-                sink.write({"__key__": key, ext: path.read_bytes(), "txt": text})
-        written = sorted(Path(tmp).glob("shard-*.tar"))
-        for f in written:
-            os.replace(f, out / f.name)
-    return [out / f.name for f in written]

@@ -7,17 +7,23 @@ exactly the batches one process would see with the global batch size.
 A ``masks`` maker (a method's, see :mod:`freelabel.data.masking`) is called once per batch, in the
 collator (in the worker processes when there are any), with a generator seeded by where the batch is
 in the run; what it returns travels with the batch as ``Batch.masks``.
+
+Files are cropped for the method's views where they are decoded (:mod:`.crops`), each sample with a
+generator seeded by ``(seed, epoch, index)``; image shards (:mod:`.shards`) stream their own batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..hardware import loader_workers
+from .crops import RandomCrops, crop_generator
 from .sources import TensorImages
+from .views import ViewConfig
 
 
 @dataclass
@@ -31,19 +37,25 @@ class Batch:
     texts: list[str] | None = None  # captions, where the data has them (items of three: image, label, text)
     masks: dict[str, torch.Tensor] = field(default_factory=dict)  # made by the method's mask maker
     views: list[torch.Tensor] = field(default_factory=list)  # float [B, C, S, S] each, one per ViewConfig
+    crops: list[torch.Tensor] | None = None  # files: uint8 [B, C, S, S] per view, cropped from the whole image
 
 
 MaskMaker = Callable[[int, torch.Generator], dict[str, torch.Tensor]]  # (batch size, generator) -> masks
 
 
 def collate(items: list) -> Batch:
-    """Stack decoded items; drop (and report) the ones that failed to decode."""
+    """Stack decoded items; drop (and report) the ones that failed to decode. An item's image may be a
+    list of crops, one per view: then ``crops`` holds them stacked by view and ``images`` the first."""
     good = [it for it in items if it[0] is not None]
     skipped = [it[1] for it in items if it[0] is None]
     if not good:
         return Batch(torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped)
     texts = [it[2] for it in good] if len(good[0]) > 2 else None
-    return Batch(torch.stack([it[0] for it in good]), torch.tensor([it[1] for it in good]), skipped, texts)
+    labels = torch.tensor([it[1] for it in good])
+    if isinstance(good[0][0], list):
+        crops = [torch.stack(views) for views in zip(*(it[0] for it in good))]
+        return Batch(crops[0], labels, skipped, texts, crops=crops)
+    return Batch(torch.stack([it[0] for it in good]), labels, skipped, texts)
 
 
 def _texts(ds: TensorImages, idx: Iterable[int]) -> list[str] | None:
@@ -58,32 +70,36 @@ def mask_generator(seed: int, epoch: int, step: int, rank: int) -> torch.Generat
 
 
 @dataclass
-class _MaskingCollate:
-    """The collator of a method with masks: items come keyed by their step (see :class:`_Stepped`)."""
+class _Collate:
+    """The collator of keyed items (see :class:`_Keyed`): stacks them, and makes the method's masks."""
 
-    masks: MaskMaker
+    masks: MaskMaker | None
     seed: int
     epoch: int
     rank: int
 
     def __call__(self, items: list) -> Batch:
         batch = collate([it[:-1] for it in items])
-        if len(batch.images):  # masks for the images that decoded
+        if self.masks and len(batch.images):  # masks for the images that decoded
             batch.masks = self.masks(len(batch.images), mask_generator(self.seed, self.epoch, items[0][-1], self.rank))
         return batch
 
 
-class _Stepped(Dataset):
-    """``ds`` read by ``(step, index)``; each item carries its step, for the collator to seed the masks."""
+class _Keyed(Dataset):
+    """Files read by ``(step, index)``; each item carries its step, for the collator to seed the masks.
+    With ``crops`` the items are random crops from the whole image, seeded by the sample's place in the run."""
 
-    def __init__(self, ds: Dataset):
-        self.ds = ds
+    def __init__(self, ds: Dataset, crops: RandomCrops | None, seed: int, epoch: int):
+        self.ds, self.crops, self.seed, self.epoch = ds, crops, seed, epoch
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple:
-        return (*self.ds[key[1]], key[0])
+        step, i = key
+        if self.crops is None:
+            return (*self.ds[i], step)
+        return (*self.ds.item(i, self.crops, crop_generator(self.seed, self.epoch, i)), step)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -95,8 +111,15 @@ def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
 
 
 def batches(ds: Dataset, batch_size: int, *, seed: int, epoch: int, start: int = 0, rank: int = 0,
-            world: int = 1, workers: int = 0, masks: MaskMaker | None = None) -> Iterator[Batch]:  # fmt: skip
-    """Yield this rank's batches of ``epoch`` from step ``start`` on (the last partial batch is dropped)."""
+            world: int = 1, workers: int = 0, masks: MaskMaker | None = None,
+            views: Sequence[ViewConfig] | None = None) -> Iterator[Batch]:  # fmt: skip
+    """Yield this rank's batches of ``epoch`` from step ``start`` on (the last partial batch is dropped).
+    ``views``: files are cropped for them from the whole image as they are decoded (``Batch.crops``);
+    images held in memory come whole, for :class:`~.views.Views` to crop on the device."""
+    if hasattr(ds, "stream"):  # image shards, read as a stream
+        yield from ds.stream(batch_size, seed=seed, epoch=epoch, start=start, rank=rank, world=world, workers=workers,
+                             masks=masks, views=views)  # fmt: skip
+        return
     order = epoch_order(len(ds), seed, epoch)
     global_batch = batch_size * world
     steps = range(start, steps_per_epoch(len(ds), batch_size, world))
@@ -108,13 +131,11 @@ def batches(ds: Dataset, batch_size: int, *, seed: int, epoch: int, start: int =
             made = masks(len(idx), mask_generator(seed, epoch, s, rank)) if masks else {}
             yield Batch(ds.images[idx], ds.labels[idx], [], _texts(ds, idx.tolist()), made)
         return
-    if masks:
-        ds, collate_fn = _Stepped(ds), _MaskingCollate(masks, seed, epoch, rank)
-        sampler = [[(s, i) for i in idx.tolist()] for s, idx in zip(steps, index_lists)]
-    else:
-        collate_fn, sampler = collate, [i.tolist() for i in index_lists]
-    loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate_fn,
-                        persistent_workers=False, prefetch_factor=4 if workers else None)  # fmt: skip
+    crops = RandomCrops(views, ds.channels) if views and hasattr(ds, "item") else None
+    sampler = [[(s, i) for i in idx.tolist()] for s, idx in zip(steps, index_lists)]
+    loader = DataLoader(_Keyed(ds, crops, seed, epoch), batch_sampler=sampler, num_workers=workers,
+                        collate_fn=_Collate(masks, seed, epoch, rank), persistent_workers=False,
+                        prefetch_factor=4 if workers else None)  # fmt: skip
     yield from loader
 
 
@@ -125,4 +146,4 @@ def sequential(ds: Dataset, batch_size: int, workers: int = 0) -> Iterator[Batch
             texts = _texts(ds, range(s, min(s + batch_size, len(ds))))
             yield Batch(ds.images[s : s + batch_size], ds.labels[s : s + batch_size], [], texts)
         return
-    yield from DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    yield from DataLoader(ds, batch_size=batch_size, num_workers=loader_workers(workers), collate_fn=collate)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -118,13 +119,17 @@ def _download_fashion_mnist() -> None:
 
 
 # ---------------------------------------------------------------------------------- image folders
-def load_image(path: str | Path, size: int, channels: int = 3) -> torch.Tensor:
-    """Decode any PNG/JPEG/WebP/BMP (grey, RGB, RGBA, palette, 16-bit) to ``uint8 [C, size, size]``.
-
-    The shorter side is resized to ``size`` and the centre kept. Raises ``OSError`` or
-    ``UnidentifiedImageError`` for unreadable or truncated files.
-    """
-    with Image.open(path) as img:
+def decode(src, channels: int = 3, min_side: int | None = None) -> Image.Image:
+    """Decode any PNG/JPEG/WebP/BMP (grey, RGB, RGBA, palette, 16-bit) from a path or binary file to an
+    RGB (``channels=3``) or L image; a JPEG is decoded at the smallest of libjpeg's scales (1, 1/2,
+    1/4, 1/8) whose short side is at least ``min_side``. Raises ``OSError`` or
+    ``UnidentifiedImageError`` for unreadable or truncated files."""
+    with Image.open(src) as img:
+        if min_side and img.format == "JPEG":
+            w, h = img.size
+            s = min_side / min(w, h)
+            if s < 1:
+                img.draft("RGB" if channels == 3 else "L", (math.ceil(w * s), math.ceil(h * s)))
         img.load()
         if img.mode.startswith("I"):  # 16- or 32-bit integer grey: rescale to 8 bits
             arr = np.asarray(img, dtype=np.float64)
@@ -134,14 +139,18 @@ def load_image(path: str | Path, size: int, channels: int = 3) -> torch.Tensor:
             img = img.convert("RGBA")
             background = Image.new("RGBA", img.size, (255, 255, 255, 255))
             img = Image.alpha_composite(background, img)
-        img = img.convert("RGB" if channels == 3 else "L")
-        w, h = img.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-        arr = np.asarray(img, dtype=np.uint8)
+        return img.convert("RGB" if channels == 3 else "L")
+
+
+def load_image(src, size: int, channels: int = 3) -> torch.Tensor:
+    """:func:`decode` to ``uint8 [C, size, size]``: the shorter side resized to ``size`` and the centre kept."""
+    img = decode(src, channels)
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    arr = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
     arr = arr[:, :, None] if arr.ndim == 2 else arr
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
@@ -161,11 +170,18 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | tuple[None, str]:
+    def item(self, i: int, crops=None, g: torch.Generator | None = None) -> tuple:
+        """Item ``i`` as ``(image, label)``; with ``crops`` (a :class:`~.crops.RandomCrops`) and its
+        generator ``g``, as ``([crop of each view], label)``: random crops from the whole image."""
         try:
-            return load_image(self.paths[i], self.size, self.channels), self.labels[i]
+            path = self.paths[i]
+            image = crops.read(path, g) if crops else load_image(path, self.size, self.channels)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
             return None, str(self.paths[i])
+        return image, self.labels[i]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | tuple[None, str]:
+        return self.item(i)
 
 
 def scan_folder(root: Path) -> tuple[list[Path], list[int], list[str], int]:

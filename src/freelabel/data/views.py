@@ -3,7 +3,8 @@
 One :class:`Views` call turns ``uint8 [B, C, H, W]`` images into normalised ``float [B, C, S, S]``
 views on the images' device. Each sample gets its own random parameters, drawn on the CPU from a
 ``torch.Generator``, so a seed fixes the result on any device. Random-resized-crop and flip are a
-single ``grid_sample`` with a per-sample affine grid; colour jitter, grey, blur and solarize are
+single ``grid_sample`` with a per-sample affine grid (for images held in memory; files are cropped
+from the whole image where they are decoded, :mod:`freelabel.data.crops`); colour jitter, grey, blur and solarize are
 per-sample blends, so the cost is a few batched tensor ops rather than a Python loop per image.
 
 The jitter order is fixed (brightness, contrast, saturation, hue) where torchvision draws a random
@@ -88,19 +89,22 @@ def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def colour_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
                   saturation: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """Per-sample jitter of images in [0, 1]; factors of 1 (and hue 0) leave an image unchanged."""
-    x = (x * _per_sample(brightness, x)).clamp(0, 1)
+    """Per-sample jitter of images in [0, 1]; factors of 1 (and hue 0) leave an image unchanged.
+    Each blend ``a + (x - a) * f`` is computed in place as ``x * f + a * (1 - f)`` (one pass fewer)."""
+    x = (x * _per_sample(brightness, x)).clamp_(0, 1)
+    c = _per_sample(contrast, x)
     mean = _grey(x).mean((1, 2, 3), keepdim=True)
-    x = (mean + (x - mean) * _per_sample(contrast, x)).clamp(0, 1)
+    x.mul_(c).add_(mean * (1 - c)).clamp_(0, 1)
     if x.shape[1] == 3:
-        grey = _grey(x)
-        x = (grey + (x - grey) * _per_sample(saturation, x)).clamp(0, 1)
+        s = _per_sample(saturation, x)
+        grey = _grey(x).mul_(1 - s)
+        x.mul_(s).add_(grey).clamp_(0, 1)
         angle = 2 * math.pi * hue
         cos, sin = torch.cos(angle), torch.sin(angle)
         rot = torch.zeros(len(hue), 3, 3)
         rot[:, 0, 0], rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = 1, cos, -sin, sin, cos
         m = (_YIQ2RGB @ rot @ _RGB2YIQ).to(x.device, x.dtype)  # [B, 3, 3]
-        x = torch.einsum("bij,bjhw->bihw", m, x).clamp(0, 1)
+        x = torch.bmm(m, x.flatten(2)).view_as(x).clamp_(0, 1)
     return x
 
 
@@ -124,30 +128,43 @@ class Views:
     def __init__(self, cfg: ViewConfig):
         self.cfg = cfg
 
-    def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, g: torch.Generator, cropped: bool = False) -> torch.Tensor:
+        """Views of ``images``; ``cropped``: they are this view's crops already (made from the whole
+        image where it was decoded, :mod:`freelabel.data.crops`), so only the mirror is left to do."""
         c, n = self.cfg, images.shape[0]
-        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-        x = resized_crop(x, crop_boxes(g, n, c.scale, c.ratio), _coin(g, n, c.hflip), c.size)
+        x = images.float().div_(255) if images.dtype == torch.uint8 else images.to(torch.float32, copy=True)
+        boxes, flip = crop_boxes(g, n, c.scale, c.ratio), _coin(g, n, c.hflip)
+        if cropped:
+            _where(x, flip, lambda y: y.flip(-1))
+        else:
+            x = resized_crop(x, boxes, flip, c.size)
         # Every random number is drawn whether or not it is used, so the stream never depends on data.
+        # Each augmentation then runs, in place, on the samples that drew it.
         on = _coin(g, n, c.jitter)
         factors = [_uniform(g, n, 1 - s, 1 + s) for s in (c.brightness, c.contrast, c.saturation)]
         hue = _uniform(g, n, -c.hue, c.hue)
         if c.jitter > 0:
-            b_, c_, s_ = (torch.where(on, f, torch.ones_like(f)) for f in factors)
-            x = colour_jitter(x, b_, c_, s_, torch.where(on, hue, torch.zeros_like(hue)))
+            _where(x, on, lambda y: colour_jitter(y, *(f[on] for f in factors), hue[on]))
         grey = _coin(g, n, c.grayscale)
         if c.grayscale > 0 and x.shape[1] == 3:
-            x = torch.where(_per_sample(grey, x).bool(), _grey(x).expand_as(x), x)
+            _where(x, grey, lambda y: _grey(y).expand_as(y))
         blur_on = _coin(g, n, c.blur)
         sigma = _uniform(g, n, *c.blur_sigma) * (c.size / 224)
-        if c.blur > 0 and bool(blur_on.any()):
-            x = gaussian_blur(x, torch.where(blur_on, sigma, torch.zeros_like(sigma)))
+        if c.blur > 0:
+            _where(x, blur_on, lambda y: gaussian_blur(y, sigma[blur_on]))
         sol = _coin(g, n, c.solarize)
         if c.solarize > 0:
-            x = torch.where(_per_sample(sol, x).bool() & (x >= 0.5), 1 - x, x)
+            _where(x, sol, lambda y: torch.where(y >= 0.5, 1 - y, y))
         mean = torch.tensor(c.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
         std = torch.tensor(c.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return x.sub_(mean).div_(std)
+
+
+def _where(x: torch.Tensor, chosen: torch.Tensor, fn) -> None:
+    """``x[chosen] = fn(x[chosen])`` in place, for a per-sample boolean ``chosen`` drawn on the CPU."""
+    if bool(chosen.any()):
+        idx = chosen.nonzero().squeeze(1).to(x.device)
+        x.index_copy_(0, idx, fn(x.index_select(0, idx)))
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -5,7 +5,10 @@
 - concept prompts: text phrases -> SAM3, which finds and segments every instance in one model;
 - promptable: points and/or boxes -> SAM/SAM2 masks.
 
-Each image gives ``NAME.json`` (image size, models, prompts, and per object its label, scores, box
+:func:`segment` writes, per image, ``NAME.json`` and an overlay; :func:`label_folder` writes one COCO
+instances file for a whole folder (the auto-labelling that text-prompted segmentation is for).
+
+Each image of :func:`segment` gives ``NAME.json`` (image size, models, prompts, and per object its label, scores, box
 and mask as COCO RLE) and ``NAME.png`` (the image with masks, boxes and labels drawn).
 """
 
@@ -59,36 +62,15 @@ def segment(images: Sequence[str | Path], out: str | Path, *, segmenter: str | S
         raise PretrainedError("a box is X0,Y0,X1,Y1 in pixels")
     paths = [Path(p) for p in images]
     pictures = [read_image(p) for p in paths]  # fail on a bad file before loading any model
-    name, kind = (segmenter.name, segmenter.kind) if isinstance(segmenter, Segmenter) else (segmenter, read_config(segmenter).model_type)  # fmt: skip
-    if text and detector is None and kind not in CONCEPT:
-        raise PretrainedError(f"{name} is a {kind} model, which cannot read text: pass --detector NAME "
-                         "(Grounding DINO or OWLv2) to turn the phrases into boxes, or use a SAM3 segmenter")  # fmt: skip
-    if prompted and kind in CONCEPT:
-        raise PretrainedError(f"{name} is SAM3, prompted by text; for points and boxes use a SAM or SAM2 model")
-    if isinstance(detector, str):
-        detector = load_detector(detector, device, dtype)
-    if not isinstance(segmenter, Segmenter):
-        segmenter = load_segmenter(segmenter, device, dtype)
+    _check_segmenter(segmenter, detector, bool(text))
+    detector, segmenter = _load(segmenter, detector, device, dtype)
     models = {"segmenter": segmenter.name, **({"detector": detector.name} if detector else {})}
     settings = {"box_threshold": box_threshold, "text_threshold": text_threshold, "nms_threshold": nms_threshold}
-    if text and detector:
-        found = []
-        for i in range(0, len(pictures), batch_size):
-            found += detector.detect_batch(pictures[i : i + batch_size], text, box_threshold, text_threshold)
-        objects = []
-        for picture, (b, s, labels) in zip(pictures, found):
-            keep = nms(b, s, labels, nms_threshold)
-            b, s, labels = b[keep], s[keep], [labels[i] for i in keep.tolist()]
-            masks, mask_scores = segmenter.segment(picture, boxes=b)
-            objects.append((masks, b, s, labels, mask_scores))
-        prompts = {"text": list(text), **settings}
-    elif text:
-        objects = []
-        for picture in pictures:
-            masks, b, s, labels = segmenter.segment_text(picture, text, box_threshold, mask_threshold)
-            keep = nms(b, s, labels, nms_threshold)
-            objects.append((masks[keep], b[keep], s[keep], [labels[i] for i in keep.tolist()], None))
-        prompts = {"text": list(text), "score_threshold": box_threshold, "nms_threshold": nms_threshold}
+    if text:
+        objects = _by_text(pictures, text, detector, segmenter, box_threshold, text_threshold, nms_threshold,
+                           mask_threshold, batch_size)  # fmt: skip
+        prompts = ({"text": list(text), **settings} if detector else
+                   {"text": list(text), "score_threshold": box_threshold, "nms_threshold": nms_threshold})  # fmt: skip
     else:
         box_t = torch.tensor(boxes, dtype=torch.float32).view(-1, 4) if boxes else None
         objects = []
@@ -115,6 +97,151 @@ def segment(images: Sequence[str | Path], out: str | Path, *, segmenter: str | S
         _atomic_write(out / f"{stem}.png", png.getvalue())
         records.append(record)
     return records
+
+
+def _check_segmenter(segmenter: str | Segmenter, detector: str | Detector | None, by_text: bool) -> None:
+    """Refuse a segmenter that cannot take the prompts given, before any model is loaded."""
+    name, kind = (segmenter.name, segmenter.kind) if isinstance(segmenter, Segmenter) else (segmenter, read_config(segmenter).model_type)  # fmt: skip
+    if by_text and detector is None and kind not in CONCEPT:
+        raise PretrainedError(f"{name} is a {kind} model, which cannot read text: pass --detector NAME "
+                         "(Grounding DINO or OWLv2) to turn the phrases into boxes, or use a SAM3 segmenter")  # fmt: skip
+    if not by_text and kind in CONCEPT:
+        raise PretrainedError(f"{name} is SAM3, prompted by text; for points and boxes use a SAM or SAM2 model")
+
+
+def _load(segmenter: str | Segmenter, detector: str | Detector | None, device: str | None,
+          dtype: str | None) -> tuple[Detector | None, Segmenter]:  # fmt: skip
+    if isinstance(detector, str):
+        detector = load_detector(detector, device, dtype)
+    if not isinstance(segmenter, Segmenter):
+        segmenter = load_segmenter(segmenter, device, dtype)
+    return detector, segmenter
+
+
+def _by_text(pictures: Sequence[torch.Tensor], text: Sequence[str], detector: Detector | None, segmenter: Segmenter,
+             box_threshold: float, text_threshold: float, nms_threshold: float, mask_threshold: float,
+             batch_size: int) -> list[tuple]:  # fmt: skip
+    """Per picture ``(masks, boxes, scores, labels, mask scores or None)`` of the objects the phrases
+    name: detector boxes (batched) prompting the segmenter, or a SAM3 segmenter alone; NMS per label."""
+    objects = []
+    if detector:
+        found = []
+        for i in range(0, len(pictures), batch_size):
+            found += detector.detect_batch(pictures[i : i + batch_size], text, box_threshold, text_threshold)
+        for picture, (b, s, labels) in zip(pictures, found):
+            keep = nms(b, s, labels, nms_threshold)
+            b, s, labels = b[keep], s[keep], [labels[i] for i in keep.tolist()]
+            masks, mask_scores = segmenter.segment(picture, boxes=b)
+            objects.append((masks, b, s, labels, mask_scores))
+        return objects
+    for picture in pictures:
+        masks, b, s, labels = segmenter.segment_text(picture, text, box_threshold, mask_threshold)
+        keep = nms(b, s, labels, nms_threshold)
+        objects.append((masks[keep], b[keep], s[keep], [labels[i] for i in keep.tolist()], None))
+    return objects
+
+
+def label_folder(images: Sequence[str | Path], coco: str | Path, *, segmenter: str | Segmenter,
+                 text: Sequence[str], detector: str | Detector | None = None, box_threshold: float = 0.3,
+                 text_threshold: float = 0.25, nms_threshold: float = 0.5, mask_threshold: float = 0.5,
+                 batch_size: int = 4, device: str | None = None, dtype: str | None = None) -> dict:  # fmt: skip
+    """Label every image of ``images`` (files, or folders searched for images) by the text phrases and
+    write one COCO instances file ``coco``: the images, one category per phrase, and per object its
+    box, mask (RLE), area and score. Resumable: each batch's results are appended to ``coco.partial``
+    as they are made, a rerun skips the images already there, and ``coco`` appears (atomically) once
+    every image is done. Unreadable images are listed in the result and left out. Returns a summary."""
+    from ..data.sources import IMAGE_EXTENSIONS
+
+    if not text:
+        raise PretrainedError("--coco labels images by text: give the phrases with --text")
+    if len(set(text)) != len(text):
+        raise PretrainedError(f"the phrases must differ, got {', '.join(text)}")
+    files: list[tuple[Path, str]] = []  # (path, file_name in the COCO file)
+    for item in map(Path, images):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+            files += [(p, p.relative_to(item).as_posix()) for p in found]
+        elif item.is_file():
+            files.append((item, item.name))
+        else:
+            raise DataError(f"no image or folder at {item}")
+    if not files:
+        raise DataError(f"no images ({'/'.join(IMAGE_EXTENSIONS)}) found in {', '.join(map(str, images))}")
+    coco, partial = Path(coco), Path(f"{coco}.partial")
+    coco.parent.mkdir(parents=True, exist_ok=True)
+    settings = {"text": list(text), "box_threshold": box_threshold, "text_threshold": text_threshold,
+                "nms_threshold": nms_threshold}  # fmt: skip
+    done = _read_partial(partial, settings)
+    todo = [(p, name) for p, name in files if name not in done]
+    if todo:
+        _check_segmenter(segmenter, detector, True)
+        detector, segmenter = _load(segmenter, detector, device, dtype)
+        fresh = not partial.is_file()
+        with open(partial, "a", encoding="utf-8") as log:
+            if fresh:
+                log.write(json.dumps({"settings": settings}) + "\n")
+            for s in range(0, len(todo), batch_size):
+                chunk, pictures, lines = todo[s : s + batch_size], [], []
+                for path, name in chunk:
+                    try:
+                        pictures.append(read_image(path))
+                    except DataError:
+                        lines.append({"file_name": name, "unreadable": True})
+                readable = [name for (path, name) in chunk if name not in {x["file_name"] for x in lines}]
+                found = _by_text(pictures, text, detector, segmenter, box_threshold, text_threshold, nms_threshold,
+                                 mask_threshold, batch_size) if pictures else []  # fmt: skip
+                for name, picture, (masks, b, sc, labels, _) in zip(readable, pictures, found):
+                    objs = [{"label": labels[i], "score": round(float(sc[i]), 4), "box": [round(float(x), 2) for x in b[i]],
+                             "mask": rle_encode(masks[i]), "area": int(masks[i].sum())} for i in range(len(labels))]  # fmt: skip
+                    lines.append({"file_name": name, "height": picture.shape[1], "width": picture.shape[2], "objects": objs})
+                log.write("".join(json.dumps(x) + "\n" for x in lines))
+                log.flush()
+                os.fsync(log.fileno())
+                done.update({x["file_name"]: x for x in lines})
+    models = {"segmenter": getattr(segmenter, "name", segmenter), **({"detector": getattr(detector, "name", detector)} if detector else {})}  # fmt: skip
+    result = _coco(files, done, list(text), models, settings)
+    _atomic_write(coco, json.dumps(result).encode())
+    partial.unlink(missing_ok=True)
+    unreadable = [name for _, name in files if done[name].get("unreadable")]
+    return {"images": len(result["images"]), "annotations": len(result["annotations"]), "unreadable": unreadable,
+            "resumed": len(files) - len(todo), "coco": str(coco)}  # fmt: skip
+
+
+def _read_partial(partial: Path, settings: dict) -> dict[str, dict]:
+    """The images a stopped run already labelled, by file name (a torn last line is dropped)."""
+    if not partial.is_file():
+        return {}
+    done: dict[str, dict] = {}
+    for i, line in enumerate(partial.read_text(encoding="utf-8").splitlines()):
+        try:
+            x = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the line being written when the run stopped
+        if i == 0 and x.get("settings") != settings:
+            raise PretrainedError(f"{partial} holds a run with other settings ({x.get('settings')}); delete it to start again")
+        if "file_name" in x:
+            done[x["file_name"]] = x
+    return done
+
+
+def _coco(files: list[tuple[Path, str]], done: dict[str, dict], phrases: list[str], models: dict, settings: dict) -> dict:
+    """The COCO instances dictionary: images in file order, ids from 1, boxes as ``[x, y, w, h]``."""
+    category = {p: i + 1 for i, p in enumerate(phrases)}
+    images, annotations = [], []
+    for _, name in files:
+        x = done[name]
+        if x.get("unreadable"):
+            continue
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": name, "height": x["height"], "width": x["width"]})
+        for o in x["objects"]:
+            x0, y0, x1, y1 = o["box"]
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category[o["label"]],
+                                "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)], "area": o["area"],
+                                "segmentation": o["mask"], "score": o["score"], "iscrowd": 0})  # fmt: skip
+    return {"info": {"description": "labelled by freelabel segment", "models": models, "prompts": settings},
+            "images": images, "annotations": annotations,
+            "categories": [{"id": i, "name": p, "supercategory": "object"} for p, i in category.items()]}  # fmt: skip
 
 
 def _points(points: Sequence[Sequence[float]] | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
