@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -516,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": cmd_report,
         "compare": cmd_compare,
     }
+    status = 0  # a sub-command may return another exit status (compare: 1 while a method is unfinished)
     try:
         status = commands.get(args.command, cmd_list)(args)
     except FreelabelError as e:
@@ -525,6 +527,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"freelabel: error: no space left on the device for {e.filename or 'a file'}; free some space and run "
+              "the command again (a pretrain run continues with --resume RUN_DIR)", file=sys.stderr)
+        return 2
     return status or 0
 
 
