@@ -1,4 +1,5 @@
-"""`freelabel export`: transformers, timm and safetensors folders that give the run's features to 1e-4."""
+"""`freelabel export`: transformers, timm, ONNX and safetensors folders that give the run's features to 1e-4.
+The runs are grey (1 channel); every format but safetensors takes their images replicated to RGB."""
 
 import json
 
@@ -44,8 +45,12 @@ def features(run, images):
         return x, backbone(x), backbone.forward_tokens(x)
 
 
+def rgb(x):
+    return x.expand(-1, 3, -1, -1)
+
+
 def close(a, b):
-    return a.shape == b.shape and (a - b).abs().max().item() < 1e-4
+    return a.shape == b.shape and (a - b).abs().max().item() < 1e-4 * max(1.0, b.abs().max().item())
 
 
 AVG = {"global_pool": "avg"}  # timm's mean of the patch tokens, then its final LayerNorm (fc_norm) on the mean
@@ -76,8 +81,8 @@ def test_transformers_automodel_gives_the_runs_features(tmp_path, images, method
     model = AutoModel.from_pretrained(out).eval()
     assert type(model).__name__ == cls
     x, pooled, tokens = features(run, images)
-    pixels = AutoImageProcessor.from_pretrained(out)(images, return_tensors="pt").pixel_values
-    assert (pixels - x).abs().max() < 1e-6
+    pixels = AutoImageProcessor.from_pretrained(out)(rgb(images), return_tensors="pt").pixel_values
+    assert (pixels - rgb(x)).abs().max() < 1e-6
     with torch.no_grad():
         o = model(pixel_values=pixels, output_hidden_states=True)
     norm_on_mean = args.get("global_pool") == "avg" and args.get("fc_norm", True)
@@ -99,7 +104,8 @@ def test_transformers_automodel_gives_the_runs_features(tmp_path, images, method
 
 
 @pytest.mark.parametrize("backbone, args", [("vit_tiny", {}), ("vit_tiny", MEAN_POOLED),
-                                            ("vit_tiny", {"reg_tokens": 2}), ("timm:resnet10t", {})])  # fmt: skip
+                                            ("vit_tiny", {"reg_tokens": 2}), ("timm:resnet10t", {}),
+                                            ("convnet", {}), ("resnet18", {})])  # fmt: skip
 def test_timm_create_model_gives_the_runs_features(tmp_path, images, backbone, args):
     import timm
 
@@ -111,9 +117,9 @@ def test_timm_create_model_gives_the_runs_features(tmp_path, images, backbone, a
                               **call["kwargs"]).eval()  # fmt: skip
     x, pooled, tokens = features(run, images)
     with torch.no_grad():
-        feats = model.forward_features(x)
-        assert close(model(x), pooled)
-    feats = feats.flatten(2).transpose(1, 2) if feats.ndim == 4 else feats[:, model.num_prefix_tokens :]
+        feats = model.forward_features(rgb(x))
+        assert close(model(rgb(x)), pooled)
+    feats = feats.flatten(2).transpose(1, 2) if feats.ndim == 4 else feats[:, getattr(model, "num_prefix_tokens", 0) :]
     assert close(feats, tokens)
     assert f"timm.create_model({call['model_name']!r}, pretrained=True" in (out / "README.md").read_text()
 
@@ -131,10 +137,9 @@ def test_safetensors_rebuilds_with_freelabel(tmp_path, images, backbone):
 @pytest.mark.parametrize(
     "backbone, args, fmt, says",
     [
-        ("convnet", {}, "transformers", "is not a timm model; formats that work: safetensors"),
-        ("convnet", {}, "timm", "is not a timm model; formats that work: safetensors"),
-        ("resnet18", {}, "transformers", "formats that work: safetensors"),
-        ("timm:resnet10t", {}, "transformers", "not a timm VisionTransformer; formats that work: timm, safetensors"),
+        ("convnet", {}, "transformers", "is not a timm model; formats that work: timm, onnx, safetensors"),
+        ("resnet18", {}, "transformers", "formats that work: timm, onnx, safetensors"),
+        ("timm:resnet10t", {}, "transformers", "not a timm VisionTransformer; formats that work: timm, onnx, safetensors"),
         ("vit_tiny", {**AVG, "class_token": False, "reg_tokens": 2}, "transformers", "neither registers"),
         ("vit_tiny", {"global_pool": "max"}, "transformers", "this ViT pools by 'max'"),
         ("vit_tiny", {"qk_norm": True}, "transformers", "attention norms"),
@@ -195,22 +200,62 @@ def test_cli(tmp_path, capsys):
     assert (tmp_path / "hf" / "config.json").is_file()
     assert main(["export", str(cnn), "--format", "transformers"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("freelabel: error: cannot export") and err.endswith("formats that work: safetensors")
+    assert err.startswith("freelabel: error: cannot export") and err.endswith("formats that work: timm, onnx, safetensors")
     assert len(err.splitlines()) == 1 and not (cnn / "export-transformers").exists()
     assert main(["export", str(tmp_path / "nope"), "--format", "timm"]) == 2
     with pytest.raises(SystemExit) as e:
-        main(["export", str(vit), "--format", "onnx"])
+        main(["export", str(vit), "--format", "coreml"])
     assert e.value.code == 2
 
 
-@pytest.mark.parametrize("fmt", ["transformers", "timm", "safetensors"])
+@pytest.mark.parametrize("fmt", ["transformers", "timm", "onnx", "safetensors"])
 def test_the_folders_readme_code_runs_and_gives_the_features(tmp_path, images, fmt):
     run = make_run(tmp_path / "run", "mae", **AVG)  # the mae recipes' ViT: ViTMAEModel, norm on the pooled mean
     out = export_run(run, fmt)
     code = (out / "README.md").read_text().split("```python\n")[1].split("```")[0]
     x, pooled, tokens = features(run, images)
-    scope = {"images": images, "x": x}
+    scope = {"images": images, "x": x} if fmt == "safetensors" else {"images": rgb(images), "x": rgb(x)}
+    if fmt == "onnx":
+        scope["x"] = scope["x"].contiguous().numpy()
     with torch.no_grad():
         exec(code, scope)
-    assert close(scope["pooled"], pooled)
-    assert close(scope.get("patch_tokens", scope.get("tokens"))[:, -tokens.shape[1] :], tokens)
+    theirs = [torch.as_tensor(scope["pooled"]), torch.as_tensor(scope.get("patch_tokens", scope.get("tokens")))]
+    assert close(theirs[0], pooled)
+    assert close(theirs[1][:, -tokens.shape[1] :], tokens)
+
+
+@pytest.mark.parametrize("method, backbone", [("simclr", "convnet"), ("jigsaw", "convnet"), ("simclr", "vit_tiny"),
+                                              ("simclr", "resnet18")])  # fmt: skip
+def test_onnxruntime_gives_the_runs_features_at_any_batch_size(tmp_path, images, method, backbone):
+    import onnxruntime
+
+    run = make_run(tmp_path / "run", method, backbone)
+    out = export_run(run, "onnx")
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.shape for i in session.get_inputs()] == [["batch", 3, 28, 28]]
+    for n in (1, 6):
+        x, pooled, tokens = features(run, images[:n])
+        theirs = session.run(None, {"pixel_values": rgb(x).contiguous().numpy()})
+        assert close(torch.from_numpy(theirs[0]), pooled) and close(torch.from_numpy(theirs[1]), tokens)
+
+
+def test_a_grey_model_in_rgb_averages_the_channels(tmp_path, images):
+    from freelabel.timm_models import rgb_stem
+
+    colour = torch.randn(2, 3, 28, 28)
+    for backbone in ("convnet", "vit_tiny"):  # a wrapper; a folded stem
+        net, _ = load_backbone(make_run(tmp_path / backbone, backbone=backbone))
+        with torch.no_grad():
+            assert close(rgb_stem(net)(colour), net(colour.mean(1, keepdim=True)))
+
+
+def test_transformers_pipeline_gives_a_grey_runs_features_from_grey_images(tmp_path, images):
+    from PIL import Image
+    from transformers import pipeline
+
+    run = make_run(tmp_path / "run")
+    extract = pipeline("image-feature-extraction", model=str(export_run(run, "transformers")), device="cpu")
+    grey = [Image.fromarray(im[0].numpy(), "L") for im in images[:2]]  # the pipeline converts them to RGB
+    _, pooled, tokens = features(run, images[:2])
+    assert close(torch.tensor(extract(grey, pool=True)).reshape(2, -1), pooled)
+    assert close(torch.tensor(extract(grey)).reshape(2, -1, tokens.shape[-1])[:, 1:], tokens)

@@ -116,13 +116,25 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("-k", type=int, default=10)
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    cu = sub.add_parser("curate", help="drop near-duplicates, balance clusters, pick images to label: a file list for --data")
+    cu.add_argument("source", help="a folder of images, fashion-mnist / emoji (its --split), or an index (no --model)")
+    cu.add_argument("--model", help="run directory, hub name, model folder or torchvision:NAME")
+    cu.add_argument("--weights", help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)")
+    cu.add_argument("--out", required=True, help="file list to write (.txt), with the report beside it (.json)")
+    cu.add_argument("--split", default="train", help="split of an embedded data set (default: train)")
+    cu.add_argument("--threshold", type=float, default=0.95, help="cosine similarity from which images are near-duplicates")
+    cu.add_argument("--clusters", type=int, default=0, help="balance over this many k-means clusters (default: no balancing)")
+    cu.add_argument("--per-cluster", type=int, help="images kept per cluster (default: the median cluster size)")
+    cu.add_argument("--select", type=int, metavar="N", help="keep the N images that best cover the embeddings (to label first)")
+    cu.add_argument("--seed", type=int, default=0)
+
     ex = sub.add_parser("export", help="export a run's backbone for transformers, timm or freelabel",
                         description="Write a folder that loads outside freelabel and gives the run's features "
                         "(checked to 1e-4 before it is kept): transformers (AutoModel.from_pretrained), timm "
-                        "(timm.create_model; the call is in the folder's README.md), or safetensors (bare weights + "
-                        "config.yaml, loaded by freelabel.methods.load_backbone).")  # fmt: skip
+                        "(timm.create_model; the call is in the folder's README.md), onnx (onnxruntime, dynamic batch), "
+                        "or safetensors (bare weights + config.yaml, loaded by freelabel.methods.load_backbone).")  # fmt: skip
     ex.add_argument("run", help="run directory")
-    ex.add_argument("--format", required=True, choices=["transformers", "timm", "safetensors"])
+    ex.add_argument("--format", required=True, choices=["transformers", "timm", "onnx", "safetensors"])
     ex.add_argument("--weights", help="export these weights of the run (a .safetensors file or checkpoint folder)")
     ex.add_argument("--out", help="export folder (default: RUN/export-FORMAT)")
 
@@ -244,32 +256,30 @@ def _no_gpu(accelerator: str | None) -> bool:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from .errors import ConfigError
-    from .methods import method_class
-
-    if not args.resume:
-        if not args.method:
-            raise ConfigError("name a method (see `freelabel methods`), or give --resume RUN_DIR")
-        method_class(args.method)  # an unknown name fails here, before torch and the training libraries load
-    from .config import cpu_recipe, default_recipe, load_recipe, resolve, to_dict
-    from .run import load_config
+    from .config import ConfigError, cpu_recipe, default_recipe, load_recipe, resolve, to_dict
+    from .methods import known_method
 
     if args.resume:
+        from .run import load_config
+
         out = Path(args.resume)
         cfg = resolve(to_dict(load_config(out)), _overrides(args))
+    elif not args.method:
+        raise ConfigError("name a method (see `freelabel methods`), or give --resume RUN_DIR")
     else:
         data = args.data or "fashion-mnist"
-        name = args.recipe or default_recipe(args.method, data)
-        recipe = load_recipe(name)
+        known_method(args.method)  # an unknown name fails at once, before torch and the training libraries load
+        chosen = args.recipe or default_recipe(args.method, data)
+        name, recipe = chosen, load_recipe(chosen)
         if not args.recipe and name == args.method and Path(data).expanduser().exists() and _no_gpu(args.accelerator):
             name, recipe = cpu_recipe(args.method) or (name, recipe)
         cfg = resolve({**recipe, "recipe": name}, {"method": args.method, **_overrides(args)})
-        if name != (args.recipe or default_recipe(args.method, data)):
+        if name != chosen:
             logging.getLogger("freelabel").info(
                 "no GPU here: pretraining with %s's CPU-sized recipe (%s at %d px); for the paper recipe give --recipe %s",
                 args.method, cfg.backbone.name, cfg.views.size, args.method)  # fmt: skip
         out = Path(args.out or f"runs/{args.method}-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    from .engine import pretrain
+    from .engine import pretrain  # torch and the training libraries load only now
 
     pretrain(cfg, out, resume=bool(args.resume))
 
@@ -401,6 +411,20 @@ def cmd_index(args: argparse.Namespace) -> None:
             print(f"  {name:14s} {p:6.2f}%")
 
 
+def cmd_curate(args: argparse.Namespace) -> None:
+    from .pipelines.curate import curate
+
+    r = curate(args.source, args.model, args.out, split=args.split, threshold=args.threshold, clusters=args.clusters,
+               per_cluster=args.per_cluster, n_select=args.select, seed=args.seed, weights=args.weights)
+    d = r["duplicates"]
+    print(f"{r['images']} images: {d['dropped']} near-duplicates dropped ({d['groups']} groups at cosine >= {d['threshold']})"
+          + (f", {r['balance']['dropped']} by balancing {r['balance']['clusters']} clusters" if "balance" in r else "")
+          + (f", {r['select']['n']} selected" if "select" in r else ""))
+    for g in d["examples"][:3]:
+        print(f"  kept {g['kept']}, dropped " + ", ".join(f"{x['image']} ({x['similarity']:.3f})" for x in g["dropped"][:3]))
+    print(f"wrote {r['kept']} images to {r['list']} (report: {Path(r['list']).with_suffix('.json')})")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_run
 
@@ -479,7 +503,7 @@ def cmd_list(args: argparse.Namespace) -> None:
         for name, (_, text) in REGISTRY.items():
             print(f"{name:12s} {text}")
     elif args.command == "backbones":
-        from .backbones import NAMED
+        from .catalog import NAMED
 
         for name, text in NAMED.items():
             print(f"{name:12s} {text}")
@@ -511,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         "zeroshot": cmd_zeroshot,
         "shards": cmd_shards,
         "index": cmd_index,
+        "curate": cmd_curate,
         "export": cmd_export,
         "segment": cmd_segment,
         "predict": cmd_predict,

@@ -1,9 +1,9 @@
-"""Export a run's backbone for use outside freelabel: Hugging Face transformers, timm, or bare safetensors.
+"""Export a run's backbone for use outside freelabel: Hugging Face transformers, timm, ONNX, or bare safetensors.
 
 Every export is checked before it is kept: the folder is loaded back the way its README says
-(``AutoModel.from_pretrained``, ``timm.create_model``, ``methods.load_backbone``) and must give the run's
-pooled features and patch tokens to 1e-4. It is written to a temporary folder and renamed into place
-at the end, so a refused or failed export leaves nothing behind.
+(``AutoModel.from_pretrained``, ``timm.create_model``, ``onnxruntime.InferenceSession``, ``methods.load_backbone``)
+and must give the run's pooled features and patch tokens to 1e-4. It is written to a temporary folder and
+renamed into place at the end, so a refused or failed export leaves nothing behind.
 
 transformers classes, chosen by the ViT's architecture (the run's method only breaks ties):
 
@@ -15,6 +15,13 @@ transformers classes, chosen by the ViT's architecture (the run's method only br
 
 The model's ``layernorm`` holds the ViT's final LayerNorm: timm's ``norm`` on every token, or its ``fc_norm`` on
 the pooled mean (``global_pool: avg``); the folder's README says where the pooled features and patch tokens are.
+
+timm: ViTs and timm models as timm's own models; freelabel's CNNs (``convnet``, the ResNets, with their method's
+input wrapper) as the timm models ``freelabel_convnet`` / ``freelabel_resnet`` of :mod:`freelabel.timm_models`.
+
+A grey run (1 channel) exports, in every format but safetensors, as a model that takes RGB and averages its
+channels (:func:`~freelabel.timm_models.rgb_stem`): pipelines that convert every image to RGB give it the grey
+image's features.
 """
 
 from __future__ import annotations
@@ -30,15 +37,16 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .backbones import VITS, TimmBackbone
+from .backbones import TORCHVISION_RESNETS, VITS, ConvBackbone, TimmBackbone
 from .config import RunConfig
 from .encoder import is_run, load_encoder
 from .errors import RunError
 from .methods import load_backbone, method_class
 from .run import BACKBONE, latest_checkpoint, save_backbone, save_config
+from .timm_models import rgb_stem
 
-FORMATS = ("transformers", "timm", "safetensors")
-TOLERANCE = 1e-4
+FORMATS = ("transformers", "timm", "onnx", "safetensors")
+TOLERANCE = 1e-4  # absolute, or relative to the largest feature where features exceed 1 (float32 rounding)
 
 
 class ExportError(RunError):
@@ -125,7 +133,9 @@ def _weights_source(run: Path) -> str:
 
 def _refusal(fmt: str, backbone: nn.Module, cfg: RunConfig) -> str:
     """Why ``backbone`` cannot be exported as ``fmt`` ('' if it can)."""
-    if fmt == "safetensors":
+    if fmt in ("safetensors", "onnx"):
+        return ""
+    if fmt == "timm" and _freelabel_cnn(backbone, cfg):
         return ""
     if not isinstance(backbone, TimmBackbone):
         return f"the {cfg.method} run's {cfg.backbone.name} backbone ({type(backbone).__name__}) is not a timm model"
@@ -187,6 +197,13 @@ def _hf_class(backbone: TimmBackbone, cfg: RunConfig) -> str:
         raise ExportError("a ViT without a class token maps to transformers' IJepaModel, which has neither "
                           "registers nor layer scale")  # fmt: skip
     return "IJepaModel"
+
+
+def _freelabel_cnn(backbone: nn.Module, cfg: RunConfig) -> bool:
+    """Whether the backbone is one of freelabel's CNNs (possibly in its method's input wrapper)."""
+    return cfg.backbone.name in ("convnet", *TORCHVISION_RESNETS) and any(
+        isinstance(m, ConvBackbone) for m in backbone.modules()
+    )
 
 
 def _pooled_norm(vit: nn.Module) -> bool:
@@ -277,9 +294,9 @@ def _hf_config(vit: nn.Module, cls_name: str, in_chans: int):
 def _write_transformers(backbone: TimmBackbone, cfg: RunConfig, tmp: Path, final: Path) -> dict:
     import transformers
 
-    vit = backbone.model
+    vit = _rgb_backbone(backbone, cfg).model
     cls_name = _hf_class(backbone, cfg)
-    model = getattr(transformers, cls_name)(_hf_config(vit, cls_name, cfg.data.channels or 3))
+    model = getattr(transformers, cls_name)(_hf_config(vit, cls_name, 3))
     missing, unexpected = model.load_state_dict(_hf_state(vit, cls_name), strict=False)
     if unexpected or set(missing) - {"embeddings.mask_token"}:
         raise ExportError(f"{cls_name} does not take this ViT's weights (missing {missing}, unexpected {unexpected})")
@@ -303,8 +320,18 @@ def _image_processor(cfg: RunConfig):
     from transformers import ViTImageProcessor
 
     size = cfg.views.size
-    return ViTImageProcessor(size={"height": size, "width": size}, resample=2, image_mean=list(cfg.views.mean),
-                             image_std=list(cfg.views.std))  # fmt: skip
+    return ViTImageProcessor(size={"height": size, "width": size}, resample=2, image_mean=_rgb(cfg.views.mean),
+                             image_std=_rgb(cfg.views.std))  # fmt: skip
+
+
+def _rgb_backbone(backbone: nn.Module, cfg: RunConfig) -> nn.Module:
+    """The backbone taking RGB: a grey run's averages the channels."""
+    return rgb_stem(backbone) if (cfg.data.channels or 3) == 1 else backbone
+
+
+def _rgb(stats: tuple[float, ...]) -> list[float]:
+    """Per-channel statistics for RGB input (a grey run's one value, three times)."""
+    return list(stats) * 3 if len(stats) == 1 else list(stats)
 
 
 # --- timm ---------------------------------------------------------------------------------------------------------
@@ -312,24 +339,35 @@ def _image_processor(cfg: RunConfig):
 
 def _timm_call(backbone: TimmBackbone, cfg: RunConfig, file: Path) -> tuple[str, dict, dict]:
     """(model name, pretrained_cfg_overlay, kwargs) of the ``timm.create_model`` call that rebuilds the backbone."""
-    name, size, chans = cfg.backbone.name.removeprefix("timm:"), cfg.views.size, cfg.data.channels or 3
-    if name in VITS:
+    name, size = cfg.backbone.name.removeprefix("timm:"), cfg.views.size
+    if _freelabel_cnn(backbone, cfg):
+        kwargs = {"method": cfg.method, "image_size": size, "mean": list(cfg.views.mean), "std": list(cfg.views.std),
+                  "grey": (cfg.data.channels or 3) == 1, **cfg.backbone.args}
+        if name != "convnet":
+            kwargs["arch"] = name
+        name = "freelabel_convnet" if name == "convnet" else "freelabel_resnet"
+    elif name in VITS:
         dim, depth, heads = VITS[name]
         kwargs = {"embed_dim": dim, "depth": depth, "num_heads": heads, "patch_size": 16, "dynamic_img_size": True,
                   **cfg.backbone.args, "img_size": size}  # fmt: skip
         name = f"{name}_patch16_224"
     else:
         kwargs = {**({"img_size": size} if "vit" in name or "deit" in name else {}), **cfg.backbone.args}
-    overlay = {"file": str(file), "num_classes": 0, "input_size": (chans, size, size), "mean": tuple(cfg.views.mean),
-               "std": tuple(cfg.views.std), "interpolation": "bilinear", "crop_pct": 1.0}  # fmt: skip
-    return name, overlay, {**kwargs, "in_chans": chans, "num_classes": 0}
+    overlay = {"file": str(file), "num_classes": 0, "input_size": (3, size, size), "mean": tuple(_rgb(cfg.views.mean)),
+               "std": tuple(_rgb(cfg.views.std)), "interpolation": "bilinear", "crop_pct": 1.0}  # fmt: skip
+    return name, overlay, {**kwargs, "in_chans": 3, "num_classes": 0}
 
 
-def _write_timm(backbone: TimmBackbone, cfg: RunConfig, tmp: Path, final: Path) -> dict:
+def _write_timm(backbone: nn.Module, cfg: RunConfig, tmp: Path, final: Path) -> dict:
     import timm
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in backbone.model.state_dict().items()}, str(tmp / "model.safetensors"))
+    rgb = _rgb_backbone(backbone, cfg)
+    if isinstance(rgb, TimmBackbone):
+        state = rgb.model.state_dict()
+    else:
+        state = {f"backbone.{k}": v for k, v in rgb.state_dict().items()}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
     name, overlay, kwargs = _timm_call(backbone, cfg, tmp / "model.safetensors")
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
     prefix = getattr(model, "num_prefix_tokens", 0)
@@ -342,6 +380,45 @@ def _timm_tokens(feats: torch.Tensor, prefix: int) -> torch.Tensor:
     return feats.flatten(2).transpose(1, 2) if feats.ndim == 4 else feats[:, prefix:]
 
 
+# --- ONNX ---------------------------------------------------------------------------------------------------------
+
+
+class _Outputs(nn.Module):
+    """The backbone with both outputs, for export as one graph."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.backbone(x), self.backbone.forward_tokens(x)
+
+
+def _write_onnx(backbone: nn.Module, cfg: RunConfig, tmp: Path, final: Path) -> dict:
+    """``model.onnx``: input ``pixel_values [batch, 3, S, S]`` (normalised), outputs ``pooled [batch, D]`` and
+    ``tokens [batch, N, D]``; the batch size is dynamic. Written by torch.onnx's TorchScript exporter (the
+    dynamo one needs onnxscript), and checked with onnxruntime at two batch sizes."""
+    import warnings
+
+    import onnxruntime
+
+    model = _Outputs(_rgb_backbone(backbone, cfg)).eval()
+    x = torch.zeros(2, 3, cfg.views.size, cfg.views.size)
+    names = {"input_names": ["pixel_values"], "output_names": ["pooled", "tokens"],
+             "dynamic_axes": {n: {0: "batch"} for n in ("pixel_values", "pooled", "tokens")}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python conditions on shapes
+        torch.onnx.export(model, (x,), str(tmp / "model.onnx"), dynamo=False, opset_version=18, **names)
+    session = onnxruntime.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(torch.from_numpy(a) for a in session.run(None, {"pixel_values": x.numpy()}))
+
+    _check(backbone, cfg, run, "onnxruntime.InferenceSession", batch=3)
+    _check(backbone, cfg, run, "onnxruntime.InferenceSession")
+    return {"onnx": {"file": "model.onnx", "input": "pixel_values", "outputs": ["pooled", "tokens"]}}
+
+
 # --- safetensors ------------------------------------------------------------------------------------------------
 
 
@@ -349,30 +426,38 @@ def _write_safetensors(backbone: nn.Module, cfg: RunConfig, tmp: Path, final: Pa
     save_config(tmp, cfg)
     save_backbone(tmp, backbone.state_dict())
     rebuilt, _ = load_backbone(tmp)
-    _check(backbone, cfg, lambda x: (rebuilt(x), rebuilt.forward_tokens(x)), "freelabel.methods.load_backbone")
+    _check(backbone, cfg, lambda x: (rebuilt(x), rebuilt.forward_tokens(x)), "freelabel.methods.load_backbone",
+           rgb=False)
     return {"safetensors": {"weights": BACKBONE, "config": "config.yaml"}}
 
 
-WRITERS = {"transformers": _write_transformers, "timm": _write_timm, "safetensors": _write_safetensors}
+WRITERS = {"transformers": _write_transformers, "timm": _write_timm, "onnx": _write_onnx,
+           "safetensors": _write_safetensors}
 
 
 @torch.no_grad()
-def _check(backbone: nn.Module, cfg: RunConfig, exported, how: str) -> None:
-    """The exported model must give the backbone's pooled features and patch tokens to :data:`TOLERANCE`."""
+def _check(backbone: nn.Module, cfg: RunConfig, exported, how: str, rgb: bool = True, batch: int = 2) -> None:
+    """The exported model must give the backbone's pooled features and patch tokens to :data:`TOLERANCE`;
+    with ``rgb`` it takes RGB, and a grey run's images replicated to RGB must give their grey features."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, cfg.data.channels or 3, cfg.views.size, cfg.views.size, generator=g)
-    pooled, tokens = exported(x)
+    x = torch.randn(batch, cfg.data.channels or 3, cfg.views.size, cfg.views.size, generator=g)
+    pooled, tokens = exported(x.expand(-1, 3, -1, -1) if rgb else x)
     for what, ours, theirs in [("pooled", backbone(x), pooled), ("token", backbone.forward_tokens(x), tokens)]:
         err = (ours - theirs).abs().max().item() if ours.shape == theirs.shape else float("inf")
-        if not err <= TOLERANCE:
+        if not err <= TOLERANCE * max(1.0, ours.abs().max().item()):  # relative above 1: float32 rounding
             raise ExportError(f"the model {how} loads gives {what} features {err:.2g} away from the run's backbone "
                               f"(tolerance {TOLERANCE}); nothing was written")  # fmt: skip
 
 
 def _readme(info: dict) -> str:
     fmt, size, chans = info["format"], info["image_size"], info["in_chans"]
+    if fmt != "safetensors" and chans == 1:
+        chans = "3-channel (RGB: the model averages the channels of this grey run, so grey images replicated to RGB " \
+                "give the run's features) "
+    else:
+        chans = f"{chans}-channel"
     head = (f"# freelabel export ({fmt})\n\nBackbone `{info['backbone']}` trained by `freelabel pretrain {info['method']}` "
-            f"in `{info['run']}` (weights: {info['weights']}). Inputs: {chans}-channel {size}x{size} images in [0, 1], "
+            f"in `{info['run']}` (weights: {info['weights']}). Inputs: {chans} {size}x{size} images in [0, 1], "
             f"normalised with mean {info['mean']} and std {info['std']}. Checked at export: the code below gives the "
             f"run's pooled features and patch tokens to {TOLERANCE} at {size}x{size} (other sizes interpolate the "
             f"position embeddings, each library its own way).\n\n```python\n")  # fmt: skip
@@ -380,7 +465,7 @@ def _readme(info: dict) -> str:
     if fmt == "transformers":
         t = info["transformers"]
         hidden = ", output_hidden_states=True" if t["output_hidden_states"] else ""
-        grey = "# images: uint8 [1, H, W] arrays or a [B, 1, H, W] tensor (transformers takes no 2-D arrays)\n"
+        grey = "# images: RGB (PIL images or uint8 [3, H, W] arrays); convert grey ones with .convert('RGB')\n"
         body = ("from transformers import AutoImageProcessor, AutoModel\n\n" + folder +
                 f"model = AutoModel.from_pretrained(FOLDER).eval()  # {t['class']}\n"
                 "processor = AutoImageProcessor.from_pretrained(FOLDER)  # resize (PIL bilinear) + normalise\n"
@@ -392,14 +477,20 @@ def _readme(info: dict) -> str:
             body += "# ViTMAEModel shuffles the patches (mask_ratio 0 hides none); ids_restore unshuffles them\n"
         if t["output_hidden_states"]:
             body += "# the final LayerNorm (model.layernorm) is on the pooled mean only, as in timm's fc_norm\n"
+    elif fmt == "onnx":
+        body = ("import onnxruntime\n\n" + folder +
+                "session = onnxruntime.InferenceSession(FOLDER + '/model.onnx', providers=['CPUExecutionProvider'])\n"
+                "pooled, tokens = session.run(None, {'pixel_values': x})  # x: float32 numpy [B, 3, H, W], any B\n")
     elif fmt == "timm":
         t = info["timm"]
-        body = ("import timm\n\n"
+        freelabel = t["model_name"].startswith("freelabel_")
+        body = ("import timm\n" + ("import freelabel.timm_models  # registers freelabel's CNNs with timm\n" if freelabel else "") + "\n"
                 f"model = timm.create_model({t['model_name']!r}, pretrained=True,\n"
                 f"                          pretrained_cfg_overlay={t['pretrained_cfg_overlay']!r},\n"
                 f"                          **{t['kwargs']!r}).eval()\n"
                 "pooled = model(x)\n"
-                "tokens = model.forward_features(x)  # the ViT's prefix tokens first: model.num_prefix_tokens\n")  # fmt: skip
+                "tokens = model.forward_features(x)" + ("  # [B, N, D]\n" if freelabel else
+                "  # the ViT's prefix tokens first: model.num_prefix_tokens\n"))  # fmt: skip
     else:
         body = ("from freelabel.methods import load_backbone\n\n" + folder +
                 "backbone, cfg = load_backbone(FOLDER)  # config.yaml + backbone.safetensors\n"

@@ -26,6 +26,7 @@ from ..data.registry import NAMED, open_dataset
 from ..data.sources import ImageFiles, load_image, scan_folder
 from ..encoder import load_encoder
 from ..errors import SearchError
+from .ann import search_rows, update_graph
 
 EMBEDDINGS, MANIFEST = "embeddings.safetensors", "index.json"
 
@@ -103,7 +104,8 @@ def build_index(source: str | Path, model: str | Path, out: str | Path, split: s
             current.append({"path": str(p.resolve().relative_to(root)), "size": st.st_size, "mtime": st.st_mtime_ns,
                             "label": names[y] if y >= 0 else None})  # fmt: skip
     previous = {r["path"]: (i, r) for i, r in enumerate(old.rows)} if old else {}
-    keep = [c for c in current if c["path"] in previous and previous[c["path"]][1] == c]
+    keep = sorted((c for c in current if c["path"] in previous and previous[c["path"]][1] == c),
+                  key=lambda c: previous[c["path"]][0])  # in the old order: new rows only extend the ANN graph
     todo = [i for i, c in enumerate(current) if not (c["path"] in previous and previous[c["path"]][1] == c)]
     weights = str(Path(weights).expanduser().resolve()) if weights is not None else None
     encoder = load_encoder(model, weights=weights, device=device) if todo or old is None else None
@@ -132,6 +134,8 @@ def build_index(source: str | Path, model: str | Path, out: str | Path, split: s
     removed = sum(r["path"] not in present for r in old.rows) if old else 0
     if old is None or new_rows or len(keep) != len(old.rows):
         _save(out, meta, embeddings)
+        update_graph(out, meta["build"], embeddings, old.meta["build"] if old else None,
+                     appended=old is not None and len(keep) == len(old.rows))
     seconds = time.perf_counter() - start
     return {"index": str(out), "rows": len(meta["rows"]), "embedded": len(new_rows), "kept": len(keep),
             "removed": removed, "failed": failed, "seconds": seconds,
@@ -153,7 +157,7 @@ def search(index: str | Path, image: str | Path | None = None, text: str | None 
             raise SearchError(f"cannot read the query image {image}: {e}") from e
     else:
         query = encoder.encode_text([text]).cpu()
-    scores, order = (query @ idx.embeddings.T)[0].topk(min(k, len(idx.rows)))
+    scores, order = (t[0] for t in search_rows(Path(index), idx.meta["build"], idx.embeddings, query, k))
     base = Path(idx.meta["source"])
     return [{"rank": r + 1, "path": str(base / idx.rows[i]["path"]) if base.is_dir() else idx.rows[i]["path"],
              "score": round(float(s), 4), "label": idx.rows[i]["label"]}
