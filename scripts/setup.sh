@@ -4,11 +4,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 
-# The embedded data set (Fashion-MNIST, MIT) from Debian's packages where apt exists; elsewhere
-# freelabel downloads it on first use.
-if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
+# From Debian's packages where apt exists: the embedded data set (Fashion-MNIST, MIT; elsewhere
+# freelabel downloads it on first use) and headless Chromium with its driver, in which the tests open
+# `freelabel report` pages (without them those tests are skipped, saying why).
+APT=()
+[ -d /usr/share/datasets/fashion-mnist ] || APT+=(dataset-fashion-mnist)
+[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || APT+=(chromium chromium-driver)
+if [ ${#APT[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${APT[@]}" >/dev/null
 fi
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"

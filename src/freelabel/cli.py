@@ -14,6 +14,8 @@ from pathlib import Path
 EXAMPLES = """examples:
   freelabel pretrain simclr --data fashion-mnist --minutes 10 --out runs/x
   freelabel eval knn runs/x --baselines
+  freelabel report runs/x
+  freelabel compare simclr byol dino --data fashion-mnist --minutes 10 --out runs/compare
   freelabel pretrain --resume runs/x
   freelabel export runs/x --format transformers
   freelabel pretrain simclr --data ~/photos --backbone resnet18 --set views.size=96 --epochs 100
@@ -186,6 +188,32 @@ def _parser() -> argparse.ArgumentParser:
     sg.add_argument("--out", help="output folder (a JSON and an overlay PNG per image)")
     sg.add_argument("--coco", metavar="FILE", help="instead: one COCO instances file for all the images (by --text), "
                     "resumable: a rerun continues where a stopped one left off")  # fmt: skip
+
+    rp = sub.add_parser("report", help="an HTML report of a run (or of a pretrained model with --model)",
+                        description="Write RUN/report.html (or OUT/report.html for --model): one self-contained file "
+                        "with the results, curves, a t-SNE map of test features, nearest neighbours and the method's "
+                        "pictures; it opens from disk and makes no network requests.")  # fmt: skip
+    rp.add_argument("run", nargs="?", help="run directory (or --model)")
+    rp.add_argument("--model", help="a pretrained model instead of a run: hub name, local folder or torchvision:NAME")
+    rp.add_argument("--data", default="fashion-mnist", help="--model only: labelled data to show it on")
+    rp.add_argument("--out", help="--model only: folder for report.html")
+    rp.add_argument("--train-images", type=int, default=10_000, help="training images searched for neighbours")
+    rp.add_argument("--test-images", type=int, default=2000, help="test images on the map")
+
+    cp = sub.add_parser("compare", help="train several methods at the same budget and write a leaderboard",
+                        description="Train each METHOD (with its recipe for the data, or METHOD:RECIPE) at the same "
+                        "budget, seed and data order, one after another, score each with k-NN, and write OUT/leaderboard"
+                        ".md, .csv and .html. Run it again to continue: finished methods are not run again.")  # fmt: skip
+    cp.add_argument("methods", nargs="+", metavar="METHOD[:RECIPE]", help="or `all`: every recipe made for --data")
+    cp.add_argument("--data", default="fashion-mnist", help="data for every method (default: fashion-mnist)")
+    cbudget = cp.add_mutually_exclusive_group(required=True)
+    cbudget.add_argument("--minutes", type=float, help="training minutes per method")
+    cbudget.add_argument("--steps", type=int, help="optimiser steps per method")
+    cbudget.add_argument("--epochs", type=float, help="epochs per method")
+    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--eval-every", type=float, metavar="MINUTES", help="online k-NN interval (default: a fifth of --minutes)")
+    cp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every recipe")
+    cp.add_argument("--out", required=True, help="folder for the runs and the leaderboard")
 
     sub.add_parser("methods", help="list the methods")
     sub.add_parser("backbones", help="list the backbones")
@@ -487,6 +515,33 @@ def cmd_segment(args: argparse.Namespace) -> None:
     print(f"wrote {len(records)} JSON + overlay PNG pairs to {args.out}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from .errors import ConfigError
+    from .report import make_report, report_pretrained
+
+    if (args.run is None) == (args.model is None):
+        raise ConfigError("give a run directory or --model NAME (not both)")
+    if args.model:
+        path = report_pretrained(args.model, args.data, args.out or "report", args.train_images, args.test_images)
+    else:
+        path = make_report(args.run, args.train_images, args.test_images)
+    print(f"wrote {path}")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+    from .config import parse_override
+
+    rows = compare(args.methods, args.data, args.out, args.minutes, args.steps, args.epochs, args.seed, args.eval_every,
+                   dict(parse_override(s) for s in args.set))  # fmt: skip
+    print((Path(args.out) / "leaderboard.md").read_text(), end="")
+    failed = [r["name"] for r in rows if r["status"] != "done"]
+    if failed:
+        print(f"freelabel: {', '.join(failed)} did not finish (see each run's log.txt); the same command retries them",
+              file=sys.stderr)  # fmt: skip
+        return 1
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     if args.command == "methods":
         from .methods import REGISTRY
@@ -536,9 +591,12 @@ def main(argv: list[str] | None = None) -> int:
         "export": cmd_export,
         "segment": cmd_segment,
         "predict": cmd_predict,
+        "report": cmd_report,
+        "compare": cmd_compare,
     }
+    status = 0  # a sub-command may return another exit status (compare: 1 while a method is unfinished)
     try:
-        commands.get(args.command, cmd_list)(args)
+        status = commands.get(args.command, cmd_list)(args)
     except FreelabelError as e:
         print(f"freelabel: error: {e}", file=sys.stderr)
         return 2
@@ -554,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
             where = f": {e.filename}" if e.filename else ""
             print(f"freelabel: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":
