@@ -127,3 +127,33 @@ def test_an_index_that_overcounts_is_named_in_the_error(numbered, tmp_path):
     (copy / "shards.json").write_text(json.dumps(index))
     with pytest.raises(DataError, match="hold fewer samples than shards.json counts; delete it"):
         _epoch(copy, 0, 1, 0)
+
+
+def test_broken_members_of_a_shard_are_skipped_and_counted_like_broken_files(fmnist, tmp_path):
+    """Shards made elsewhere may hold anything: garbage, a cut-short PNG, a decompression bomb."""
+    import io
+    import tarfile
+
+    def png(array) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format="PNG")
+        return buf.getvalue()
+
+    bomb = io.BytesIO()
+    Image.new("1", (30000, 30000)).save(bomb, format="PNG")  # a few kB that would decode to 900 MP
+    members = {f"good{i}": png(fmnist.images[i, 0].numpy()) for i in range(10)}
+    members |= {"garbage": b"not an image at all", "cut": members["good0"][:60], "bomb": bomb.getvalue()}
+    (tmp_path / "s").mkdir()
+    with tarfile.open(tmp_path / "s" / "shard-000000.tar", "w") as tar:
+        for key, data in members.items():
+            info = tarfile.TarInfo(f"{key}.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    ds = ImageShards(str(tmp_path / "s"), "all", 28, channels=1)
+    assert len(ds) == 13
+    got = list(batches(ds, 13, seed=0, epoch=0))  # one batch: nothing left out by a last partial batch
+    images = sum(len(b.images) for b in got)
+    skipped = [name for b in got for name in b.skipped]
+    assert images == 10 and len(skipped) == 3
+    assert {s.rsplit(":", 1)[-1] for s in skipped} == {"garbage", "cut", "bomb"}
+    assert sorted(where for image, where in ds if image is None) == sorted(skipped)  # the evaluation path too
