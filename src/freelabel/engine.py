@@ -71,10 +71,11 @@ def build_optimizer(method: Method, cfg: RunConfig, world: int) -> torch.optim.O
         raise ConfigError(f"optimizer {o.name!r} cannot be made ({e}); try adamw, lars, sgd or lamb") from None
 
 
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """The views' random stream of one step on one process: a function of where the run is, so a
-    resumed run draws exactly what the uninterrupted one would have."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1024 + rank)
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The views' random stream of one step, for the global batch: a function of where the run is, so a
+    resumed run draws exactly what the uninterrupted one would have, and of nothing else, so that any
+    number of processes draw the views one process would (each its part, see ``Views(at=...)``)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
 def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
@@ -117,7 +118,8 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                 state.skipped += batch.skipped
                 schedule(p)
                 method.on_step(p)
-                last = _on_device(batch, views, step_generator(cfg.seed, state.step, rank), fabric.device)
+                at = (rank * cfg.optim.batch_size, cfg.optim.batch_size * world)  # this part of the global batch
+                last = _on_device(batch, views, step_generator(cfg.seed, state.step), at, fabric.device)
                 outputs = model(last)
                 _stop_if_not_finite(outputs["loss"], state.step, cfg, out)
                 optimizer.zero_grad(set_to_none=True)
@@ -183,14 +185,16 @@ def _budget_clock(cfg: RunConfig, images: int, fabric: Fabric) -> BudgetClock:
     return BudgetClock(total_steps, budget.minutes, agree)
 
 
-def _on_device(batch: Batch, views: list[Views], g: torch.Generator, device: torch.device) -> Batch:
+def _on_device(batch: Batch, views: list[Views], g: torch.Generator, at: tuple[int, int],
+               device: torch.device) -> Batch:
     """The batch on ``device`` with the method's views made from its images (channels-last): from the
-    crops made where files were decoded, or from the whole images held in memory."""
+    crops made where files were decoded, or from the whole images held in memory; ``at``: where this
+    process's part begins in the global batch, and the global batch size."""
     images = batch.images.to(device, non_blocking=True)
     if batch.crops:
-        made = [v(c.to(device, non_blocking=True), g, cropped=True) for v, c in zip(views, batch.crops)]
+        made = [v(c.to(device, non_blocking=True), g, cropped=True, at=at) for v, c in zip(views, batch.crops)]
     else:
-        made = [v(images, g) for v in views]
+        made = [v(images, g, at=at) for v in views]
     made = [x.contiguous(memory_format=torch.channels_last) for x in made]
     masks = {k: m.to(device, non_blocking=True) for k, m in batch.masks.items()}
     return dataclasses.replace(batch, images=images, views=made, masks=masks)
