@@ -35,6 +35,7 @@ from .train.clock import BudgetClock
 from .train.forecast import Forecast
 from .train.monitor import Monitor
 from .train.online_knn import OnlineKNN
+from .train.sharding import STRATEGIES, checkpoint_blocks, full_state, load_full_state, strategy
 
 log = logging.getLogger("freelabel")
 
@@ -98,7 +99,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     data = open_dataset(cfg.data.name, "train", size=cfg.data.image_size or cfg.views.size)
     fabric, method, model, optimizer, precision = _setup(cfg, data, out)
     schedule = OptimizerSchedule(optimizer, cfg.optim)  # before resuming: the peak learning rates
-    state = _resume(out, method, optimizer) if resume else TrainState()
+    state = _resume(out, model, optimizer) if resume else TrainState()
     knn = OnlineKNN(cfg, method.backbone, fabric.device, precision, state.train_seconds, fabric.is_global_zero)
     clock = _budget_clock(cfg, len(data), fabric)  # training time runs from here, evaluation excluded
     rank, world = fabric.global_rank, fabric.world_size
@@ -106,7 +107,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     workers = loader_workers(cfg.data.workers, world // cfg.num_nodes)  # this machine's cores at most
     forecast = Forecast(cfg.budget, clock.total_steps, cfg.optim.batch_size * world, len(data), fabric.is_global_zero)
     monitor = Monitor(out, state, cfg.log_every, fabric.is_global_zero, lambda v: fabric.all_reduce(v, reduce_op="mean"))
-    save = partial(_save_checkpoint, out, state, method, optimizer, fabric)
+    save = partial(_save_checkpoint, out, state, model, optimizer, fabric)
     last: Batch | None = None  # the last batch, for the method's artefacts
 
     with monitor, _checkpoint_on_interrupt(save, state, out):
@@ -142,9 +143,9 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
             else:
                 state.epoch, state.position = state.epoch + 1, 0
         monitor.done()
-    save()
+    weights = save()
     knn.finish(state)
-    return _finish(cfg, out, state, method, last, monitor, knn.curve, precision, fabric, len(data))
+    return _finish(cfg, out, state, method, weights, last, monitor, knn.curve, precision, fabric, len(data))
 
 
 def _setup(cfg: RunConfig, data, out: Path) -> tuple[Fabric, Method, torch.nn.Module, torch.optim.Optimizer, str]:
@@ -154,7 +155,9 @@ def _setup(cfg: RunConfig, data, out: Path) -> tuple[Fabric, Method, torch.nn.Mo
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
     method = build_method(cfg, data.channels)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
-    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, precision=precision)
+    _check_strategy(cfg)
+    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, precision=precision,
+                    strategy=strategy(cfg.strategy, cfg.activation_checkpointing))  # fmt: skip
     fabric.launch()
     if cfg.sync_bn and fabric.world_size > 1 and fabric.device.type != "cuda":  # before anything is written
         raise ConfigError("sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); leave it off on the CPU")
@@ -167,11 +170,25 @@ def _setup(cfg: RunConfig, data, out: Path) -> tuple[Fabric, Method, torch.nn.Mo
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     if cfg.channels_last:
         method = method.to(memory_format=torch.channels_last)
+    if cfg.activation_checkpointing and cfg.strategy != "fsdp":  # FSDP checkpoints its own units
+        checkpoint_blocks(method)
     optimizer = build_optimizer(method, cfg, fabric.world_size)
     model, optimizer = fabric.setup(method, optimizer)
     if cfg.compile:
         model = torch.compile(model)
     return fabric, method, model, optimizer, precision
+
+
+def _check_strategy(cfg: RunConfig) -> None:
+    """One line for a strategy this run cannot have, before anything starts."""
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(f"strategy {cfg.strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if cfg.strategy == "fsdp" and (cfg.accelerator == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError("--strategy fsdp needs CUDA devices (Lightning runs FSDP on GPUs only); use --strategy ddp "
+                          "on the CPU")
+    if cfg.strategy == "fsdp" and cfg.eval_every_minutes:
+        raise ConfigError("the online k-NN (--eval-every) runs the backbone on one process, which FSDP's shards "
+                          "cannot; evaluate the finished run with `freelabel eval knn`")
 
 
 def _budget_clock(cfg: RunConfig, images: int, fabric: Fabric) -> BudgetClock:
@@ -209,23 +226,26 @@ def _stop_if_not_finite(loss: torch.Tensor, step: int, cfg: RunConfig, out: Path
 
 
 # ----------------------------------------------------------------------------- checkpoints and resume
-def _save_checkpoint(out: Path, state: TrainState, method: Method, optimizer: torch.optim.Optimizer,
-                     fabric: Fabric) -> None:
-    """Weights, optimiser, where the run stands and the global random state, written by the first process."""
+def _save_checkpoint(out: Path, state: TrainState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     fabric: Fabric) -> dict[str, torch.Tensor]:
+    """Weights, optimiser, where the run stands and the global random state, written by the first process;
+    full state dicts under every strategy (see :mod:`freelabel.train.sharding`). The whole weights."""
+    weights, optim = full_state(model, optimizer)
     if fabric.is_global_zero:
-        saved = {"optimizer": optimizer.state_dict(), "train": asdict(state), "torch_rng": torch.get_rng_state()}
-        rundir.save_checkpoint(out, state.step, method.state_dict(), saved)
+        saved = {"optimizer": optim, "train": asdict(state), "torch_rng": torch.get_rng_state()}
+        rundir.save_checkpoint(out, state.step, weights, saved)
     fabric.barrier()
+    return weights
 
 
-def _resume(out: Path, method: Method, optimizer: torch.optim.Optimizer) -> TrainState:
-    """Load the newest checkpoint of ``out`` into ``method`` and ``optimizer``; where the run stood."""
+def _resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
+    """Load the newest checkpoint of ``out`` into ``model`` and ``optimizer``, whatever the strategy of the run
+    that saved it; where the run stood."""
     ckpt = rundir.latest_checkpoint(out)
     if ckpt is None:
         raise rundir.RunError(f"{out} has no checkpoint to resume from; start it again without --resume")
     weights, saved = rundir.load_checkpoint(ckpt)
-    method.load_state_dict(weights)
-    optimizer.load_state_dict(saved["optimizer"])
+    load_full_state(model, optimizer, weights, saved["optimizer"])
     torch.set_rng_state(saved["torch_rng"])
     log.info("resumed from %s (step %d)", ckpt, saved["train"]["step"])
     return TrainState(**saved["train"])
@@ -243,8 +263,8 @@ def _checkpoint_on_interrupt(save: Callable[[], None], state: TrainState, out: P
         raise
 
 
-def _finish(cfg: RunConfig, out: Path, state: TrainState, method: Method, last: Batch | None, monitor: Monitor,
-            curve: list[dict], precision: str, fabric: Fabric, images: int) -> dict:
+def _finish(cfg: RunConfig, out: Path, state: TrainState, method: Method, weights: dict, last: Batch | None,
+            monitor: Monitor, curve: list[dict], precision: str, fabric: Fabric, images: int) -> dict:
     """The run's results; the first process writes the backbone, the method's artefacts and metrics.json."""
     result = {
         "method": cfg.method, "backbone": cfg.backbone.name, "steps": state.step, "epochs": state.images_seen / images,
@@ -256,8 +276,8 @@ def _finish(cfg: RunConfig, out: Path, state: TrainState, method: Method, last: 
     if curve:
         result["knn_curve"] = curve
     if fabric.is_global_zero:
-        rundir.save_backbone(out, method.backbone.state_dict())
-        for name, data in (method.artefacts(last) if last else {}).items():
+        rundir.save_backbone(out, {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")})
+        for name, data in (method.artefacts(last) if last and cfg.strategy != "fsdp" else {}).items():  # 1 process
             rundir.save_artefact(out, name, data)
         rundir.update_metrics(out, "pretrain", result)
         monitor.close()
