@@ -106,7 +106,7 @@ def test_a_finished_run_is_not_overwritten(tmp_path, capsys):
     assert main(["pretrain", "simclr", "--steps", "1", "--out", str(run), *TINY]) == 0
     before = (run / "backbone.safetensors").read_bytes()
     assert main(["pretrain", "simclr", "--steps", "1", "--out", str(run), *TINY]) == 2
-    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+    assert "already holds a run; continue it with `freelabel pretrain --resume" in capsys.readouterr().err
     assert (run / "backbone.safetensors").read_bytes() == before
 
 

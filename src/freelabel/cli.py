@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -69,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
         it.add_argument("run", help="clip/siglip run directory, or a pretrained model (hub name or local folder)")
         it.add_argument("--data", help="test data (default: the run's data): emoji-captions, fashion-mnist, a folder, ...")
         it.add_argument("--weights", help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)")
+
+    _protocol_parsers(evsub)
+
+    pr = sub.add_parser("predict", help="apply a classifier folder (from eval linear/finetune) to a folder of images")
+    pr.add_argument("classifier", help="classifier folder")
+    pr.add_argument("images", help="folder of images (searched recursively)")
+    pr.add_argument("--out", help="CSV to write (image, label_1, score_1, ...); default: print it")
+    pr.add_argument("-k", type=int, default=5, help="labels per image")
 
     zs = sub.add_parser("zeroshot", help="classify a folder of images by class names, zero-shot")
     zs.add_argument("images", help="folder of images")
@@ -144,6 +153,41 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _protocol_parsers(evsub) -> None:
+    """``eval linear``, ``finetune``, ``dense``, ``attention`` (:mod:`freelabel.evaluate`)."""
+    model = "run directory, or a pretrained model: hub name, local folder or torchvision:NAME"
+    lin = evsub.add_parser("linear", help="linear probe on frozen features (a grid of heads, best on a validation split)")
+    ft = evsub.add_parser("finetune", help="fine-tune backbone + linear head, with all or few labels (or from scratch)")
+    de = evsub.add_parser("dense", help="dense linear probe on frozen patch tokens / feature maps: mIoU")
+    at = evsub.add_parser("attention", help="CLS attention maps of a ViT's last block, per head, and their object Jaccard")
+    for p in (lin, ft, de, at):
+        p.add_argument("run", help=model)
+    for p in (lin, ft):
+        p.add_argument("--data", help="labelled data (default: the run's data; fashion-mnist for a pretrained model)")
+        p.add_argument("--out", help="classifier folder to write (default: inside the run directory)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the validation split, label subset and training")
+    for p in (de, at):
+        p.add_argument("--data", default="composed", help="composed (Fashion-MNIST garments on canvases with exact "
+                       "masks, the default), or a folder with images/ and masks/ (PNG class ids, 255 ignored)")  # fmt: skip
+    for p in (lin, de, at):
+        p.add_argument("--baselines", action="store_true", help="also score the random-init backbone" +
+                       (" and raw pixels" if p is lin else ""))  # fmt: skip
+    lin.add_argument("--epochs", type=int, default=25, help="epochs of the linear heads")
+    ft.add_argument("--labels", default="100%", help="1%%, 10%%, 100%% of each class, or N images per class")
+    ft.add_argument("--subset", metavar="FILE", help="train on the images this file lists (one path or row number per line)")
+    ft.add_argument("--init", choices=["trained", "random"], default="trained",
+                    help="random: the same backbone from its random init (the supervised-from-scratch reference)")  # fmt: skip
+    ft.add_argument("--from-scratch", dest="init", action="store_const", const="random", help="the same as --init random")
+    budget = ft.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=float, help="budget in epochs (default: 10, and at least 500 steps)")
+    budget.add_argument("--minutes", type=float, help="budget in minutes of training")
+    ft.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate for a batch of 256")
+    ft.add_argument("--layer-decay", type=float, default=0.75, help="ViTs: lr factor per block, top to bottom")
+    ft.add_argument("--batch-size", type=int, default=256)
+    at.add_argument("--out", help="folder for the attention images (default: RUN/attention)")
+    at.add_argument("--images", type=int, default=8, help="images to draw")
+
+
 def _overrides(args: argparse.Namespace) -> dict:
     from .config import parse_override
 
@@ -206,6 +250,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    if args.protocol in ("linear", "finetune", "dense", "attention"):
+        return cmd_eval_protocol(args)
     if args.protocol != "knn":
         return cmd_eval_imagetext(args)
     from .config import ConfigError
@@ -234,6 +280,53 @@ def cmd_eval_imagetext(args: argparse.Namespace) -> None:
 
         results = evaluate_retrieval(args.run, args.data, weights=args.weights)
     print(json.dumps(results, indent=2))
+
+
+def cmd_eval_protocol(args: argparse.Namespace) -> None:
+    import json
+
+    if args.protocol == "linear":
+        from .evaluate.linear import evaluate_linear
+
+        r = evaluate_linear(args.run, args.data, args.baselines, args.out, args.epochs, args.seed)
+        rows = {k: f"{r[k]['top1']:.2f}%" for k in ("trained", "random_init", "raw_pixels") if k in r}
+    elif args.protocol == "finetune":
+        from .evaluate.finetune import finetune
+
+        r = finetune(args.run, args.data, args.labels, subset_file=args.subset, init=args.init, epochs=args.epochs,
+                     minutes=args.minutes, lr=args.lr, layer_decay=args.layer_decay, batch_size=args.batch_size,
+                     seed=args.seed, out=args.out)  # fmt: skip
+        rows = {args.init: f"{r['top1']:.2f}% ({r['train_images']} labelled images, {r['steps']} steps, {r['minutes']} min)"}
+    elif args.protocol == "dense":
+        from .evaluate.dense import evaluate_dense
+
+        r = evaluate_dense(args.run, args.data, args.baselines)
+        rows = {k: f"mIoU {r[k]['miou']:.2f}%" for k in ("trained", "random_init") if k in r}
+    else:
+        from .evaluate.attention import evaluate_attention
+
+        r = evaluate_attention(args.run, args.data, args.out, args.images, args.baselines)
+        rows = {k: f"Jaccard {r[k]['jaccard_mean_head']:.2f}% (best head {r[k]['jaccard_best_head']:.2f}%)"
+                for k in ("trained", "random_init") if k in r}  # fmt: skip
+    print(f"{args.protocol} on {r['data']}: " + json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)}))
+    for name, text in rows.items():
+        print(f"  {name:12s} {text}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import csv
+
+    from .evaluate.classifier import predict_folder
+
+    rows, failed = predict_folder(args.classifier, args.images, args.out, args.k)
+    for path in failed:
+        print(f"unreadable: {path}", file=sys.stderr)
+    if args.out:
+        print(f"{len(rows)} images classified into {args.out}")
+    else:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["image"] + [f"{n}_{j}" for j in range(1, min(args.k, len(rows[0]) // 2) + 1) for n in ("label", "score")])
+        writer.writerows(rows)
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> None:
@@ -368,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         "index": cmd_index,
         "export": cmd_export,
         "segment": cmd_segment,
+        "predict": cmd_predict,
     }
     try:
         commands.get(args.command, cmd_list)(args)
@@ -378,6 +472,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"freelabel: error: no space left on the device for {e.filename or 'a file'}; free some space and run "
+              "the command again (a pretrain run continues with --resume RUN_DIR)", file=sys.stderr)
+        return 2
     return 0
 
 

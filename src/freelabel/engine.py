@@ -3,7 +3,8 @@
 Fabric picks devices and precision and wraps DDP. The loop in :func:`_pretrain` reads in one screen;
 its parts have names: the budget clock (:mod:`freelabel.train.clock`), the optimiser schedule
 (:mod:`freelabel.schedules`), what a run shows (:mod:`freelabel.train.monitor`), the online k-NN
-(:mod:`freelabel.train.online_knn`) and, below in this module, checkpoints, resume and Ctrl-C. It knows
+(:mod:`freelabel.train.online_knn`), Ctrl-C between steps (:mod:`freelabel.train.interrupts`) and, below
+in this module, checkpoints, resume and what an interrupt saves. It knows
 no method by name: a method is any :class:`freelabel.methods.Method`.
 """
 
@@ -15,7 +16,6 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,9 +33,10 @@ from .methods import Method, build_method
 from .schedules import OptimizerSchedule
 from .train.clock import BudgetClock
 from .train.forecast import Forecast
+from .train.interrupts import StopBetweenSteps
 from .train.monitor import Monitor
 from .train.online_knn import OnlineKNN
-from .train.sharding import STRATEGIES, checkpoint_blocks, full_state, load_full_state, strategy
+from .train.sharding import STRATEGIES, checkpoint_blocks, full_state, full_weights, load_full_state, strategy
 
 log = logging.getLogger("freelabel")
 
@@ -50,12 +51,15 @@ class TrainState:
     train_seconds: float = 0.0
     images_seen: int = 0
     skipped: list[str] = field(default_factory=list)  # files that failed to decode
+    loss: float | None = None  # the last logged loss
+    knn_curve: list[dict] = field(default_factory=list)  # the online k-NN points so far
 
-    def advance(self, images: int) -> None:
-        """One step done, on ``images`` images of all processes together."""
+    def advance(self, images: int, skipped: list[str]) -> None:
+        """One step done, on ``images`` images of all processes together; ``skipped`` failed to decode."""
         self.step += 1
         self.position += 1
         self.images_seen += images
+        self.skipped += skipped
 
 
 def build_optimizer(method: Method, cfg: RunConfig, world: int) -> torch.optim.Optimizer:
@@ -83,7 +87,10 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
     """Pretrain ``cfg.method`` and return the run's metrics; the run directory is ``out``."""
     out = Path(out)
     if not resume and (out / rundir.CONFIG).exists():
-        raise rundir.RunError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")
+        if rundir.has_results(out):
+            raise rundir.RunError(f"{out} already holds a run; continue it with {rundir.resume_hint(out)}, "
+                                  "or choose another --out")
+        log.info("%s holds a run stopped before its first checkpoint: starting it again", out)
     out.mkdir(parents=True, exist_ok=True)
     handler = rundir.file_logger(out)
     handler.addFilter(lambda record: not dist.is_initialized() or dist.get_rank() == 0)  # one log.txt writer
@@ -100,52 +107,62 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     fabric, method, model, optimizer, precision = _setup(cfg, data, out)
     schedule = OptimizerSchedule(optimizer, cfg.optim)  # before resuming: the peak learning rates
     state = _resume(out, model, optimizer) if resume else TrainState()
-    knn = OnlineKNN(cfg, method.backbone, fabric.device, precision, state.train_seconds, fabric.is_global_zero)
+    knn = OnlineKNN(cfg, method.backbone, fabric.device, precision, state.train_seconds, fabric.is_global_zero,
+                    curve=state.knn_curve)
     clock = _budget_clock(cfg, len(data), fabric)  # training time runs from here, evaluation excluded
     rank, world = fabric.global_rank, fabric.world_size
     views = [Views(v) for v in method.views]
     workers = loader_workers(cfg.data.workers, world // cfg.num_nodes)  # this machine's cores at most
     forecast = Forecast(cfg.budget, clock.total_steps, cfg.optim.batch_size * world, len(data), fabric.is_global_zero)
-    monitor = Monitor(out, state, cfg.log_every, fabric.is_global_zero, lambda v: fabric.all_reduce(v, reduce_op="mean"))
-    save = partial(_save_checkpoint, out, state, model, optimizer, fabric)
+    monitor = Monitor(out, state, cfg.log_every, fabric.is_global_zero, lambda v: fabric.all_reduce(v, reduce_op="mean"),
+                      forecast)
+    save = _checkpointer(out, state, model, optimizer, fabric)
     last: Batch | None = None  # the last batch, for the method's artefacts
 
-    with monitor, _checkpoint_on_interrupt(save, state, out):
+    with monitor, _stop_between_steps(save, state, out, fabric) as stop:
         while clock.progress(state) < 1:
             for batch in batches(data, cfg.optim.batch_size, seed=cfg.seed, epoch=state.epoch, start=state.position,
                                  rank=rank, world=world, workers=workers, masks=method.masks, views=method.views):
                 if (p := clock.progress(state)) >= 1:
                     break
-                state.skipped += batch.skipped
                 schedule(p)
                 method.on_step(p)
                 at = (rank * cfg.optim.batch_size, cfg.optim.batch_size * world)  # this part of the global batch
                 last = _on_device(batch, views, step_generator(cfg.seed, state.step), at, fabric.device)
-                outputs = model(last)
-                _stop_if_not_finite(outputs["loss"], state.step, cfg, out)
-                optimizer.zero_grad(set_to_none=True)
-                fabric.backward(outputs["loss"])
-                method.after_backward(p)
-                if cfg.optim.clip_grad:
-                    fabric.clip_gradients(model, optimizer, max_norm=cfg.optim.clip_grad)
-                optimizer.step()
-                method.after_step(p)
-                state.advance(len(batch.images) * world)
+                with stop.step():  # from the forward pass (BatchNorm statistics) to the step counter: one unit
+                    outputs = model(last)
+                    _stop_if_not_finite(outputs["loss"], state.step, cfg, out)
+                    optimizer.zero_grad(set_to_none=True)
+                    fabric.backward(outputs["loss"])
+                    method.after_backward(p)
+                    if cfg.optim.clip_grad:
+                        fabric.clip_gradients(model, optimizer, max_norm=cfg.optim.clip_grad)
+                    optimizer.step()
+                    method.after_step(p)
+                    state.advance(len(batch.images) * world, batch.skipped)
                 clock.tick(state)
-                forecast.step(state)
                 monitor.step(outputs, optimizer.param_groups[0]["lr"], clock.progress(state))
-                if state.step % cfg.checkpoint_every == 0:
-                    with clock.paused():
-                        save()
-                if knn.due(state):
-                    with clock.paused():
-                        monitor.scalar("knn/top1_k20", knn(state)["top1_k20"], state.step)
+                state.loss = monitor.metrics.get("loss", state.loss)
+                _evaluate_and_save(state, cfg.checkpoint_every, clock, knn, monitor, save)
+                stop.check()
             else:
                 state.epoch, state.position = state.epoch + 1, 0
         monitor.done()
-    weights = save()
     knn.finish(state)
-    return _finish(cfg, out, state, method, weights, last, monitor, knn.curve, precision, fabric, len(data))
+    save()
+    weights = full_weights(model)  # every process: under FSDP it gathers the shards
+    return _finish(cfg, out, state, method, weights, last, monitor, precision, fabric, len(data))
+
+
+def _evaluate_and_save(state: TrainState, every: int, clock: BudgetClock, knn: OnlineKNN, monitor: Monitor,
+                       save: Callable[[], None]) -> None:
+    """After a step, outside the budget's time: the online k-NN when due, then the periodic checkpoint
+    (which keeps the k-NN curve)."""
+    with clock.paused():
+        if knn.due(state):
+            monitor.scalar("knn/top1_k20", knn(state)["top1_k20"], state.step)
+        if state.step % every == 0:
+            save()
 
 
 def _setup(cfg: RunConfig, data, out: Path) -> tuple[Fabric, Method, torch.nn.Module, torch.optim.Optimizer, str]:
@@ -162,9 +179,12 @@ def _setup(cfg: RunConfig, data, out: Path) -> tuple[Fabric, Method, torch.nn.Mo
     if cfg.sync_bn and fabric.world_size > 1 and fabric.device.type != "cuda":  # before anything is written
         raise ConfigError("sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); leave it off on the CPU")
     if fabric.is_global_zero:
+        rundir.tidy_run(out)
+        rundir.check_room(out, method.state_dict())
         rundir.save_config(out, cfg)
         log.info("%s on %s: %d images, %s backbone, %s, %d device(s)", cfg.method, cfg.data.name, len(data),
                  cfg.backbone.name, precision, fabric.world_size)
+        log.info("if training stops, continue it with %s", rundir.resume_hint(out))
     fabric.barrier()
     if cfg.sync_bn and fabric.world_size > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
@@ -221,30 +241,47 @@ def _stop_if_not_finite(loss: torch.Tensor, step: int, cfg: RunConfig, out: Path
     if not torch.isfinite(loss):
         raise TrainingError(
             f"the loss became {loss.item()} at step {step}; lower the learning rate (--lr, now {cfg.optim.lr}), "
-            f"add optim.clip_grad, or use --precision 32-true. The last good checkpoint is in {out / rundir.CHECKPOINTS}"
+            f"add optim.clip_grad, or use --precision 32-true, and continue from the last good checkpoint with "
+            f"{rundir.resume_hint(out)} and the changed flag"
         )
 
 
 # ----------------------------------------------------------------------------- checkpoints and resume
 def _save_checkpoint(out: Path, state: TrainState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     fabric: Fabric) -> dict[str, torch.Tensor]:
+                     fabric: Fabric) -> None:
     """Weights, optimiser, where the run stands and the global random state, written by the first process;
-    full state dicts under every strategy (see :mod:`freelabel.train.sharding`). The whole weights."""
+    full state dicts under every strategy (see :mod:`freelabel.train.sharding`)."""
     weights, optim = full_state(model, optimizer)
     if fabric.is_global_zero:
         saved = {"optimizer": optim, "train": asdict(state), "torch_rng": torch.get_rng_state()}
         rundir.save_checkpoint(out, state.step, weights, saved)
     fabric.barrier()
-    return weights
+
+
+def _checkpointer(out: Path, state: TrainState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  fabric: Fabric) -> Callable[[], None]:
+    """A function that saves a checkpoint where the run stands, once: an interrupt just after a periodic
+    save, or the end of the run, does not write the same step again."""
+    saved_at = None
+
+    def save() -> None:
+        nonlocal saved_at
+        if saved_at != (state.step, len(state.knn_curve)):
+            _save_checkpoint(out, state, model, optimizer, fabric)
+            saved_at = (state.step, len(state.knn_curve))
+
+    return save
 
 
 def _resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
-    """Load the newest checkpoint of ``out`` into ``model`` and ``optimizer``, whatever the strategy of the run
-    that saved it; where the run stood."""
-    ckpt = rundir.latest_checkpoint(out)
-    if ckpt is None:
-        raise rundir.RunError(f"{out} has no checkpoint to resume from; start it again without --resume")
-    weights, saved = rundir.load_checkpoint(ckpt)
+    """Load the newest checkpoint of ``out`` that loads into ``model`` and ``optimizer``, whatever the strategy
+    of the run that saved it; where the run stood. A run stopped before its first checkpoint starts again
+    from step 0."""
+    found = rundir.load_latest_checkpoint(out)
+    if found is None:
+        log.info("%s has no checkpoint yet: starting it from step 0 with its saved config", out)
+        return TrainState()
+    ckpt, weights, saved = found
     load_full_state(model, optimizer, weights, saved["optimizer"])
     torch.set_rng_state(saved["torch_rng"])
     log.info("resumed from %s (step %d)", ckpt, saved["train"]["step"])
@@ -252,29 +289,41 @@ def _resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer)
 
 
 @contextmanager
-def _checkpoint_on_interrupt(save: Callable[[], None], state: TrainState, out: Path) -> Iterator[None]:
-    """Ctrl-C saves a checkpoint to resume from, then stops the run."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        save()
-        log.warning("interrupted at step %d; a checkpoint is saved: resume with `freelabel pretrain --resume %s`",
-                    state.step, out)
-        raise
+def _stop_between_steps(save: Callable[[], None], state: TrainState, out: Path,
+                        fabric: Fabric) -> Iterator[StopBetweenSteps]:
+    """Ctrl-C (or SIGTERM) lets the running step finish, saves a checkpoint and stops the run; a second
+    one stops at once, and a step it cuts in the middle is dropped whole (the last checkpoint stays the
+    one to resume from). Either way the resumed run continues exactly."""
+
+    def any_process(asked: bool) -> bool:
+        return fabric.all_reduce(torch.tensor(float(asked), device=fabric.device), reduce_op="sum").item() > 0
+
+    with StopBetweenSteps(any_process if fabric.world_size > 1 else None) as stop:
+        try:
+            yield stop
+        except KeyboardInterrupt:
+            if stop.in_step:
+                log.warning("stopped in the middle of step %d, which is dropped; continue from the last checkpoint "
+                            "with %s", state.step + 1, rundir.resume_hint(out))
+            else:
+                save()
+                log.warning("interrupted at step %d; a checkpoint is saved: continue with %s", state.step,
+                            rundir.resume_hint(out))
+            raise
 
 
 def _finish(cfg: RunConfig, out: Path, state: TrainState, method: Method, weights: dict, last: Batch | None,
-            monitor: Monitor, curve: list[dict], precision: str, fabric: Fabric, images: int) -> dict:
+            monitor: Monitor, precision: str, fabric: Fabric, images: int) -> dict:
     """The run's results; the first process writes the backbone, the method's artefacts and metrics.json."""
     result = {
         "method": cfg.method, "backbone": cfg.backbone.name, "steps": state.step, "epochs": state.images_seen / images,
         "images_seen": state.images_seen, "train_minutes": state.train_seconds / 60,
-        "images_per_s": state.images_seen / max(state.train_seconds, 1e-9), "final_loss": monitor.metrics.get("loss"),
+        "images_per_s": state.images_seen / max(state.train_seconds, 1e-9), "final_loss": state.loss,
         "precision": precision, "devices": fabric.world_size, "skipped_files": len(state.skipped),
         "skipped_examples": state.skipped[:20],
     }
-    if curve:
-        result["knn_curve"] = curve
+    if state.knn_curve:
+        result["knn_curve"] = state.knn_curve
     if fabric.is_global_zero:
         rundir.save_backbone(out, {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")})
         for name, data in (method.artefacts(last) if last and cfg.strategy != "fsdp" else {}).items():  # 1 process

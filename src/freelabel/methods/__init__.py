@@ -127,15 +127,15 @@ def load_method(run: str | Path) -> Method:
     """A run's whole method (backbone, heads, text tower) with the weights of its newest checkpoint, in eval mode."""
     import torch
 
-    from ..run import latest_checkpoint, load_checkpoint, load_config
+    from ..run import load_config, load_latest_checkpoint
 
     cfg = load_config(run)
-    ckpt = latest_checkpoint(run)
-    if ckpt is None:
+    found = load_latest_checkpoint(run)  # the newest that loads
+    if found is None:
         raise RunError(f"{run} has no checkpoint yet; train it first")
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, cfg.data.channels or 3)
-    method.load_state_dict(load_checkpoint(ckpt)[0])
+    method.load_state_dict(found[1])
     return method.eval()
 
 

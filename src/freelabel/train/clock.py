@@ -13,6 +13,10 @@ class Position(Protocol):
     train_seconds: float
 
 
+class Seen(Position, Protocol):
+    images_seen: int
+
+
 class BudgetClock:
     """A run's progress from 0 to 1: ``step / total_steps``, or training time over ``minutes``.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..config import BudgetConfig
-from .monitor import Seen
+from .clock import Seen
 
 log = logging.getLogger("freelabel")
 

@@ -6,19 +6,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .clock import Position
+from .clock import Seen
+from .forecast import Forecast
 
 log = logging.getLogger("freelabel")
-
-
-class Seen(Position, Protocol):
-    images_seen: int
 
 
 def describe(step: int, m: dict[str, float]) -> str:
@@ -32,9 +28,10 @@ class Monitor:
     first) writes or shows anything. ``metrics`` holds the last report."""
 
     def __init__(self, out: Path, run: Seen, log_every: int, enabled: bool,
-                 reduce: Callable[[torch.Tensor], torch.Tensor]):
+                 reduce: Callable[[torch.Tensor], torch.Tensor], forecast: Forecast | None = None):
         self.run, self.log_every, self.enabled, self.reduce = run, log_every, enabled, reduce
-        self.writer = _tensorboard(out) if enabled else None
+        self.forecast = forecast
+        self.writer = _tensorboard(out, purge_step=run.step + 1) if enabled else None
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                             TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=Console(stderr=True),
                             disable=not enabled)
@@ -51,8 +48,10 @@ class Monitor:
         self.bar.__exit__(*exc)
 
     def step(self, outputs: dict[str, torch.Tensor], lr: float, progress: float) -> None:
-        """After a step; reports every ``log_every`` steps."""
+        """After a step; reports every ``log_every`` steps (and the speed forecast once, early on)."""
         run = self.run
+        if self.forecast:
+            self.forecast.step(run)
         if run.step % self.log_every:
             return
         images, seconds = run.images_seen - self._window[0], run.train_seconds - self._window[1]
@@ -78,7 +77,9 @@ class Monitor:
             self.writer.close()
 
 
-def _tensorboard(out: Path):
+def _tensorboard(out: Path, purge_step: int):
+    """The TensorBoard writer; events from ``purge_step`` on, left by a run that stopped after its last
+    checkpoint, are hidden, so a resumed run's curves have each step once."""
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(str(out / "tb"))
+    return SummaryWriter(str(out / "tb"), purge_step=purge_step)

@@ -17,13 +17,14 @@ log = logging.getLogger("freelabel")
 
 class OnlineKNN:
     """Every ``cfg.eval_every_minutes`` of training time (and once at the end), the k-NN accuracy of
-    ``backbone`` on the run's data; ``curve`` holds the results. Off where ``enabled`` is false (all
-    processes but the first), without the option, or on data without labels."""
+    ``backbone`` on the run's data; ``curve`` holds the results (a resumed run passes the points it
+    already has, which are extended in place). Off where ``enabled`` is false (all processes but the
+    first), without the option, or on data without labels."""
 
     def __init__(self, cfg: RunConfig, backbone: torch.nn.Module, device: torch.device, precision: str,
-                 train_seconds: float, enabled: bool):
+                 train_seconds: float, enabled: bool, curve: list[dict] | None = None):
         self.cfg, self.backbone, self.device, self.precision = cfg, backbone, device, precision
-        self.curve: list[dict] = []
+        self.curve: list[dict] = [] if curve is None else curve
         self.interval = (cfg.eval_every_minutes or 0) * 60
         self.data = self._labelled_data() if enabled and self.interval else None
         self.next = (train_seconds // self.interval + 1) * self.interval if self.data else math.inf

@@ -16,7 +16,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from lightning.fabric.strategies import FSDPStrategy, Strategy
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 
 STRATEGIES = ("ddp", "fsdp")
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -64,6 +69,11 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict
     """Whole weights and optimiser state keyed by parameter name, on the CPU, whatever the strategy (all
     processes must call it: under FSDP it gathers the shards)."""
     return get_state_dict(_wrapped(model), _plain(optimizer), options=_FULL)
+
+
+def full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Whole weights keyed by parameter name, on the CPU (all processes must call it; the first gets them)."""
+    return get_model_state_dict(_wrapped(model), options=_FULL)
 
 
 def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict, optim: dict) -> None:
