@@ -37,3 +37,13 @@ def test_the_gpu_benchmark_runs_every_case_and_lightly_on_a_cpu(capsys):
     assert rows[-1]["lightly_ratio"] > 0
     out = capsys.readouterr().out
     assert "lightly" in out and "MFU" in out
+
+
+@pytest.mark.slow
+def test_the_cpu_profile_runs_and_names_the_cpu(capsys):
+    rows = _script("cpu_profile").run(batch=8, steps=1, top=3)
+    assert rows[0]["precision"] == "32-true" and len(rows) in (1, 2)
+    for row in rows:
+        assert row["images_per_s"] > 0 and row["model_gflop_per_s"] > 0 and row["matmul_gflop_per_s"] > 0
+    out = capsys.readouterr().out
+    assert "flags:" in out and "convolution" in out  # the CPU, then where the time went
