@@ -49,30 +49,43 @@ def _step(model, optimizer, x):
     optimizer.step()
 
 
-def _sharded_step(rank, world, x):
-    """One SGD step (with momentum: a state to save) of a ViT sharded over the processes (torch's FSDP2, which
-    runs on CPUs, unlike Lightning's FSDP), each on its part of ``x``; the full state dicts, as rank 0 gets them."""
+def _sharded(rank, world):
+    """A ViT sharded over the processes with torch's FSDP2 (which runs on CPUs, unlike Lightning's FSDP), and
+    its optimiser: SGD with momentum, a state to save."""
     from torch.distributed.fsdp import fully_shard
 
     model = _vit()
     for block in model.blocks:
         fully_shard(block)
     fully_shard(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+
+def _sharded_steps(rank, world, x, resume_from):
+    """Each process steps on its part of ``x``: one step from the start, and one step on from the full state
+    ``resume_from``; the full state dicts after each, as rank 0 gets them."""
     n = len(x) // world
-    _step(model, optimizer, x[rank * n : (rank + 1) * n])
-    return full_state(model, optimizer)
+    mine = x[rank * n : (rank + 1) * n]
+    model, optimizer = _sharded(rank, world)
+    _step(model, optimizer, mine)
+    first = full_state(model, optimizer)
+    model, optimizer = _sharded(rank, world)
+    load_full_state(model, optimizer, *resume_from)
+    _step(model, optimizer, mine)
+    return first, full_state(model, optimizer)
 
 
 @pytest.mark.slow
-def test_a_sharded_state_resumes_in_one_process_as_if_trained_there():
-    """Full state dicts from shards: the weights and momenta are those of one process on the whole batch,
-    by parameter name, and they load into a plain model and optimiser that then step on as that one would."""
+def test_full_state_dicts_move_a_run_between_shards_and_one_process():
+    """From shards to one process: the weights and momenta are those of one process on the whole batch, by
+    parameter name, and one process steps on from them as it would have. From one process to shards: the
+    sharded run steps on from the full state as one process does."""
     x = randn(8, 1, 28, 28)
-    weights, optim = in_two_processes(_sharded_step, x)[0]
     model = _vit()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     _step(model, optimizer, x)
+    one_step = full_state(model, optimizer)
+    (weights, optim), (resharded, _) = in_two_processes(_sharded_steps, x, one_step)[0]
     assert weights.keys() == model.state_dict().keys()
     for k, v in model.state_dict().items():
         torch.testing.assert_close(weights[k], v, atol=1e-5, rtol=0)
@@ -85,3 +98,4 @@ def test_a_sharded_state_resumes_in_one_process_as_if_trained_there():
     _step(resumed, resumed_opt, x)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[k], v, atol=1e-5, rtol=0)
+        torch.testing.assert_close(resharded[k], v, atol=1e-5, rtol=0)
