@@ -99,3 +99,4 @@ def test_full_state_dicts_move_a_run_between_shards_and_one_process():
     for k, v in model.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[k], v, atol=1e-5, rtol=0)
         torch.testing.assert_close(resharded[k], v, atol=1e-5, rtol=0)
+

@@ -36,7 +36,15 @@ from .train.forecast import Forecast
 from .train.interrupts import StopBetweenSteps
 from .train.monitor import Monitor
 from .train.online_knn import OnlineKNN
-from .train.sharding import STRATEGIES, checkpoint_blocks, full_state, full_weights, load_full_state, strategy
+from .train.sharding import (
+    STRATEGIES,
+    checkpoint_blocks,
+    full_state,
+    full_weights,
+    load_full_state,
+    strategy,
+    whole_weights,
+)
 
 log = logging.getLogger("freelabel")
 
@@ -138,7 +146,8 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                     if cfg.optim.clip_grad:
                         fabric.clip_gradients(model, optimizer, max_norm=cfg.optim.clip_grad)
                     optimizer.step()
-                    method.after_step(p)
+                    with whole_weights(model, cfg.strategy, needed=type(method).after_step is not Method.after_step):
+                        method.after_step(p)
                     state.advance(len(batch.images) * world, batch.skipped)
                 clock.tick(state)
                 monitor.step(outputs, optimizer.param_groups[0]["lr"], clock.progress(state))

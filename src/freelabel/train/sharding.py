@@ -4,6 +4,8 @@
 - ``fsdp``: every device holds a shard of every weight, optimiser state and teacher alike (Fabric's
   FSDP); each ViT block is its own shard unit, gathered only while it runs. For ViTs that do not fit one
   device. Lightning runs FSDP on GPUs only.
+  A teacher's moving average pairs each teacher weight with its student's, which shards need not hold in
+  the same places, so it runs with the weights whole (:func:`whole_weights`).
 - ``activation_checkpointing``: ViT blocks keep no activations for the backward pass, and recompute them.
 
 Checkpoints hold *full* state dicts (parameter names, whole tensors) under every strategy, made with
@@ -12,6 +14,9 @@ and the other way round.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -59,6 +64,20 @@ def _wrapped(model: nn.Module) -> nn.Module:
     """The DDP/FSDP module (or the plain one) inside Fabric's and ``torch.compile``'s wrappers."""
     model = getattr(model, "_orig_mod", model)
     return getattr(model, "_forward_module", model)
+
+
+@contextmanager
+def whole_weights(model: nn.Module, name: str, needed: bool = True) -> Iterator[None]:
+    """Under FSDP, every weight whole on every process inside (gathered, and each process's shard of what
+    changed kept on the way out): for updates that pair weights across networks, such as a teacher's moving
+    average. Under DDP, or when not ``needed`` (a method with no such update), nothing to do."""
+    if name != "fsdp" or not needed:
+        yield
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with FullyShardedDataParallel.summon_full_params(_wrapped(model), writeback=True):
+        yield
 
 
 def _plain(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
