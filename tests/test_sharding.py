@@ -100,3 +100,15 @@ def test_full_state_dicts_move_a_run_between_shards_and_one_process():
         torch.testing.assert_close(resumed.state_dict()[k], v, atol=1e-5, rtol=0)
         torch.testing.assert_close(resharded[k], v, atol=1e-5, rtol=0)
 
+
+
+def test_optimisers_are_fused_on_gpus_only(monkeypatch):
+    from freelabel.config import load_recipe, resolve
+    from freelabel.engine import build_optimizer
+
+    model = torch.nn.Linear(4, 4)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name, accelerator, fused in (("adamw", "auto", True), ("sgd", "cuda", True), ("adamw", "cpu", False),
+                                     ("lars", "cuda", False)):  # fmt: skip
+        cfg = resolve(load_recipe("simclr-fashion-mnist"), {"optim.name": name, "accelerator": accelerator})
+        assert bool(build_optimizer(model, cfg, world=1).defaults.get("fused")) is fused, (name, accelerator)

@@ -70,13 +70,18 @@ class TrainState:
         self.skipped += skipped
 
 
+_FUSED = ("adam", "adamw", "sgd", "momentum", "nesterov")  # timm names of torch optimisers with a fused kernel
+
+
 def build_optimizer(method: Method, cfg: RunConfig, world: int) -> torch.optim.Optimizer:
-    """A timm optimizer with no weight decay on biases and norms; lr scaled by global batch / 256."""
+    """A timm optimizer with no weight decay on biases and norms; lr scaled by global batch / 256; fused on GPUs."""
     from timm.optim import create_optimizer_v2
 
     o = cfg.optim
     kwargs = {"momentum": o.momentum} if o.name in ("sgd", "momentum", "lars", "nesterov") else {}
     kwargs |= {"betas": tuple(o.betas)} if o.betas else {}
+    if o.name in _FUSED and (cfg.accelerator in ("cuda", "gpu") or cfg.accelerator == "auto" and torch.cuda.is_available()):
+        kwargs["fused"] = True  # torch's fused CUDA update: one kernel for all parameters
     lr = o.lr * o.batch_size * world / 256
     try:
         return create_optimizer_v2(method, opt=o.name, lr=lr, weight_decay=o.weight_decay, **kwargs)
