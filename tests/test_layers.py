@@ -12,15 +12,14 @@ PACKAGE = Path(freelabel.__file__).parent
 
 # Rank of each top-level module or sub-package; a module may import only modules of its own rank or below.
 LAYERS = {
-    0: ["__init__", "errors", "config", "dist", "hardware", "data", "backbones", "heads", "losses", "memory"]
-    + ["ema", "schedules", "text", "run"],
-    1: ["methods"],
-    2: ["pretrained"],
-    3: ["encoder"],
-    4: ["engine", "train", "evaluate", "export", "pipelines"],
-    5: ["cli", "__main__"],
+    0: "__init__ errors config dist hardware interrupts data catalog backbones heads losses memory ema schedules text run",
+    1: "methods",
+    2: "pretrained",
+    3: "encoder",
+    4: "engine train evaluate classifier export timm_models pipelines report compare",
+    5: "cli __main__",
 }
-RANK = {name: rank for rank, names in LAYERS.items() for name in names}
+RANK = {name: rank for rank, names in LAYERS.items() for name in names.split()}
 
 
 def modules(root: Path = PACKAGE) -> dict[str, Path]:
@@ -119,3 +118,21 @@ def test_the_checks_catch_an_upward_import_and_a_circle(tmp_path):
     assert g["freelabel.data.sources"] == {"freelabel.data.captions"}
     assert upward_edges(g) == ["freelabel.data.captions -> freelabel.cli"]
     assert cycles(g) == [["freelabel.cli", "freelabel.data.captions", "freelabel.data.sources"]]
+
+
+def test_errors_are_one_family():
+    """Every error freelabel defines derives from FreelabelError (errors.py), so the CLI catches one type."""
+    import builtins
+
+    from freelabel import errors
+
+    family = {name for name, obj in vars(errors).items() if isinstance(obj, type) and issubclass(obj, Exception)}
+    assert all(issubclass(getattr(errors, name), errors.FreelabelError) for name in family)
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and name != "freelabel.errors":
+                bases = {b.id for b in node.bases if isinstance(b, ast.Name)}
+                raised = {b for b in bases if isinstance(getattr(builtins, b, None), type)}
+                assert not {b for b in raised if issubclass(getattr(builtins, b), Exception)}, (
+                    f"{name}.{node.name} derives from a built-in exception; derive it from freelabel.errors"
+                )

@@ -219,32 +219,30 @@ def _no_gpu(accelerator: str | None) -> bool:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from .errors import ConfigError
-    from .methods import method_class
-
-    if not args.resume:
-        if not args.method:
-            raise ConfigError("name a method (see `freelabel methods`), or give --resume RUN_DIR")
-        method_class(args.method)  # an unknown name fails here, before torch and the training libraries load
-    from .config import cpu_recipe, default_recipe, load_recipe, resolve, to_dict
-    from .run import load_config
+    from .config import ConfigError, cpu_recipe, default_recipe, load_recipe, resolve, to_dict
+    from .methods import known_method
 
     if args.resume:
+        from .run import load_config
+
         out = Path(args.resume)
         cfg = resolve(to_dict(load_config(out)), _overrides(args))
+    elif not args.method:
+        raise ConfigError("name a method (see `freelabel methods`), or give --resume RUN_DIR")
     else:
         data = args.data or "fashion-mnist"
-        name = args.recipe or default_recipe(args.method, data)
-        recipe = load_recipe(name)
+        known_method(args.method)  # an unknown name fails at once, before torch and the training libraries load
+        chosen = args.recipe or default_recipe(args.method, data)
+        name, recipe = chosen, load_recipe(chosen)
         if not args.recipe and name == args.method and Path(data).expanduser().exists() and _no_gpu(args.accelerator):
             name, recipe = cpu_recipe(args.method) or (name, recipe)
         cfg = resolve({**recipe, "recipe": name}, {"method": args.method, **_overrides(args)})
-        if name != (args.recipe or default_recipe(args.method, data)):
+        if name != chosen:
             logging.getLogger("freelabel").info(
                 "no GPU here: pretraining with %s's CPU-sized recipe (%s at %d px); for the paper recipe give --recipe %s",
                 args.method, cfg.backbone.name, cfg.views.size, args.method)  # fmt: skip
         out = Path(args.out or f"runs/{args.method}-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    from .engine import pretrain
+    from .engine import pretrain  # torch and the training libraries load only now
 
     pretrain(cfg, out, resume=bool(args.resume))
 
@@ -427,7 +425,7 @@ def cmd_list(args: argparse.Namespace) -> None:
         for name, (_, text) in REGISTRY.items():
             print(f"{name:12s} {text}")
     elif args.command == "backbones":
-        from .backbones import NAMED
+        from .catalog import NAMED
 
         for name, text in NAMED.items():
             print(f"{name:12s} {text}")

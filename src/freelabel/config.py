@@ -13,8 +13,28 @@ from typing import Any
 
 import yaml
 
-from .data.views import ViewConfig
 from .errors import ConfigError
+
+
+@dataclass
+class ViewConfig:
+    """One kind of view (SimCLR uses two of the same kind; DINO's local crops are another kind)."""
+
+    size: int = 224
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    jitter: float = 0.8  # probability of colour jitter
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale: float = 0.2
+    blur: float = 0.5  # probability of Gaussian blur
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # in pixels of a 224-pixel view; scaled with size
+    solarize: float = 0.0
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
 
 
 @dataclass

@@ -52,7 +52,9 @@ def model_input(images: torch.Tensor, view: ViewConfig, in_chans: int) -> torch.
 class Encoder:
     """A model's image tower (and text tower where it has one) with the preprocessing it expects.
 
-    ``backbone`` is the image backbone (``forward`` pooled features, ``forward_tokens`` patch tokens);
+    ``view`` is the input the backbone takes (size, mean and std: the evaluation view, with no random
+    augmentation); ``in_chans`` its channels. ``backbone`` is the image backbone (``forward`` pooled
+    features, ``forward_tokens`` patch tokens);
     ``project`` maps its pooled features into an image-text space (a CLIP run's projection) where
     there is one; ``text`` encodes strings into that space. ``run_dir`` and ``config`` are set for a
     freelabel run.

@@ -14,36 +14,16 @@ order per image; hue is rotated in YIQ space, a linear approximation of the HSV 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from ..config import ViewConfig
 
 # ITU-R 601 luma and the YIQ transform used for the hue rotation
 _LUMA = (0.299, 0.587, 0.114)
 _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 _YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
-
-
-@dataclass
-class ViewConfig:
-    """One kind of view (SimCLR uses two of the same kind; DINO's local crops are another kind)."""
-
-    size: int = 224
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: float = 0.5
-    jitter: float = 0.8  # probability of colour jitter
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    grayscale: float = 0.2
-    blur: float = 0.5  # probability of Gaussian blur
-    blur_sigma: tuple[float, float] = (0.1, 2.0)  # in pixels of a 224-pixel view; scaled with size
-    solarize: float = 0.0
-    mean: tuple[float, ...] = (0.5,)
-    std: tuple[float, ...] = (0.5,)
 
 
 def _uniform(g: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:

@@ -68,11 +68,16 @@ REGISTRY: dict[str, tuple[str, str]] = {
 }
 
 
-def method_class(name: str) -> type[Method]:
-    """The class registered as ``name``; a :class:`ConfigError` listing the valid names otherwise."""
+def known_method(name: str) -> str:
+    """``name`` when it is registered; a :class:`ConfigError` listing the valid names otherwise (no import)."""
     if name not in REGISTRY:
         raise ConfigError(f"unknown method {name!r}; valid: {', '.join(REGISTRY)}")
-    module, cls = REGISTRY[name][0].split(":")
+    return name
+
+
+def method_class(name: str) -> type[Method]:
+    """The class registered as ``name``, imported now; a :class:`ConfigError` for unknown names."""
+    module, cls = REGISTRY[known_method(name)][0].split(":")
     return getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), cls)
 
 
@@ -152,6 +157,7 @@ __all__ = [
     "REGISTRY",
     "Method",
     "build_method",
+    "known_method",
     "load_backbone",
     "load_method",
     "method_class",
