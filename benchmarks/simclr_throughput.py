@@ -47,7 +47,7 @@ def freelabel_steps(cfg, method, optimizer, data, steps: int, autocast: bool) ->
     start = time.perf_counter()
     for step in range(steps):
         b = next(it)
-        g = step_generator(0, step, 0)
+        g = step_generator(0, step)
         made = [v(b.images, g).contiguous(memory_format=torch.channels_last) for v in views]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss = method({"images": b.images, "labels": b.labels, "views": made})["loss"]
@@ -110,7 +110,7 @@ def views_rate(cfg, images: torch.Tensor, n: int) -> float:
     views = Views(cfg.views)
     start = time.perf_counter()
     for s in range(0, n, 256):
-        g = step_generator(0, s, 0)
+        g = step_generator(0, s)
         views(images[s : s + 256], g), views(images[s : s + 256], g)
     return n / (time.perf_counter() - start)
 

@@ -10,8 +10,8 @@ from PIL import Image
 
 from freelabel.backbones import BackboneError, build_backbone
 from freelabel.cli import main
-from freelabel.data.loader import Batch, batches
-from freelabel.data.masking import MultiBlockMasks, RandomMasks, places
+from freelabel.data.loader import Batch, batches, global_masks
+from freelabel.data.masking import BlockMasks, MultiBlockMasks, RandomMasks, places
 from freelabel.data.registry import open_dataset
 from freelabel.data.sources import TensorImages
 from freelabel.data.views import ViewConfig
@@ -218,3 +218,14 @@ def test_tiny_end_to_end(method, sets, tmp_path):
     if method == "mae":
         with Image.open(run / "reconstruction.png") as im:  # 3 rows of the 8 images of 28 px, 1 px apart
             assert im.size == (8 * 29 + 1, 3 * 29 + 1)
+
+
+@pytest.mark.parametrize("maker", [RandomMasks((4, 4)), BlockMasks((4, 4), views=2),
+                                   MultiBlockMasks((6, 6))], ids=type)  # fmt: skip
+def test_a_batch_split_over_processes_gets_the_masks_of_the_whole(maker):
+    whole = global_masks(maker, 8, 0, 8, seed=1, epoch=0, step=2)
+    parts = [global_masks(maker, 4, first, 8, seed=1, epoch=0, step=2) for first in (0, 4)]
+    for k, m in whole.items():
+        per_sample = m.unflatten(0, (-1, 8))  # BlockMasks stacks its views: [views * B, N]
+        got = torch.cat([p[k].unflatten(0, (-1, 4)) for p in parts], 1)
+        assert torch.equal(got, per_sample), k

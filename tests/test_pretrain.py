@@ -60,10 +60,10 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
     real = engine.step_generator
 
-    def interrupt_at_step_4(seed, step, rank):
+    def interrupt_at_step_4(seed, step):
         if step == 4:
             raise KeyboardInterrupt
-        return real(seed, step, rank)
+        return real(seed, step)
 
     monkeypatch.setattr(engine, "step_generator", interrupt_at_step_4)
     assert main(["pretrain", "simclr", "--steps", "8", "--out", str(run), *TINY]) == 130
@@ -110,26 +110,35 @@ def test_a_finished_run_is_not_overwritten(tmp_path, capsys):
     assert (run / "backbone.safetensors").read_bytes() == before
 
 
-def test_two_processes_train_exactly_as_one(fmnist_folder, tmp_path):
-    """torchrun with 2 CPU processes of batch 16 (``--batch-size`` is per process), against 1 process holding all of it:
-    with fixed views, fp32 and no BatchNorm (a one-block ViT, a linear projector: per-process batch
-    statistics are the one thing DDP does not make global) and SGD (Adam would blow float noise in
-    null gradients, e.g. of the key biases, up to whole steps), the loss curves and the trained weights
-    agree, and only rank 0 writes the run directory's log."""
+# Per method, what makes it tiny: one-block ViTs and no BatchNorm (per-process batch statistics are the one thing
+# DDP does not make global; SyncBatchNorm needs CUDA).
+TWO_PROCESS_METHODS = {
+    "simclr": ["--set", "method_args.proj_layers=1"],
+    "dino": ["--set", "method_args.out_dim=256", "--set", "method_args.hidden_dim=64",
+             "--set", "method_args.bottleneck_dim=32", "--set", "method_args.local_crops=2"],
+    "mae": ["--set", "method_args.decoder_dim=32", "--set", "method_args.decoder_depth=1",
+            "--set", "method_args.decoder_heads=2", "--set", "views.mean=[0.5,0.5,0.5]", "--set", "views.std=[0.5,0.5,0.5]"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("method", TWO_PROCESS_METHODS)
+def test_two_processes_train_exactly_as_one(method, fmnist_folder, tmp_path):
+    """The whole engine under torchrun with 2 CPU processes of batch 16 (``--batch-size`` is per process), against
+    1 process holding all 32: with random views, crops and masks (each sample's are drawn for the global batch,
+    whatever the split), fp32 and SGD (Adam would blow float noise in null gradients, e.g. of the key biases,
+    up to whole steps), the loss curves and the trained weights agree, and only rank 0 writes the log."""
     import subprocess
     import sys
 
-    fixed = ["--set", "views.scale=[1.0,1.0]", "--set", "views.ratio=[1.0,1.0]", "--set", "views.hflip=0.0",
-             "--set", "views.jitter=0.0", "--precision", "32-true", "--accelerator", "cpu", "--steps", "3",
-             "--recipe", "simclr-fashion-mnist", "--data", str(fmnist_folder), "--set", "log_every=1",
-             "--backbone", "vit_tiny", "--set", "backbone.args.depth=1",
-             "--set", "backbone.args.patch_size=7", "--set", "method_args.proj_layers=1",
-             "--set", "optim.name=sgd", "--set", "optim.lr=0.5"]  # fmt: skip
+    common = ["--precision", "32-true", "--accelerator", "cpu", "--steps", "3", "--recipe", f"{method}-fashion-mnist",
+              "--set", "log_every=1", "--backbone", "vit_tiny", "--set", "backbone.args.depth=1",
+              "--set", "backbone.args.patch_size=7", "--set", "optim.name=sgd", "--set", "optim.lr=0.5",
+              "--set", "optim.warmup=0", "--data", str(fmnist_folder), *TWO_PROCESS_METHODS[method]]  # fmt: skip
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(["pretrain", "simclr", "--out", str(one), "--batch-size", "32", *fixed]) == 0
+    assert main(["pretrain", method, "--out", str(one), "--batch-size", "32", *common]) == 0
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-                           "freelabel.cli", "pretrain", "simclr", "--devices", "2", "--batch-size", "16",
-                           "--out", str(two), *fixed],
+                           "freelabel.cli", "pretrain", method, "--devices", "2", "--batch-size", "16",
+                           "--out", str(two), *common],
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert losses(two) == pytest.approx(losses(one), abs=1e-5)
@@ -137,7 +146,7 @@ def test_two_processes_train_exactly_as_one(fmnist_folder, tmp_path):
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
     log = (two / "log.txt").read_text()
-    assert log.count("simclr on ") == 1 and "2 device(s)" in log
+    assert log.count(f"{method} on ") == 1 and "2 device(s)" in log
 
 
 def test_sync_bn_on_cpu_processes_is_refused_clearly(fmnist_folder, tmp_path):

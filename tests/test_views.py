@@ -79,3 +79,15 @@ def test_views_work_in_place_on_their_own_copy_only():
     crops = _images(6)
     out = Views(ViewConfig(size=32, hflip=1.0, **PLAIN))(crops, torch.Generator().manual_seed(0), cropped=True)
     torch.testing.assert_close(out, crops.float().flip(-1) / 255, atol=1e-6, rtol=0)  # crops made already: only mirrored
+
+
+def test_a_batch_split_over_processes_gets_the_views_of_the_whole():
+    """Each part, drawn with ``at=(first, total)`` from the step's generator, is that part of the whole batch's
+    views, with every augmentation on (so each random draw is checked)."""
+    x = _images(8)
+    views = Views(ViewConfig(size=24, grayscale=0.5, blur=0.5, solarize=0.5, hue=0.1))
+    whole = views(x, torch.Generator().manual_seed(3))
+    parts = [views(x[i : i + 4], torch.Generator().manual_seed(3), at=(i, 8)) for i in (0, 4)]
+    torch.testing.assert_close(torch.cat(parts), whole, atol=1e-6, rtol=0)
+    alone = views(x[4:], torch.Generator().manual_seed(3))  # without ``at``: the draws of a batch of 4
+    assert not torch.allclose(alone, whole[4:])

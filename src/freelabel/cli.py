@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--seed", type=int)
     pt.add_argument("--accelerator", help="cpu, cuda, mps or auto")
     pt.add_argument("--devices", help="number of devices (processes), or auto")
+    pt.add_argument("--num-nodes", type=int, help="number of machines, each running --devices processes (torchrun)")
+    pt.add_argument("--strategy", choices=["ddp", "fsdp"], help="ddp (a whole copy per device) or fsdp (sharded)")
     pt.add_argument("--precision", help="auto, 32-true, bf16-mixed, 16-mixed")
     pt.add_argument("--eval-every", type=float, metavar="MINUTES", help="online k-NN every MINUTES of training")
     pt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -271,7 +273,8 @@ def _overrides(args: argparse.Namespace) -> dict:
     if args.allow_outside:
         o["data.allow_outside"] = True
     for flag, key in [("batch_size", "optim.batch_size"), ("lr", "optim.lr"), ("seed", "seed"),
-                      ("accelerator", "accelerator"), ("precision", "precision"), ("eval_every", "eval_every_minutes")]:  # fmt: skip
+                      ("accelerator", "accelerator"), ("precision", "precision"), ("eval_every", "eval_every_minutes"),
+                      ("num_nodes", "num_nodes"), ("strategy", "strategy")]:  # fmt: skip
         if getattr(args, flag) is not None:
             o[key] = getattr(args, flag)
     o.update(parse_override(s) for s in args.set)

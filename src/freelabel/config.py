@@ -92,6 +92,8 @@ class RunConfig:
     channels_last: bool = True
     sync_bn: bool = False  # BatchNorm statistics over all processes (SyncBN)
     compile: bool = False  # torch.compile the method
+    strategy: str = "ddp"  # ddp or fsdp (shards every weight over the devices; GPUs only)
+    activation_checkpointing: bool = False  # ViT blocks recompute their activations in the backward pass
     checkpoint_every: int = 1000  # steps
     log_every: int = 10  # steps
     eval_every_minutes: float | None = None  # online k-NN during training (labelled data only)

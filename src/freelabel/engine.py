@@ -36,6 +36,15 @@ from .train.forecast import Forecast
 from .train.interrupts import StopBetweenSteps
 from .train.monitor import Monitor
 from .train.online_knn import OnlineKNN
+from .train.sharding import (
+    STRATEGIES,
+    checkpoint_blocks,
+    full_state,
+    full_weights,
+    load_full_state,
+    strategy,
+    whole_weights,
+)
 
 log = logging.getLogger("freelabel")
 
@@ -62,13 +71,18 @@ class TrainState:
         self.skipped += skipped
 
 
+_FUSED = ("adam", "adamw", "sgd", "momentum", "nesterov")  # timm names of torch optimisers with a fused kernel
+
+
 def build_optimizer(method: Method, cfg: RunConfig, world: int) -> torch.optim.Optimizer:
-    """A timm optimizer with no weight decay on biases and norms; lr scaled by global batch / 256."""
+    """A timm optimizer with no weight decay on biases and norms; lr scaled by global batch / 256; fused on GPUs."""
     from timm.optim import create_optimizer_v2
 
     o = cfg.optim
     kwargs = {"momentum": o.momentum} if o.name in ("sgd", "momentum", "lars", "nesterov") else {}
     kwargs |= {"betas": tuple(o.betas)} if o.betas else {}
+    if o.name in _FUSED and (cfg.accelerator in ("cuda", "gpu") or cfg.accelerator == "auto" and torch.cuda.is_available()):
+        kwargs["fused"] = True  # torch's fused CUDA update: one kernel for all parameters
     lr = o.lr * o.batch_size * world / 256
     try:
         return create_optimizer_v2(method, opt=o.name, lr=lr, weight_decay=o.weight_decay, **kwargs)
@@ -76,10 +90,11 @@ def build_optimizer(method: Method, cfg: RunConfig, world: int) -> torch.optim.O
         raise ConfigError(f"optimizer {o.name!r} cannot be made ({e}); try adamw, lars, sgd or lamb") from None
 
 
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """The views' random stream of one step on one process: a function of where the run is, so a
-    resumed run draws exactly what the uninterrupted one would have."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1024 + rank)
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The views' random stream of one step, for the global batch: a function of where the run is, so a
+    resumed run draws exactly what the uninterrupted one would have, and of nothing else, so that any
+    number of processes draw the views one process would (each its part, see ``Views(at=...)``)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
 def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
@@ -106,7 +121,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                         allow_outside=cfg.data.allow_outside)
     fabric, method, model, optimizer, precision = _setup(cfg, data, out)
     schedule = OptimizerSchedule(optimizer, cfg.optim)  # before resuming: the peak learning rates
-    state = _resume(out, method, optimizer) if resume else TrainState()
+    state = _resume(out, model, optimizer) if resume else TrainState()
     knn = OnlineKNN(cfg, method.backbone, fabric.device, precision, state.train_seconds, fabric.is_global_zero,
                     curve=state.knn_curve)
     clock = _budget_clock(cfg, len(data), fabric)  # training time runs from here, evaluation excluded
@@ -116,7 +131,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     forecast = Forecast(cfg.budget, clock.total_steps, cfg.optim.batch_size * world, len(data), fabric.is_global_zero)
     monitor = Monitor(out, state, cfg.log_every, fabric.is_global_zero, lambda v: fabric.all_reduce(v, reduce_op="mean"),
                       forecast)
-    save = _checkpointer(out, state, method, optimizer, fabric)
+    save = _checkpointer(out, state, model, optimizer, fabric)
     last: Batch | None = None  # the last batch, for the method's artefacts
     enough_images = _EnoughImages(fabric, steps_per_epoch(len(data), cfg.optim.batch_size, world), cfg.data.name)
 
@@ -130,7 +145,8 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                     continue
                 schedule(p)
                 method.on_step(p)
-                last = _on_device(batch, views, step_generator(cfg.seed, state.step, rank), fabric.device)
+                at = (rank * len(batch.images), len(batch.images) * world)  # this part of the global batch
+                last = _on_device(batch, views, step_generator(cfg.seed, state.step), at, fabric.device)
                 with stop.step():  # from the forward pass (BatchNorm statistics) to the step counter: one unit
                     outputs = model(last)
                     _stop_if_not_finite(outputs["loss"], state.step, cfg, out)
@@ -140,7 +156,8 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                     if cfg.optim.clip_grad:
                         fabric.clip_gradients(model, optimizer, max_norm=cfg.optim.clip_grad)
                     optimizer.step()
-                    method.after_step(p)
+                    with whole_weights(model, cfg.strategy, needed=type(method).after_step is not Method.after_step):
+                        method.after_step(p)
                     state.advance(len(batch.images) * world, batch.skipped)
                 clock.tick(state)
                 monitor.step(outputs, optimizer.param_groups[0]["lr"], clock.progress(state))
@@ -152,7 +169,9 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
         monitor.done()
     knn.finish(state)
     save()
-    return _finish(cfg, out, state, method, last, monitor, precision, fabric, len(data), getattr(data, "skipped", []))
+    weights = full_weights(model)  # every process: under FSDP it gathers the shards
+    return _finish(cfg, out, state, method, weights, last, monitor, precision, fabric, len(data),
+                   getattr(data, "skipped", []))
 
 
 def _evaluate_and_save(state: TrainState, every: int, clock: BudgetClock, knn: OnlineKNN, monitor: Monitor,
@@ -173,7 +192,9 @@ def _setup(cfg: RunConfig, data, out: Path) -> tuple[Fabric, Method, torch.nn.Mo
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
     method = build_method(cfg, data.channels)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
-    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, precision=precision)
+    _check_strategy(cfg)
+    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, precision=precision,
+                    strategy=strategy(cfg.strategy, cfg.activation_checkpointing))  # fmt: skip
     fabric.launch()
     if cfg.sync_bn and fabric.world_size > 1 and fabric.device.type != "cuda":  # before anything is written
         raise ConfigError("sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); leave it off on the CPU")
@@ -189,11 +210,25 @@ def _setup(cfg: RunConfig, data, out: Path) -> tuple[Fabric, Method, torch.nn.Mo
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     if cfg.channels_last:
         method = method.to(memory_format=torch.channels_last)
+    if cfg.activation_checkpointing and cfg.strategy != "fsdp":  # FSDP checkpoints its own units
+        checkpoint_blocks(method)
     optimizer = build_optimizer(method, cfg, fabric.world_size)
     model, optimizer = fabric.setup(method, optimizer)
     if cfg.compile:
         model = torch.compile(model)
     return fabric, method, model, optimizer, precision
+
+
+def _check_strategy(cfg: RunConfig) -> None:
+    """One line for a strategy this run cannot have, before anything starts."""
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(f"strategy {cfg.strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if cfg.strategy == "fsdp" and (cfg.accelerator == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError("--strategy fsdp needs CUDA devices (Lightning runs FSDP on GPUs only); use --strategy ddp "
+                          "on the CPU")
+    if cfg.strategy == "fsdp" and cfg.eval_every_minutes:
+        raise ConfigError("the online k-NN (--eval-every) runs the backbone on one process, which FSDP's shards "
+                          "cannot; evaluate the finished run with `freelabel eval knn`")
 
 
 def _budget_clock(cfg: RunConfig, images: int, fabric: Fabric) -> BudgetClock:
@@ -236,14 +271,16 @@ class _EnoughImages:
         return None
 
 
-def _on_device(batch: Batch, views: list[Views], g: torch.Generator, device: torch.device) -> Batch:
+def _on_device(batch: Batch, views: list[Views], g: torch.Generator, at: tuple[int, int],
+               device: torch.device) -> Batch:
     """The batch on ``device`` with the method's views made from its images (channels-last): from the
-    crops made where files were decoded, or from the whole images held in memory."""
+    crops made where files were decoded, or from the whole images held in memory; ``at``: where this
+    process's part begins in the global batch, and the global batch size."""
     images = batch.images.to(device, non_blocking=True)
     if batch.crops:
-        made = [v(c.to(device, non_blocking=True), g, cropped=True) for v, c in zip(views, batch.crops)]
+        made = [v(c.to(device, non_blocking=True), g, cropped=True, at=at) for v, c in zip(views, batch.crops)]
     else:
-        made = [v(images, g) for v in views]
+        made = [v(images, g, at=at) for v in views]
     made = [x.contiguous(memory_format=torch.channels_last) for x in made]
     masks = {k: m.to(device, non_blocking=True) for k, m in batch.masks.items()}
     return dataclasses.replace(batch, images=images, views=made, masks=masks)
@@ -259,16 +296,18 @@ def _stop_if_not_finite(loss: torch.Tensor, step: int, cfg: RunConfig, out: Path
 
 
 # ----------------------------------------------------------------------------- checkpoints and resume
-def _save_checkpoint(out: Path, state: TrainState, method: Method, optimizer: torch.optim.Optimizer,
+def _save_checkpoint(out: Path, state: TrainState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      fabric: Fabric) -> None:
-    """Weights, optimiser, where the run stands and the global random state, written by the first process."""
+    """Weights, optimiser, where the run stands and the global random state, written by the first process;
+    full state dicts under every strategy (see :mod:`freelabel.train.sharding`)."""
+    weights, optim = full_state(model, optimizer)
     if fabric.is_global_zero:
-        saved = {"optimizer": optimizer.state_dict(), "train": asdict(state), "torch_rng": torch.get_rng_state()}
-        rundir.save_checkpoint(out, state.step, method.state_dict(), saved)
+        saved = {"optimizer": optim, "train": asdict(state), "torch_rng": torch.get_rng_state()}
+        rundir.save_checkpoint(out, state.step, weights, saved)
     fabric.barrier()
 
 
-def _checkpointer(out: Path, state: TrainState, method: Method, optimizer: torch.optim.Optimizer,
+def _checkpointer(out: Path, state: TrainState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                   fabric: Fabric) -> Callable[[], None]:
     """A function that saves a checkpoint where the run stands, once: an interrupt just after a periodic
     save, or the end of the run, does not write the same step again."""
@@ -277,22 +316,22 @@ def _checkpointer(out: Path, state: TrainState, method: Method, optimizer: torch
     def save() -> None:
         nonlocal saved_at
         if saved_at != (state.step, len(state.knn_curve)):
-            _save_checkpoint(out, state, method, optimizer, fabric)
+            _save_checkpoint(out, state, model, optimizer, fabric)
             saved_at = (state.step, len(state.knn_curve))
 
     return save
 
 
-def _resume(out: Path, method: Method, optimizer: torch.optim.Optimizer) -> TrainState:
-    """Load the newest checkpoint of ``out`` that loads into ``method`` and ``optimizer``; where the run
-    stood. A run stopped before its first checkpoint starts again from step 0."""
+def _resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
+    """Load the newest checkpoint of ``out`` that loads into ``model`` and ``optimizer``, whatever the strategy
+    of the run that saved it; where the run stood. A run stopped before its first checkpoint starts again
+    from step 0."""
     found = rundir.load_latest_checkpoint(out)
     if found is None:
         log.info("%s has no checkpoint yet: starting it from step 0 with its saved config", out)
         return TrainState()
     ckpt, weights, saved = found
-    method.load_state_dict(weights)
-    optimizer.load_state_dict(saved["optimizer"])
+    load_full_state(model, optimizer, weights, saved["optimizer"])
     torch.set_rng_state(saved["torch_rng"])
     log.info("resumed from %s (step %d)", ckpt, saved["train"]["step"])
     return TrainState(**saved["train"])
@@ -322,8 +361,8 @@ def _stop_between_steps(save: Callable[[], None], state: TrainState, out: Path,
             raise
 
 
-def _finish(cfg: RunConfig, out: Path, state: TrainState, method: Method, last: Batch | None, monitor: Monitor,
-            precision: str, fabric: Fabric, images: int, unreadable: list[str]) -> dict:
+def _finish(cfg: RunConfig, out: Path, state: TrainState, method: Method, weights: dict, last: Batch | None,
+            monitor: Monitor, precision: str, fabric: Fabric, images: int, unreadable: list[str]) -> dict:
     """The run's results; the first process writes the backbone, the method's artefacts and metrics.json."""
     skipped = unreadable + state.skipped  # files unreadable when the data was opened (shards) and in training
     result = {
@@ -336,8 +375,8 @@ def _finish(cfg: RunConfig, out: Path, state: TrainState, method: Method, last: 
     if state.knn_curve:
         result["knn_curve"] = state.knn_curve
     if fabric.is_global_zero:
-        rundir.save_backbone(out, method.backbone.state_dict())
-        for name, data in (method.artefacts(last) if last else {}).items():
+        rundir.save_backbone(out, {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")})
+        for name, data in (method.artefacts(last) if last and cfg.strategy != "fsdp" else {}).items():  # 1 process
             rundir.save_artefact(out, name, data)
         rundir.update_metrics(out, "pretrain", result)
         monitor.close()

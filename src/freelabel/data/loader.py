@@ -80,6 +80,15 @@ def mask_generator(seed: int, epoch: int, step: int, rank: int) -> torch.Generat
     return torch.Generator().manual_seed((((seed * 1_000_003 + epoch) * 1_000_003 + step) * 1024 + rank) % 2**63)
 
 
+def global_masks(masks: MaskMaker, n: int, first: int, total: int, seed: int, epoch: int,
+                 step: int) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The masks of samples ``first ... first + n - 1`` of a global batch of ``total``: made for the whole
+    global batch and this part taken (a maker may stack ``k`` per sample, view by view, as ``[k * total, ...]``),
+    so each sample's masks are the same however the batch is split over processes."""
+    made = masks(total, mask_generator(seed, epoch, step, 0))
+    return {k: m.unflatten(0, (-1, total))[:, first : first + n].flatten(0, 1) for k, m in made.items()}
+
+
 @dataclass
 class _Collate:
     """The collator of keyed items (see :class:`_Keyed`): stacks them, and makes the method's masks."""
@@ -87,12 +96,14 @@ class _Collate:
     masks: MaskMaker | None
     seed: int
     epoch: int
-    rank: int
+    first: int  # where this process's part of a global batch begins
+    total: int  # the global batch size
 
     def __call__(self, items: list) -> Batch:
         batch = collate([it[:-1] for it in items])
         if self.masks and len(batch.images):  # masks for the images that decoded
-            batch.masks = self.masks(len(batch.images), mask_generator(self.seed, self.epoch, items[0][-1], self.rank))
+            batch.masks = global_masks(self.masks, len(batch.images), self.first, self.total, self.seed, self.epoch,
+                                       items[0][-1])  # fmt: skip
         return batch
 
 
@@ -139,13 +150,13 @@ def batches(ds: Dataset, batch_size: int, *, seed: int, epoch: int, start: int =
     ]
     if isinstance(ds, TensorImages):  # in memory: slicing beats any worker pool
         for s, idx in zip(steps, index_lists):
-            made = masks(len(idx), mask_generator(seed, epoch, s, rank)) if masks else {}
+            made = global_masks(masks, len(idx), rank * batch_size, global_batch, seed, epoch, s) if masks else {}
             yield Batch(ds.images[idx], ds.labels[idx], [], _texts(ds, idx.tolist()), made)
         return
     crops = RandomCrops(views, ds.channels) if views and hasattr(ds, "item") else None
     sampler = [[(s, i) for i in idx.tolist()] for s, idx in zip(steps, index_lists)]
     loader = DataLoader(_Keyed(ds, crops, seed, epoch), batch_sampler=sampler, num_workers=workers,
-                        collate_fn=_Collate(masks, seed, epoch, rank), persistent_workers=False,
+                        collate_fn=_Collate(masks, seed, epoch, rank * batch_size, global_batch), persistent_workers=False,
                         prefetch_factor=4 if workers else None)  # fmt: skip
     yield from loader
 

@@ -108,35 +108,41 @@ class Views:
     def __init__(self, cfg: ViewConfig):
         self.cfg = cfg
 
-    def __call__(self, images: torch.Tensor, g: torch.Generator, cropped: bool = False) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, g: torch.Generator, cropped: bool = False,
+                 at: tuple[int, int] | None = None) -> torch.Tensor:
         """Views of ``images``; ``cropped``: they are this view's crops already (made from the whole
-        image where it was decoded, :mod:`freelabel.data.crops`), so only the mirror is left to do."""
+        image where it was decoded, :mod:`freelabel.data.crops`), so only the mirror is left to do.
+        ``at=(first, total)``: ``images`` are samples ``first, first + 1, ...`` of a global batch of
+        ``total`` split over processes; the random numbers are drawn for the whole global batch and this
+        part's taken, so each sample gets the same view however the batch is split."""
         if images.ndim != 4 or not images.shape[0] or not images.shape[1]:
             raise ValueError(f"views are made from a batch of images [B, C, H, W] with B >= 1, got {tuple(images.shape)}")
         c, n = self.cfg, images.shape[0]
-        x = images.float().div_(255) if images.dtype == torch.uint8 else images.to(torch.float32, copy=True)
-        boxes, flip = crop_boxes(g, n, c.scale, c.ratio), _coin(g, n, c.hflip)
-        if cropped:
-            _where(x, flip, lambda y: y.flip(-1))
-        else:
-            x = resized_crop(x, boxes, flip, c.size)
+        first, total = at or (0, n)
         # Every random number is drawn whether or not it is used, so the stream never depends on data.
-        # Each augmentation then runs, in place, on the samples that drew it.
-        on = _coin(g, n, c.jitter)
-        factors = [_uniform(g, n, 1 - s, 1 + s) for s in (c.brightness, c.contrast, c.saturation)]
-        hue = _uniform(g, n, -c.hue, c.hue)
+        drawn = {"boxes": crop_boxes(g, total, c.scale, c.ratio), "flip": _coin(g, total, c.hflip),
+                 "on": _coin(g, total, c.jitter),
+                 "factors": torch.stack([_uniform(g, total, 1 - s, 1 + s)
+                                         for s in (c.brightness, c.contrast, c.saturation)]).T,
+                 "hue": _uniform(g, total, -c.hue, c.hue), "grey": _coin(g, total, c.grayscale),
+                 "blur_on": _coin(g, total, c.blur), "sigma": _uniform(g, total, *c.blur_sigma) * (c.size / 224),
+                 "sol": _coin(g, total, c.solarize)}  # fmt: skip
+        p = {k: v[first : first + n] for k, v in drawn.items()}
+        x = images.float().div_(255) if images.dtype == torch.uint8 else images.to(torch.float32, copy=True)
+        if cropped:
+            _where(x, p["flip"], lambda y: y.flip(-1))
+        else:
+            x = resized_crop(x, p["boxes"], p["flip"], c.size)
+        # Each augmentation runs, in place, on the samples that drew it.
+        on = p["on"]
         if c.jitter > 0:
-            _where(x, on, lambda y: colour_jitter(y, *(f[on] for f in factors), hue[on]))
-        grey = _coin(g, n, c.grayscale)
+            _where(x, on, lambda y: colour_jitter(y, *p["factors"][on].T, p["hue"][on]))
         if c.grayscale > 0 and x.shape[1] == 3:
-            _where(x, grey, lambda y: _grey(y).expand_as(y))
-        blur_on = _coin(g, n, c.blur)
-        sigma = _uniform(g, n, *c.blur_sigma) * (c.size / 224)
+            _where(x, p["grey"], lambda y: _grey(y).expand_as(y))
         if c.blur > 0:
-            _where(x, blur_on, lambda y: gaussian_blur(y, sigma[blur_on]))
-        sol = _coin(g, n, c.solarize)
+            _where(x, p["blur_on"], lambda y: gaussian_blur(y, p["sigma"][p["blur_on"]]))
         if c.solarize > 0:
-            _where(x, sol, lambda y: torch.where(y >= 0.5, 1 - y, y))
+            _where(x, p["sol"], lambda y: torch.where(y >= 0.5, 1 - y, y))
         mean = torch.tensor(c.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
         std = torch.tensor(c.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
         return x.sub_(mean).div_(std)

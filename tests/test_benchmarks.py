@@ -1,0 +1,49 @@
+"""The benchmark scripts run end to end at a tiny size on the CPU, so that they cannot rot."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check(row: dict) -> None:
+    assert row["images_per_s"] > 0 and row["step_tflop"] > 0 and 0 < row["mfu"] < 1
+    assert 0 <= row["decode_share"] < 1 and 0 < row["views_share"] < 1
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_mae_on_a_cpu(capsys):
+    (row,) = _script("gpu").run(tiny=True, steps=1, only=["mae"], workers=0)
+    _check(row)
+    assert "mae" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_every_case_and_lightly_on_a_cpu(capsys):
+    pytest.importorskip("lightly")
+    rows = _script("gpu").run(tiny=True, steps=1, workers=0)
+    assert [r["case"] for r in rows] == ["mae", "dino", "dinov2", "simclr"]
+    for row in rows:
+        _check(row)
+    assert rows[-1]["lightly_ratio"] > 0
+    out = capsys.readouterr().out
+    assert "lightly" in out and "MFU" in out
+
+
+@pytest.mark.slow
+def test_the_cpu_profile_runs_and_names_the_cpu(capsys):
+    rows = _script("cpu_profile").run(batch=8, steps=1, top=3)
+    assert rows[0]["precision"] == "32-true" and len(rows) in (1, 2)
+    for row in rows:
+        assert row["images_per_s"] > 0 and row["model_gflop_per_s"] > 0 and row["matmul_gflop_per_s"] > 0
+    out = capsys.readouterr().out
+    assert "flags:" in out and "convolution" in out  # the CPU, then where the time went
