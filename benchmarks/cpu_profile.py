@@ -59,8 +59,10 @@ def _seconds(fn) -> float:
 
 def profile_step(batch: int, steps: int, bf16: bool, top: int) -> dict:
     """Profile ``steps`` SimCLR steps (after one warm-up); print the top operators; the step's figures."""
-    cfg = resolve(load_recipe("simclr-fashion-mnist"), {"optim.batch_size": batch, "budget.steps": steps,
-                                                        "budget.minutes": None, "budget.epochs": None})  # fmt: skip
+    cfg = resolve(
+        load_recipe("simclr-fashion-mnist"),
+        {"optim.batch_size": batch, "budget.steps": steps, "budget.minutes": None, "budget.epochs": None},
+    )
     torch.manual_seed(0)
     method = build_method(cfg, 1).to(memory_format=torch.channels_last)
     optimizer = build_optimizer(method, cfg, world=1)
@@ -95,9 +97,14 @@ def profile_step(batch: int, steps: int, bf16: bool, top: int) -> dict:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
     peak = matmul_rate(torch.bfloat16 if bf16 else torch.float32)
     achieved = flops * steps / t_model
-    return {"precision": "bf16-mixed" if bf16 else "32-true", "images_per_s": batch * steps / (t_views + t_model),
-            "views_share": t_views / (t_views + t_model), "model_gflop_per_s": achieved / 1e9,
-            "matmul_gflop_per_s": peak / 1e9, "share_of_matmul": achieved / peak}  # fmt: skip
+    return {
+        "precision": "bf16-mixed" if bf16 else "32-true",
+        "images_per_s": batch * steps / (t_views + t_model),
+        "views_share": t_views / (t_views + t_model),
+        "model_gflop_per_s": achieved / 1e9,
+        "matmul_gflop_per_s": peak / 1e9,
+        "share_of_matmul": achieved / peak,
+    }
 
 
 def run(batch: int = 256, steps: int = 10, top: int = 15) -> list[dict]:
@@ -106,9 +113,11 @@ def run(batch: int = 256, steps: int = 10, top: int = 15) -> list[dict]:
     for bf16 in (False, True) if cpu_has_bf16() else (False,):
         row = profile_step(batch, steps, bf16, top)
         rows.append(row)
-        print(f"{row['precision']}: {row['images_per_s']:.0f} images/s, views {row['views_share']:.0%} of a step; "
-              f"model step {row['model_gflop_per_s']:.1f} GFLOP/s = {row['share_of_matmul']:.0%} of a measured "
-              f"2048^2 matmul ({row['matmul_gflop_per_s']:.1f} GFLOP/s)")
+        print(
+            f"{row['precision']}: {row['images_per_s']:.0f} images/s, views {row['views_share']:.0%} of a step; "
+            f"model step {row['model_gflop_per_s']:.1f} GFLOP/s = {row['share_of_matmul']:.0%} of a measured "
+            f"2048^2 matmul ({row['matmul_gflop_per_s']:.1f} GFLOP/s)"
+        )
     return rows
 
 

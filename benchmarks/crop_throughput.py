@@ -39,8 +39,16 @@ from PIL import Image
 from freelabel.data.crops import RandomCrops
 from freelabel.data.views import ViewConfig, Views
 
-SIMCLR = dict(size=224, scale=(0.08, 1.0), brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2,
-              mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))  # fmt: skip
+SIMCLR = dict(
+    size=224,
+    scale=(0.08, 1.0),
+    brightness=0.8,
+    contrast=0.8,
+    saturation=0.8,
+    hue=0.2,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+)
 
 
 def _sources() -> list[np.ndarray]:
@@ -94,12 +102,17 @@ def pipelines(batch: int = 64) -> dict:
     crops = RandomCrops([view, view])
     views = Views(view)
     geometry = T.Compose([T.RandomResizedCrop(224, antialias=True), T.RandomHorizontalFlip(), T.PILToTensor()])
-    full = T.Compose([
-        T.RandomResizedCrop(224, antialias=True), T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8), T.RandomGrayscale(0.2),
-        T.RandomApply([T.GaussianBlur(23, (0.1, 2.0))], p=0.5), T.ToTensor(),
-        T.Normalize(SIMCLR["mean"], SIMCLR["std"]),
-    ])  # fmt: skip
+    full = T.Compose(
+        [
+            T.RandomResizedCrop(224, antialias=True),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+            T.RandomGrayscale(0.2),
+            T.RandomApply([T.GaussianBlur(23, (0.1, 2.0))], p=0.5),
+            T.ToTensor(),
+            T.Normalize(SIMCLR["mean"], SIMCLR["std"]),
+        ]
+    )
     g = torch.Generator().manual_seed(0)
 
     def ours(paths):
@@ -121,8 +134,12 @@ def pipelines(batch: int = 64) -> dict:
             img = Image.open(p).convert("RGB")
             full(img), full(img)
 
-    runs = {"freelabel crops": ours, "torchvision crops": torchvision_geometry, "freelabel full": ours_full,
-            "torchvision full": torchvision_full}  # fmt: skip
+    runs = {
+        "freelabel crops": ours,
+        "torchvision crops": torchvision_geometry,
+        "freelabel full": ours_full,
+        "torchvision full": torchvision_full,
+    }
     try:
         from lightly.transforms import SimCLRTransform
 
@@ -180,8 +197,10 @@ def main() -> None:
     print(f"{'pipeline':20s} {'images/s/core (CPU)':>20s} {'images/s (wall)':>16s}")
     for k, v in rate.items():
         print(f"{k:20s} {v:20.1f} {r['images_per_wall_s'][k]:16.1f}")
-    r["ratios"] = {"crops: freelabel / torchvision": rate["freelabel crops"] / rate["torchvision crops"],
-                   "full: freelabel / torchvision": rate["freelabel full"] / rate["torchvision full"]}  # fmt: skip
+    r["ratios"] = {
+        "crops: freelabel / torchvision": rate["freelabel crops"] / rate["torchvision crops"],
+        "full: freelabel / torchvision": rate["freelabel full"] / rate["torchvision full"],
+    }
     if "lightly full" in rate:
         r["ratios"]["full: freelabel / lightly"] = rate["freelabel full"] / rate["lightly full"]
     for k, v in r["ratios"].items():

@@ -27,8 +27,10 @@ from freelabel.pipelines.search import build_index, open_index
 
 def augment(image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """A light change of a ``uint8 [1, H, W]`` image: shift, noise, brightness."""
-    dy, dx = (int(v) * int(s) for v, s in zip(torch.randint(1, 3, (2,), generator=g),
-                                              torch.randint(0, 2, (2,), generator=g) * 2 - 1))
+    dy, dx = (
+        int(v) * int(s)
+        for v, s in zip(torch.randint(1, 3, (2,), generator=g), torch.randint(0, 2, (2,), generator=g) * 2 - 1)
+    )
     x = torch.roll(image.float(), (dy, dx), (1, 2))
     x[:, : max(dy, 0)], x[:, x.shape[1] + min(dy, 0) :] = 0, 0  # what rolled over the edge is background
     x[:, :, : max(dx, 0)], x[:, :, x.shape[2] + min(dx, 0) :] = 0, 0
@@ -72,11 +74,17 @@ def main() -> None:
     twin = [seen[image.numpy().tobytes()] > 1 for image in ds.images]
     q = torch.tensor([0.01, 0.05, 0.5, 0.95, 0.99])
     print(f"{len(ds)} Fashion-MNIST test images + {args.copies} lightly changed copies, embedded by {args.model}")
-    print("centred cosine, quantiles 1/5/50/95/99%: copy to its original " + " ".join(f"{v:.3f}" for v in copy_sim.quantile(q))
-          + "; original to its nearest other original " + " ".join(f"{v:.3f}" for v in nearest.quantile(q)))
+    print(
+        "centred cosine, quantiles 1/5/50/95/99%: copy to its original "
+        + " ".join(f"{v:.3f}" for v in copy_sim.quantile(q))
+        + "; original to its nearest other original "
+        + " ".join(f"{v:.3f}" for v in nearest.quantile(q))
+    )
     print(f"{sum(twin)} test images have a pixel-identical twin in the test set")
-    print(f"freelabel curate --threshold {args.threshold}: {r['duplicates']['dropped']} dropped in "
-          f"{r['duplicates']['groups']} groups, {r['kept']} kept")
+    print(
+        f"freelabel curate --threshold {args.threshold}: {r['duplicates']['dropped']} dropped in "
+        f"{r['duplicates']['groups']} groups, {r['kept']} kept"
+    )
     print(f"{'threshold':>9} {'copies found':>13} {'originals dropped':>18} {'of them twins':>14}")
     for t in sorted({0.95, 0.98, 0.99, 0.995, args.threshold}):
         dropped = {names[i] for grp in duplicate_groups(emb, t) for i, _ in grp[1:]}
@@ -84,8 +92,10 @@ def main() -> None:
             assert dropped == {n for n in names if n not in kept}, "curate and duplicate_groups disagree"
         found = sum(f"{i:05d}-copy.png" in dropped for i in sources)
         wrong = [int(n[:5]) for n in dropped if "copy" not in n]
-        print(f"{t:>9.3f} {found:>7}/{args.copies:<5} {len(wrong):>9}/{len(ds):<8} {sum(twin[i] for i in wrong):>14}",
-              flush=True)
+        print(
+            f"{t:>9.3f} {found:>7}/{args.copies:<5} {len(wrong):>9}/{len(ds):<8} {sum(twin[i] for i in wrong):>14}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

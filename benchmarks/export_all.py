@@ -55,8 +55,12 @@ def images(grey: bool, size: int) -> torch.Tensor:
     if grey:
         x = fashion_mnist("test").images[:4]
     else:
-        x = torch.stack([torch.from_numpy(getattr(skimage.data, n)()).permute(2, 0, 1)[:, :300, :300]
-                         for n in ("chelsea", "coffee", "astronaut", "rocket")])
+        x = torch.stack(
+            [
+                torch.from_numpy(getattr(skimage.data, n)()).permute(2, 0, 1)[:, :300, :300]
+                for n in ("chelsea", "coffee", "astronaut", "rocket")
+            ]
+        )
     if x.shape[-1] != size:
         x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True).round().clamp(0, 255)
     return x.to(torch.uint8)
@@ -99,8 +103,9 @@ def compare(run: Path, out: Path, fmt: str, pixels: torch.Tensor) -> str:
         import freelabel.timm_models  # noqa: F401  (registers freelabel_convnet / freelabel_resnet)
 
         call = info["timm"]
-        model = timm.create_model(call["model_name"], pretrained=True,
-                                  pretrained_cfg_overlay=call["pretrained_cfg_overlay"], **call["kwargs"]).eval()
+        model = timm.create_model(
+            call["model_name"], pretrained=True, pretrained_cfg_overlay=call["pretrained_cfg_overlay"], **call["kwargs"]
+        ).eval()
         with torch.no_grad():
             return f"{error(pooled, model(rgb)):.1e}"
     from transformers import pipeline
@@ -131,7 +136,9 @@ def main() -> None:
         wrapper = r["method"] if r["method"] in ("colorization", "jigsaw") else ""
         key = json.dumps([r["backbone"], r["views"]["size"], r["data"]["name"] == "fashion-mnist", wrapper])
         groups.setdefault(key, []).append(name)
-    print(f"{'recipes':44s} {'backbone':46s} {'in':>7s} {'onnx':>8s} {'timm':>8s} {'transformers pipeline':>22s} {'s':>5s}")
+    print(
+        f"{'recipes':44s} {'backbone':46s} {'in':>7s} {'onnx':>8s} {'timm':>8s} {'transformers pipeline':>22s} {'s':>5s}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for n, (key, recipes) in enumerate(sorted(groups.items(), key=lambda g: json.loads(g[0])[1])):  # small first
             backbone, size, grey, _ = json.loads(key)
@@ -146,8 +153,11 @@ def main() -> None:
             names = ", ".join(recipes) if len(recipes) < 3 else f"{recipes[0]} +{len(recipes) - 1}"
             desc = backbone["name"] + (f" {backbone['args']}" if backbone.get("args") else "")
             chans = f"{'1' if grey else '3'}x{size}"
-            print(f"{names[:44]:44s} {desc[:46]:46s} {chans:>7s} {cells[0]:>8s} {cells[1]:>8s} {cells[2]:>22s} "
-                  f"{time.perf_counter() - start:5.0f}", flush=True)
+            print(
+                f"{names[:44]:44s} {desc[:46]:46s} {chans:>7s} {cells[0]:>8s} {cells[1]:>8s} {cells[2]:>22s} "
+                f"{time.perf_counter() - start:5.0f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

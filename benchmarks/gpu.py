@@ -30,9 +30,21 @@ from freelabel.data.views import Views
 from freelabel.engine import build_optimizer, step_generator
 
 # Dense bf16 tensor-core peaks (FLOP/s), without sparsity, from the vendors' data sheets.
-PEAK_BF16 = {"H200": 989e12, "H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 756e12,
-             "GH200": 989e12, "B200": 2250e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
-             "RTX 4090": 165e12, "RTX 3090": 71e12}  # fmt: skip
+PEAK_BF16 = {
+    "H200": 989e12,
+    "H100 SXM": 989e12,
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H100": 756e12,
+    "GH200": 989e12,
+    "B200": 2250e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+}
 
 CASES = {  # name: (recipe, batch per device, overrides)
     "mae": ("mae", 256, {}),
@@ -41,11 +53,19 @@ CASES = {  # name: (recipe, batch per device, overrides)
     "simclr": ("simclr", 256, {}),
 }
 TINY = {  # the same code paths, small enough for a CPU test
-    "backbone.args.depth": 1, "views.size": 32, "method_args.local_size": 16, "method_args.local_crops": 2,
-    "method_args.out_dim": 128, "method_args.ibot_out_dim": 128, "method_args.hidden_dim": 64,
-    "method_args.bottleneck_dim": 32, "method_args.decoder_dim": 32, "method_args.decoder_depth": 1,
-    "method_args.decoder_heads": 2, "backbone.args.patch_size": 8,
-}  # fmt: skip
+    "backbone.args.depth": 1,
+    "views.size": 32,
+    "method_args.local_size": 16,
+    "method_args.local_crops": 2,
+    "method_args.out_dim": 128,
+    "method_args.ibot_out_dim": 128,
+    "method_args.hidden_dim": 64,
+    "method_args.bottleneck_dim": 32,
+    "method_args.decoder_dim": 32,
+    "method_args.decoder_depth": 1,
+    "method_args.decoder_heads": 2,
+    "backbone.args.patch_size": 8,
+}
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -81,8 +101,13 @@ def timed(fn: Callable[[], object], device: torch.device, n: int) -> float:
 
 def _config(name: str, tiny: bool):
     recipe, batch, overrides = CASES[name]
-    overrides = {**overrides, "optim.batch_size": 4 if tiny else batch, "budget.steps": 1000,
-                 "budget.epochs": None, "budget.minutes": None}
+    overrides = {
+        **overrides,
+        "optim.batch_size": 4 if tiny else batch,
+        "budget.steps": 1000,
+        "budget.epochs": None,
+        "budget.minutes": None,
+    }
     if tiny:
         recipe_args = load_recipe(recipe).get("method_args", {})
         overrides |= {k: v for k, v in TINY.items() if not k.startswith("method_args.") or k[12:] in recipe_args}
@@ -105,8 +130,9 @@ def freelabel_case(name: str, device: torch.device, tiny: bool, steps: int, comp
     model = torch.compile(method) if compile else method
     views = [Views(v) for v in method.views]
     n, size = cfg.optim.batch_size, max(v.size for v in method.views)
-    photos = torch.randint(0, 256, (n, 3, size * 8 // 7, size * 8 // 7), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0))  # fmt: skip
+    photos = torch.randint(
+        0, 256, (n, 3, size * 8 // 7, size * 8 // 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     images = photos.to(device)
     g = step_generator(0, 0)
     masks = method.masks(n, g) if method.masks else {}
@@ -142,10 +168,17 @@ def freelabel_case(name: str, device: torch.device, tiny: bool, steps: int, comp
     on = "cuda" if device.type == "cuda" else "cpu"
     t_decode = timed(lambda: decode_jpeg(jpegs, device=on), device, max(1, steps // 4))
     step = t_model + t_views + t_decode
-    return {"case": name, "recipe": CASES[name][0], "backbone": cfg.backbone.name, "batch": n,
-            "images_per_s": n / (t_model + t_views), "step_tflop": flops / 1e12,
-            "mfu": flops / t_model / peak,
-            "decode_share": t_decode / step, "views_share": t_views / step}  # fmt: skip
+    return {
+        "case": name,
+        "recipe": CASES[name][0],
+        "backbone": cfg.backbone.name,
+        "batch": n,
+        "images_per_s": n / (t_model + t_views),
+        "step_tflop": flops / 1e12,
+        "mfu": flops / t_model / peak,
+        "decode_share": t_decode / step,
+        "views_share": t_views / step,
+    }
 
 
 def lightly_simclr(device: torch.device, tiny: bool, steps: int, workers: int) -> float:
@@ -176,8 +209,15 @@ def lightly_simclr(device: torch.device, tiny: bool, steps: int, workers: int) -
     model = model.to(device, memory_format=torch.channels_last)
     loss_fn = NTXentLoss(temperature=0.1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loader = torch.utils.data.DataLoader(Pictures(), batch_size=n, shuffle=True, drop_last=True, num_workers=workers,
-                                         persistent_workers=workers > 0, pin_memory=device.type == "cuda")  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        Pictures(),
+        batch_size=n,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+    )
 
     def epochs():
         while True:
@@ -205,8 +245,14 @@ def _cpu_name() -> str:
         return platform.processor() or "CPU"
 
 
-def run(tiny: bool = False, steps: int = 20, compile: bool = False, only: list[str] | None = None,
-        workers: int = 8, lightly: bool = True) -> list[dict]:
+def run(
+    tiny: bool = False,
+    steps: int = 20,
+    compile: bool = False,
+    only: list[str] | None = None,
+    workers: int = 8,
+    lightly: bool = True,
+) -> list[dict]:
     """Every case's figures (and lightly's SimCLR ratio, where lightly is installed), printed as a table."""
     device = torch.device("cuda" if torch.cuda.is_available() and not tiny else "cpu")
     if device.type == "cuda":
@@ -215,8 +261,10 @@ def run(tiny: bool = False, steps: int = 20, compile: bool = False, only: list[s
     peak, measured = peak_flops(device), False
     if peak is None:
         peak, measured = matmul_rate(device, torch.bfloat16), True
-    print(f"{card}, torch {torch.__version__}, bf16 {'measured 2048^2 matmul' if measured else 'dense peak'} "
-          f"{peak / 1e12:.2f} TFLOP/s, compile {compile}, {'tiny models' if tiny else 'paper recipes'}")
+    print(
+        f"{card}, torch {torch.__version__}, bf16 {'measured 2048^2 matmul' if measured else 'dense peak'} "
+        f"{peak / 1e12:.2f} TFLOP/s, compile {compile}, {'tiny models' if tiny else 'paper recipes'}"
+    )
     rows = []
     for name in only or list(CASES):
         row = freelabel_case(name, device, tiny, steps, compile, peak)
@@ -227,9 +275,11 @@ def run(tiny: bool = False, steps: int = 20, compile: bool = False, only: list[s
                 row["lightly_ratio"] = None  # lightly is for comparison only: pip install lightly
         rows.append(row)
         ratio = f"  {row['lightly_ratio']:.2f}x lightly" if row.get("lightly_ratio") else ""
-        print(f"{name:7s} {row['backbone']:10s} batch {row['batch']:4d}  {row['images_per_s']:9.1f} img/s  "
-              f"{row['step_tflop'] * 1e3:9.1f} GFLOP/step  MFU {row['mfu']:6.1%}  data path: decode {row['decode_share']:.0%}, "
-              f"views {row['views_share']:.0%} of a step{ratio}")
+        print(
+            f"{name:7s} {row['backbone']:10s} batch {row['batch']:4d}  {row['images_per_s']:9.1f} img/s  "
+            f"{row['step_tflop'] * 1e3:9.1f} GFLOP/step  MFU {row['mfu']:6.1%}  data path: decode {row['decode_share']:.0%}, "
+            f"views {row['views_share']:.0%} of a step{ratio}"
+        )
     return rows
 
 
@@ -242,8 +292,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=8, help="lightly's DataLoader workers")
     ap.add_argument("--no-lightly", action="store_true", help="skip the lightly comparison")
     args = ap.parse_args()
-    run(args.tiny, args.steps, args.compile, args.only.split(",") if args.only else None, args.workers,
-        not args.no_lightly)
+    run(
+        args.tiny,
+        args.steps,
+        args.compile,
+        args.only.split(",") if args.only else None,
+        args.workers,
+        not args.no_lightly,
+    )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,10 @@ def cpu() -> str:
     model = re.search(r"model name\s*:\s*(.*)", info)
     flags = set(re.search(r"flags\s*:\s*(.*)", info).group(1).split()) if "flags" in info else set()
     bf16 = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return (f"CPU: {model.group(1) if model else platform.processor()}, {torch.get_num_threads()} threads; "
-            f"bf16 flags: {', '.join(bf16) or 'none'}")  # fmt: skip
+    return (
+        f"CPU: {model.group(1) if model else platform.processor()}, {torch.get_num_threads()} threads; "
+        f"bf16 flags: {', '.join(bf16) or 'none'}"
+    )
 
 
 def main() -> None:
@@ -63,11 +65,15 @@ def main() -> None:
     p.add_argument("--ef", type=int, nargs="+", default=[ann.EF_SEARCH], help="HNSW search beam widths to try")
     args = p.parse_args()
     print(cpu())
-    print(f"HNSW M={ann.M} efConstruction={ann.EF_CONSTRUCTION} (efSearch {ann.EF_SEARCH} in freelabel); the index "
-          f"searches exactly up to {ann.THRESHOLD} vectors and with the graph above; {args.queries} single queries, "
-          f"d={args.dim}")
-    print(f"{'vectors':>9} {'build s':>8} {'exact p50 ms':>13} {'exact p99 ms':>13} {'efSearch':>9} {'ANN p50 ms':>11} "
-          f"{'ANN p99 ms':>11} {'recall@10':>10}")
+    print(
+        f"HNSW M={ann.M} efConstruction={ann.EF_CONSTRUCTION} (efSearch {ann.EF_SEARCH} in freelabel); the index "
+        f"searches exactly up to {ann.THRESHOLD} vectors and with the graph above; {args.queries} single queries, "
+        f"d={args.dim}"
+    )
+    print(
+        f"{'vectors':>9} {'build s':>8} {'exact p50 ms':>13} {'exact p99 ms':>13} {'efSearch':>9} {'ANN p50 ms':>11} "
+        f"{'ANN p99 ms':>11} {'recall@10':>10}"
+    )
     for n in args.sizes:
         g = torch.Generator().manual_seed(n)
         x, queries = embeddings(n, args.dim, g), embeddings(args.queries, args.dim, g)
@@ -81,8 +87,10 @@ def main() -> None:
             _, ids = graph.search(queries, 10)
             recall = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(ids, exact_ids)) / exact_ids.numel()
             a50, a99 = latencies(partial(graph.search, k=10), queries)
-            print(f"{n:>9} {build:>8.1f} {e50:>13.2f} {e99:>13.2f} {ef:>9} {a50:>11.3f} {a99:>11.3f} {recall:>10.4f}",
-                  flush=True)
+            print(
+                f"{n:>9} {build:>8.1f} {e50:>13.2f} {e99:>13.2f} {ef:>9} {a50:>11.3f} {a99:>11.3f} {recall:>10.4f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -62,10 +62,12 @@ from freelabel.schedules import lr_at
 
 Tensors = list[torch.Tensor]
 Transform = Callable[[Image.Image], Tensors]  # a lightly multi-view transform
-GENERAL_NOTE = ("all methods: torchvision crops stay inside the image (freelabel pads by reflection) and jitters "
-                "brightness and contrast in random order; lightly passes each view through the network alone, so "
-                "BatchNorm statistics are per view (so are freelabel's MoCo v3 and BYOL; its others batch the views of "
-                "one size together)")  # fmt: skip
+GENERAL_NOTE = (
+    "all methods: torchvision crops stay inside the image (freelabel pads by reflection) and jitters "
+    "brightness and contrast in random order; lightly passes each view through the network alone, so "
+    "BatchNorm statistics are per view (so are freelabel's MoCo v3 and BYOL; its others batch the views of "
+    "one size together)"
+)
 
 
 @dataclass
@@ -85,17 +87,29 @@ class LightlyMethod:
 
 def jitter(v: ViewConfig, strength: float = 1.0) -> dict:
     """lightly's colour-jitter arguments for view ``v``; lightly multiplies each factor by ``cj_strength``."""
-    return {"cj_prob": v.jitter, "cj_strength": strength, "cj_bright": v.brightness / strength,
-            "cj_contrast": v.contrast / strength, "cj_sat": v.saturation / strength,
-            "cj_hue": v.hue / strength}  # fmt: skip
+    return {
+        "cj_prob": v.jitter,
+        "cj_strength": strength,
+        "cj_bright": v.brightness / strength,
+        "cj_contrast": v.contrast / strength,
+        "cj_sat": v.saturation / strength,
+        "cj_hue": v.hue / strength,
+    }
 
 
 def common(v: ViewConfig) -> dict:
     """Arguments of lightly's SimCLR-style view transforms for view ``v`` (their largest crop is the whole
     image, as in the recipes; freelabel's blur sigmas are in pixels of a 224 px view)."""
-    return {"input_size": v.size, "min_scale": v.scale[0], "hf_prob": v.hflip, "random_gray_scale": v.grayscale,
-            "gaussian_blur": v.blur, "sigmas": tuple(s * v.size / 224 for s in v.blur_sigma),
-            "normalize": {"mean": list(v.mean), "std": list(v.std)}, **jitter(v)}  # fmt: skip
+    return {
+        "input_size": v.size,
+        "min_scale": v.scale[0],
+        "hf_prob": v.hflip,
+        "random_gray_scale": v.grayscale,
+        "gaussian_blur": v.blur,
+        "sigmas": tuple(s * v.size / 224 for s in v.blur_sigma),
+        "normalize": {"mean": list(v.mean), "std": list(v.std)},
+        **jitter(v),
+    }
 
 
 def cosine(progress: float, start: float, end: float) -> float:
@@ -109,12 +123,14 @@ def momentum_copy(net: nn.Module) -> nn.Module:
     return twin
 
 
-def twin_views(backbone: nn.Module, head: nn.Module, loss: nn.Module, transform: Transform,
-               note: str = "") -> LightlyMethod:  # fmt: skip
+def twin_views(
+    backbone: nn.Module, head: nn.Module, loss: nn.Module, transform: Transform, note: str = ""
+) -> LightlyMethod:
     """SimCLR, Barlow Twins, VICReg: one network, two views of one kind, a loss of the two outputs."""
     model = nn.Sequential(backbone, head)
-    return LightlyMethod(transform, backbone, model, lambda views: [model(x) for x in views], lambda z, p: loss(*z),
-                         note=note)  # fmt: skip
+    return LightlyMethod(
+        transform, backbone, model, lambda views: [model(x) for x in views], lambda z, p: loss(*z), note=note
+    )
 
 
 def simclr(cfg: RunConfig, backbone: nn.Module) -> LightlyMethod:
@@ -149,15 +165,26 @@ def mocov2(cfg: RunConfig, backbone: nn.Module) -> LightlyMethod:
             key = key_encoder(views[1])
         return [encoder(views[0]), key]
 
-    return LightlyMethod(transforms.MoCoV2Transform(**common(cfg.views)), backbone,
-                         nn.ModuleList([encoder, key_encoder]), forward, lambda z, p: loss(*z),
-                         lambda p: update_momentum(encoder, key_encoder, a["momentum"]),
-                         note=f"no shuffle-BN (freelabel: keys in {a['bn_splits']} shuffled BatchNorm "
-                              "groups)")  # fmt: skip
+    return LightlyMethod(
+        transforms.MoCoV2Transform(**common(cfg.views)),
+        backbone,
+        nn.ModuleList([encoder, key_encoder]),
+        forward,
+        lambda z, p: loss(*z),
+        lambda p: update_momentum(encoder, key_encoder, a["momentum"]),
+        note=f"no shuffle-BN (freelabel: keys in {a['bn_splits']} shuffled BatchNorm groups)",
+    )
 
 
-def with_predictor(backbone: nn.Module, projector: nn.Module, predictor: nn.Module, transform: Transform,
-                   loss: Callable[..., torch.Tensor], momentum: float, note: str) -> LightlyMethod:  # fmt: skip
+def with_predictor(
+    backbone: nn.Module,
+    projector: nn.Module,
+    predictor: nn.Module,
+    transform: Transform,
+    loss: Callable[..., torch.Tensor],
+    momentum: float,
+    note: str,
+) -> LightlyMethod:
     """MoCo v3, BYOL: each view's prediction against the momentum network's output for the other view."""
     online = nn.Sequential(backbone, projector)
     target = momentum_copy(online)
@@ -167,9 +194,15 @@ def with_predictor(backbone: nn.Module, projector: nn.Module, predictor: nn.Modu
             targets = [target(x) for x in views]
         return [predictor(online(x)) for x in views] + targets
 
-    return LightlyMethod(transform, backbone, nn.ModuleList([online, predictor, target]), forward,
-                         lambda z, p: loss(z[0], z[3]) + loss(z[1], z[2]),
-                         lambda p: update_momentum(online, target, cosine(p, momentum, 1.0)), note=note)  # fmt: skip
+    return LightlyMethod(
+        transform,
+        backbone,
+        nn.ModuleList([online, predictor, target]),
+        forward,
+        lambda z, p: loss(z[0], z[3]) + loss(z[1], z[2]),
+        lambda p: update_momentum(online, target, cosine(p, momentum, 1.0)),
+        note=note,
+    )
 
 
 def mocov3(cfg: RunConfig, backbone: nn.Module) -> LightlyMethod:
@@ -177,12 +210,21 @@ def mocov3(cfg: RunConfig, backbone: nn.Module) -> LightlyMethod:
     # The recipe picks the paper's ViT heads or its ResNet heads (2-layer projector, no BatchNorm after the predictor).
     a, dim = cfg.method_args, cfg.method_args["proj_dim"]
     projector = heads.MoCoProjectionHead(backbone.embed_dim, a["hidden_dim"], dim, a.get("proj_layers", 3), True)
-    predictor = (heads.MoCoProjectionHead(dim, a["hidden_dim"], dim, batch_norm=True) if a.get("predictor_bn", True)
-                 else heads.BYOLPredictionHead(dim, a["hidden_dim"], dim))  # fmt: skip
-    return with_predictor(backbone, projector, predictor, transforms.MoCoV2Transform(**common(cfg.views)),
-                          NTXentLoss(temperature=a["temperature"]), a["momentum"],
-                          "no MoCo v3 in lightly: NTXentLoss also takes the other queries as negatives, no 2*tau "
-                          "factor; lightly's output BatchNorms are affine (freelabel's: not)")  # fmt: skip
+    predictor = (
+        heads.MoCoProjectionHead(dim, a["hidden_dim"], dim, batch_norm=True)
+        if a.get("predictor_bn", True)
+        else heads.BYOLPredictionHead(dim, a["hidden_dim"], dim)
+    )
+    return with_predictor(
+        backbone,
+        projector,
+        predictor,
+        transforms.MoCoV2Transform(**common(cfg.views)),
+        NTXentLoss(temperature=a["temperature"]),
+        a["momentum"],
+        "no MoCo v3 in lightly: NTXentLoss also takes the other queries as negatives, no 2*tau "
+        "factor; lightly's output BatchNorms are affine (freelabel's: not)",
+    )
 
 
 def byol(cfg: RunConfig, backbone: nn.Module) -> LightlyMethod:
@@ -191,12 +233,17 @@ def byol(cfg: RunConfig, backbone: nn.Module) -> LightlyMethod:
     blur = float(v.blur > 0)  # the blur and solarize probabilities of freelabel's asymmetric BYOL views
     transform = transforms.BYOLTransform(
         transforms.BYOLView1Transform(**{**common(v), "gaussian_blur": blur}),
-        transforms.BYOLView2Transform(**{**common(v), "gaussian_blur": 0.1 * blur}, solarization_prob=0.2))  # fmt: skip
-    return with_predictor(backbone, heads.BYOLProjectionHead(backbone.embed_dim, a["hidden_dim"], a["proj_dim"]),
-                          heads.BYOLPredictionHead(a["proj_dim"], a["hidden_dim"], a["proj_dim"]), transform,
-                          lambda x, y: 0.5 * cos(x, y), a["momentum"],
-                          "loss -cos(p, z) averaged (freelabel: 2 - 2cos summed, 4x the gradient, which AdamW "
-                          "mostly normalises away)")  # fmt: skip
+        transforms.BYOLView2Transform(**{**common(v), "gaussian_blur": 0.1 * blur}, solarization_prob=0.2),
+    )
+    return with_predictor(
+        backbone,
+        heads.BYOLProjectionHead(backbone.embed_dim, a["hidden_dim"], a["proj_dim"]),
+        heads.BYOLPredictionHead(a["proj_dim"], a["hidden_dim"], a["proj_dim"]),
+        transform,
+        lambda x, y: 0.5 * cos(x, y),
+        a["momentum"],
+        "loss -cos(p, z) averaged (freelabel: 2 - 2cos summed, 4x the gradient, which AdamW mostly normalises away)",
+    )
 
 
 def dino(cfg: RunConfig, backbone: nn.Module) -> LightlyMethod:
@@ -212,11 +259,19 @@ def dino(cfg: RunConfig, backbone: nn.Module) -> LightlyMethod:
     # DINOTransform leaves the second global view at its default cj_strength of 0.5: strength 0.5 and doubled
     # factors give every view the recipe's jitter.
     transform = transforms.DINOTransform(
-        global_crop_size=v.size, global_crop_scale=tuple(v.scale), local_crop_size=a["local_size"],
-        local_crop_scale=tuple(a["local_scale"]), n_local_views=a["local_crops"], hf_prob=v.hflip,
-        random_gray_scale=v.grayscale, gaussian_blur=(blur, 0.1 * blur, 0.5 * blur), solarization_prob=0.2,
-        sigmas=tuple(s * v.size / 224 for s in v.blur_sigma), normalize={"mean": list(v.mean), "std": list(v.std)},
-        **jitter(v, strength=0.5))  # fmt: skip
+        global_crop_size=v.size,
+        global_crop_scale=tuple(v.scale),
+        local_crop_size=a["local_size"],
+        local_crop_scale=tuple(a["local_scale"]),
+        n_local_views=a["local_crops"],
+        hf_prob=v.hflip,
+        random_gray_scale=v.grayscale,
+        gaussian_blur=(blur, 0.1 * blur, 0.5 * blur),
+        solarization_prob=0.2,
+        sigmas=tuple(s * v.size / 224 for s in v.blur_sigma),
+        normalize={"mean": list(v.mean), "std": list(v.std)},
+        **jitter(v, strength=0.5),
+    )
 
     def teacher_temp(p: float) -> float:
         start, end, warmup = a["warmup_teacher_temp"], a["teacher_temp"], a["teacher_temp_warmup"]
@@ -227,12 +282,16 @@ def dino(cfg: RunConfig, backbone: nn.Module) -> LightlyMethod:
             teachers = [teacher(x) for x in views[:2]]
         return teachers + [student(x) for x in views]
 
-    return LightlyMethod(transform, backbone, nn.ModuleList([student, teacher]), forward,
-                         lambda z, p: loss(z[:2], z[2:], teacher_temp=teacher_temp(p)),
-                         lambda p: update_momentum(student, teacher, cosine(p, a["momentum"], 1.0)),
-                         lambda p: student[1].cancel_last_layer_gradients(int(p >= a["freeze_last_layer"])),
-                         note="lightly's head starts from a truncated normal (std 0.02); crops resampled "
-                              "bicubic")  # fmt: skip
+    return LightlyMethod(
+        transform,
+        backbone,
+        nn.ModuleList([student, teacher]),
+        forward,
+        lambda z, p: loss(z[:2], z[2:], teacher_temp=teacher_temp(p)),
+        lambda p: update_momentum(student, teacher, cosine(p, a["momentum"], 1.0)),
+        lambda p: student[1].cancel_last_layer_gradients(int(p >= a["freeze_last_layer"])),
+        note="lightly's head starts from a truncated normal (std 0.02); crops resampled bicubic",
+    )
 
 
 def masked_vit(backbone: nn.Module) -> MaskedVisionTransformerTIMM:
@@ -244,9 +303,13 @@ def mae(cfg: RunConfig, backbone: nn.Module) -> LightlyMethod:
     a, v = cfg.method_args, cfg.views
     encoder, patch = masked_vit(backbone), backbone.model.patch_embed.patch_size[0]
     channels, tokens = backbone.model.patch_embed.proj.in_channels, encoder.sequence_length
-    decoder = MaskedVisionTransformerDecoderTIMM(backbone.model.patch_embed.num_patches, a["decoder_dim"],
-                                                 a["decoder_depth"], a["decoder_heads"],
-                                                 num_prefix_tokens=backbone.model.num_prefix_tokens)  # fmt: skip
+    decoder = MaskedVisionTransformerDecoderTIMM(
+        backbone.model.patch_embed.num_patches,
+        a["decoder_dim"],
+        a["decoder_depth"],
+        a["decoder_heads"],
+        num_prefix_tokens=backbone.model.num_prefix_tokens,
+    )
     embed, predict = nn.Linear(backbone.embed_dim, a["decoder_dim"]), nn.Linear(a["decoder_dim"], patch**2 * channels)
     nets = nn.ModuleList([encoder, decoder, embed, predict])
 
@@ -263,9 +326,15 @@ def mae(cfg: RunConfig, backbone: nn.Module) -> LightlyMethod:
         return nn.functional.mse_loss(pred, utils.normalize_mean_var(target) if a["norm_pix"] else target)
 
     transform = transforms.MAETransform(v.size, v.scale[0], {"mean": list(v.mean), "std": list(v.std)})
-    return LightlyMethod(transform, backbone, nets, forward, loss,
-                         note="crops always flipped with p 0.5 and resampled bicubic; the decoder also takes the "
-                              "class token (freelabel's: the patch tokens only)")  # fmt: skip
+    return LightlyMethod(
+        transform,
+        backbone,
+        nets,
+        forward,
+        loss,
+        note="crops always flipped with p 0.5 and resampled bicubic; the decoder also takes the "
+        "class token (freelabel's: the patch tokens only)",
+    )
 
 
 class IJEPACollate:
@@ -285,10 +354,21 @@ def ijepa(cfg: RunConfig, backbone: nn.Module) -> LightlyMethod:
         raise SystemExit("the I-JEPA benchmark needs a ViT without a class token (backbone.args.class_token: false)")
     encoder = masked_vit(backbone)
     target = momentum_copy(encoder)
-    predictor = IJEPAPredictorTIMM(backbone.model.patch_embed.num_patches, a["predictor_depth"], backbone.embed_dim,
-                                   a["predictor_dim"], a["predictor_heads"])  # fmt: skip
-    collator = IJEPAMaskCollator(v.size, backbone.model.patch_embed.patch_size[0], tuple(a["context_scale"]),
-                                 tuple(a["target_scale"]), tuple(a["target_aspect"]), npred=a["targets"])  # fmt: skip
+    predictor = IJEPAPredictorTIMM(
+        backbone.model.patch_embed.num_patches,
+        a["predictor_depth"],
+        backbone.embed_dim,
+        a["predictor_dim"],
+        a["predictor_heads"],
+    )
+    collator = IJEPAMaskCollator(
+        v.size,
+        backbone.model.patch_embed.patch_size[0],
+        tuple(a["context_scale"]),
+        tuple(a["target_scale"]),
+        tuple(a["target_aspect"]),
+        npred=a["targets"],
+    )
 
     def forward(views: Tensors) -> Tensors:
         x, context, targets = views
@@ -305,15 +385,30 @@ def ijepa(cfg: RunConfig, backbone: nn.Module) -> LightlyMethod:
         update_momentum(encoder, target, a["momentum"] + (1 - a["momentum"]) * p)
 
     transform = IJEPATransform(v.size, v.scale[0], {"mean": list(v.mean), "std": list(v.std)})
-    return LightlyMethod(transform, backbone, nn.ModuleList([encoder, predictor, target]), forward, loss, on_step,
-                         note="crops flipped with p 0.5 (the recipe: no flip) and resampled bicubic; target blocks "
-                              "never touch the last row or column (ijepa's randint)", collate=IJEPACollate(collator))  # fmt: skip
+    return LightlyMethod(
+        transform,
+        backbone,
+        nn.ModuleList([encoder, predictor, target]),
+        forward,
+        loss,
+        on_step,
+        note="crops flipped with p 0.5 (the recipe: no flip) and resampled bicubic; target blocks "
+        "never touch the last row or column (ijepa's randint)",
+        collate=IJEPACollate(collator),
+    )
 
 
 BUILDERS: dict[str, Callable[[RunConfig, nn.Module], LightlyMethod]] = {
-    "simclr": simclr, "mocov2": mocov2, "mocov3": mocov3, "byol": byol, "dino": dino, "barlowtwins": barlowtwins,
-    "vicreg": vicreg, "mae": mae, "ijepa": ijepa,
-}  # fmt: skip
+    "simclr": simclr,
+    "mocov2": mocov2,
+    "mocov3": mocov3,
+    "byol": byol,
+    "dino": dino,
+    "barlowtwins": barlowtwins,
+    "vicreg": vicreg,
+    "mae": mae,
+    "ijepa": ijepa,
+}
 
 
 class PilImages(Dataset):
@@ -334,8 +429,9 @@ def forever(loader: DataLoader) -> Iterator:
         yield from loader
 
 
-def train_lightly(m: LightlyMethod, cfg: RunConfig, images: torch.Tensor, minutes: float, workers: int,
-                  autocast: bool) -> dict:  # fmt: skip
+def train_lightly(
+    m: LightlyMethod, cfg: RunConfig, images: torch.Tensor, minutes: float, workers: int, autocast: bool
+) -> dict:
     """Train ``m`` for ``minutes`` of steps (data waits included); return its steps and images/s."""
     o = cfg.optim
     m.nets.to(memory_format=torch.channels_last)
@@ -343,11 +439,21 @@ def train_lightly(m: LightlyMethod, cfg: RunConfig, images: torch.Tensor, minute
     groups, lr = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], o.lr * o.batch_size / 256
     if o.name not in ("adamw", "sgd"):
         raise SystemExit(f"the benchmark's lightly side knows adamw and sgd, not the recipe's {o.name!r}")
-    optimizer = (torch.optim.AdamW(groups, lr=lr, weight_decay=o.weight_decay) if o.name == "adamw" else
-                 torch.optim.SGD(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=True))  # fmt: skip
+    optimizer = (
+        torch.optim.AdamW(groups, lr=lr, weight_decay=o.weight_decay)
+        if o.name == "adamw"
+        else torch.optim.SGD(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=True)
+    )
     peak = optimizer.param_groups[0]["lr"]
-    loader = DataLoader(PilImages(images, m.transform), batch_size=o.batch_size, shuffle=True, drop_last=True,
-                        num_workers=workers, persistent_workers=workers > 0, collate_fn=m.collate)  # fmt: skip
+    loader = DataLoader(
+        PilImages(images, m.transform),
+        batch_size=o.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        collate_fn=m.collate,
+    )
     batches, budget, seconds, steps = forever(loader), minutes * 60, 0.0, 0
     while seconds < budget:
         t0 = time.perf_counter()
@@ -381,8 +487,13 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10, help="training time per method and library")
     ap.add_argument("--methods", default=",".join(BUILDERS), help="comma-separated, from: " + ", ".join(BUILDERS))
     ap.add_argument("--workers", type=int, default=2, help="lightly's DataLoader workers")
-    ap.add_argument("--knn-subset", type=int, default=None, metavar="N",
-                    help="k-NN on the first N train and N//6 test images (smoke runs); default all")  # fmt: skip
+    ap.add_argument(
+        "--knn-subset",
+        type=int,
+        default=None,
+        metavar="N",
+        help="k-NN on the first N train and N//6 test images (smoke runs); default all",
+    )
     args = ap.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if unknown := [m for m in methods if m not in BUILDERS]:
@@ -391,9 +502,11 @@ def main() -> None:
     autocast = resolve_precision("auto", "cpu").startswith("bf16")
     full_train, n = fashion_mnist("train"), args.knn_subset
     train, test = subset(full_train, n), subset(fashion_mnist("test"), n // 6 if n else None)
-    print(f"{args.minutes:g} min per method and library on the CPU, bf16 autocast: {autocast}, lightly "
-          f"DataLoader workers: {args.workers}, torch threads: {torch.get_num_threads()}, k-NN: {len(train)} "
-          f"/ {len(test)} images")  # fmt: skip
+    print(
+        f"{args.minutes:g} min per method and library on the CPU, bf16 autocast: {autocast}, lightly "
+        f"DataLoader workers: {args.workers}, torch threads: {torch.get_num_threads()}, k-NN: {len(train)} "
+        f"/ {len(test)} images"
+    )
     rows: list[tuple[str, str, dict]] = []
     notes = [GENERAL_NOTE]
     for name in methods:
@@ -408,13 +521,18 @@ def main() -> None:
         theirs = train_lightly(m, cfg, full_train.images, args.minutes, args.workers, autocast)
         rows.append((name, "lightly", {**theirs, **knn_eval(m.backbone, train, test, cfg.views, autocast=autocast)}))
         for _, lib, r in rows[-2:]:
-            print(f"{name}: {lib} k-NN top-1 {r['top1_k20']:.2f} / {r['top1_k200']:.2f} (k=20 / k=200), "
-                  f"{r['images_per_s']:,.0f} img/s, {r['steps']} steps", flush=True)  # fmt: skip
+            print(
+                f"{name}: {lib} k-NN top-1 {r['top1_k20']:.2f} / {r['top1_k200']:.2f} (k=20 / k=200), "
+                f"{r['images_per_s']:,.0f} img/s, {r['steps']} steps",
+                flush=True,
+            )
 
     print(f"\n{'method':<12} {'library':<10} {'k=20':>6} {'k=200':>6} {'img/s':>8} {'steps':>6}")
     for name, lib, r in rows:
-        print(f"{name if lib == 'freelabel' else '':<12} {lib:<10} {r['top1_k20']:>6.2f} {r['top1_k200']:>6.2f} "
-              f"{r['images_per_s']:>8,.0f} {r['steps']:>6}")  # fmt: skip
+        print(
+            f"{name if lib == 'freelabel' else '':<12} {lib:<10} {r['top1_k20']:>6.2f} {r['top1_k200']:>6.2f} "
+            f"{r['images_per_s']:>8,.0f} {r['steps']:>6}"
+        )
     print("\nnotes (lightly against freelabel's recipe):\n  " + "\n  ".join(notes))
 
 

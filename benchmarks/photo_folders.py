@@ -30,8 +30,10 @@ def emoji_jpegs(out: str | Path, seed: int = 0) -> Path:
         w, h = (long, max(48, round(long / aspect))) if aspect >= 1 else (max(48, round(long * aspect)), long)
         side = round(min(w, h) * rng.uniform(0.6, 1.0))
         canvas = Image.new("RGB", (w, h), (255, 255, 255))
-        canvas.paste(Image.fromarray(ds.images[i].permute(1, 2, 0).numpy()).resize((side, side), Image.BICUBIC),
-                     (rng.randint(0, w - side), rng.randint(0, h - side)))  # fmt: skip
+        canvas.paste(
+            Image.fromarray(ds.images[i].permute(1, 2, 0).numpy()).resize((side, side), Image.BICUBIC),
+            (rng.randint(0, w - side), rng.randint(0, h - side)),
+        )
         folder = out / ds.classes[int(ds.labels[i])]
         folder.mkdir(parents=True, exist_ok=True)
         canvas.save(folder / f"{i:05d}.jpg", quality=90)

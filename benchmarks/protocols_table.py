@@ -97,9 +97,11 @@ def main() -> None:
     args.labels = args.labels.split(",")
     results = {m: [run_one(m, s, args) for s in seeds] for m in methods}
     columns = ["knn", "linear"] + [f"finetune {labels}" for labels in args.labels]
-    header = (f"Fashion-MNIST{' (' + args.data + ')' if args.data else ''}: {args.minutes:g}-minute runs, fine-tuning "
-              f"{args.finetune_minutes:g} minutes (from scratch: {args.minutes + args.finetune_minutes:g}), top-1 %, "
-              f"mean ± std over seeds {args.seeds}; CPU: {cpu_name()}")  # fmt: skip
+    header = (
+        f"Fashion-MNIST{' (' + args.data + ')' if args.data else ''}: {args.minutes:g}-minute runs, fine-tuning "
+        f"{args.finetune_minutes:g} minutes (from scratch: {args.minutes + args.finetune_minutes:g}), top-1 %, "
+        f"mean ± std over seeds {args.seeds}; CPU: {cpu_name()}"
+    )
     text = header + "\n\n" + table(results, methods, columns)
     print(text)
     Path(args.out, "protocols_table.md").write_text(text + "\n")

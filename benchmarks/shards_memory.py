@@ -28,8 +28,20 @@ from photo_folders import emoji_jpegs, run_measured
 from freelabel.data.shards import ImageShards
 
 CLI = [sys.executable, "-m", "freelabel.cli"]
-TRAIN = ["pretrain", "simclr", "--batch-size", "64", "--set", "views.size=32", "--set", "data.workers=2", "--set",
-         "backbone.args.widths=[16,32]", "--set", "method_args.hidden_dim=64"]  # a small CNN: the data path dominates
+TRAIN = [
+    "pretrain",
+    "simclr",
+    "--batch-size",
+    "64",
+    "--set",
+    "views.size=32",
+    "--set",
+    "data.workers=2",
+    "--set",
+    "backbone.args.widths=[16,32]",
+    "--set",
+    "method_args.hidden_dim=64",
+]  # a small CNN: the data path dominates
 
 
 def make(work: Path, copies: int) -> Path:
@@ -60,9 +72,17 @@ def _read_epoch(rank: int, world: int, spec: str, workers: int, port: int) -> No
     dist.all_gather_object(every, seen)
     if rank == 0:
         flat = [t for part in every for t in part]
-        Path(spec, "epoch-check.json").write_text(json.dumps({
-            "samples_in_split": len(ds), "per_process": [len(p) for p in every], "read": len(flat),
-            "distinct": len(set(flat)), "dropped_tail": len(ds) - len(flat)}))  # fmt: skip
+        Path(spec, "epoch-check.json").write_text(
+            json.dumps(
+                {
+                    "samples_in_split": len(ds),
+                    "per_process": [len(p) for p in every],
+                    "read": len(flat),
+                    "distinct": len(set(flat)),
+                    "dropped_tail": len(ds) - len(flat),
+                }
+            )
+        )
     dist.destroy_process_group()
 
 
@@ -79,24 +99,54 @@ def main() -> None:
     for copies in args.copies:
         shards = make(work, copies)
         index = json.loads((shards / "shards.json").read_text())
-        rc, seconds, peak = run_measured([*CLI, *TRAIN, "--steps", str(args.steps), "--data", str(shards), "--out",
-                                          str(work / f"run-{copies}x")], env)  # fmt: skip
+        rc, seconds, peak = run_measured(
+            [*CLI, *TRAIN, "--steps", str(args.steps), "--data", str(shards), "--out", str(work / f"run-{copies}x")],
+            env,
+        )
         metrics = json.loads((work / f"run-{copies}x" / "metrics.json").read_text())["pretrain"] if rc == 0 else {}
-        results[f"{copies}x"] = {"shards": len(index["shards"]), "samples": sum(s["samples"] for s in index["shards"]),
-                                 "exit": rc, "wall_s": round(seconds, 1), "peak_rss_mib": round(peak / 1024),
-                                 "images_seen": metrics.get("images_seen")}  # fmt: skip
+        results[f"{copies}x"] = {
+            "shards": len(index["shards"]),
+            "samples": sum(s["samples"] for s in index["shards"]),
+            "exit": rc,
+            "wall_s": round(seconds, 1),
+            "peak_rss_mib": round(peak / 1024),
+            "images_seen": metrics.get("images_seen"),
+        }
         print(f"{copies}x: {results[f'{copies}x']}", flush=True)
     two = make(work, args.copies[0])
     mp.spawn(_read_epoch, args=(2, str(two), 2, 29_517), nprocs=2)
     results["two_process_epoch"] = json.loads((two / "epoch-check.json").read_text())
     print(f"two processes, one epoch: {results['two_process_epoch']}", flush=True)
     run, one = work / "run-2proc", make(work, 1)
-    rc, seconds, peak = run_measured([*CLI, *TRAIN, "--epochs", "1", "--batch-size", "32", "--data", str(one), "--devices",
-                                      "2", "--accelerator", "cpu", "--out", str(run)], env)  # fmt: skip
+    rc, seconds, peak = run_measured(
+        [
+            *CLI,
+            *TRAIN,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--data",
+            str(one),
+            "--devices",
+            "2",
+            "--accelerator",
+            "cpu",
+            "--out",
+            str(run),
+        ],
+        env,
+    )
     m = json.loads((run / "metrics.json").read_text())["pretrain"] if rc == 0 else {}
-    results["two_process_run"] = {"exit": rc, "wall_s": round(seconds, 1), "samples_in_split": len(ImageShards(str(one), "train", 32)),
-                                  "steps": m.get("steps"), "batch_per_process": 32,
-                                  "images_seen": m.get("images_seen"), "peak_rss_mib": round(peak / 1024)}  # fmt: skip
+    results["two_process_run"] = {
+        "exit": rc,
+        "wall_s": round(seconds, 1),
+        "samples_in_split": len(ImageShards(str(one), "train", 32)),
+        "steps": m.get("steps"),
+        "batch_per_process": 32,
+        "images_seen": m.get("images_seen"),
+        "peak_rss_mib": round(peak / 1024),
+    }
     print(f"two-process pretraining, one epoch: {results['two_process_run']}")
     (work / "results.json").write_text(json.dumps(results, indent=2))
 

@@ -47,12 +47,30 @@ def train_and_score(label: str, src: Path, folder: Path, recipe: Path, minutes: 
     run = work / f"run-{label}-{minutes:g}min"
     cli = [sys.executable, "-m", "freelabel.cli"]
     if not (run / "backbone.safetensors").is_file():
-        subprocess.run([*cli, "pretrain", "simclr", "--data", str(folder), "--recipe", str(recipe), "--minutes",
-                        str(minutes), "--out", str(run)], env=env, check=True)  # fmt: skip
+        subprocess.run(
+            [
+                *cli,
+                "pretrain",
+                "simclr",
+                "--data",
+                str(folder),
+                "--recipe",
+                str(recipe),
+                "--minutes",
+                str(minutes),
+                "--out",
+                str(run),
+            ],
+            env=env,
+            check=True,
+        )
     subprocess.run([*cli, "eval", "knn", str(run), "--baselines"], env=env, check=True)
     metrics = json.loads((run / "metrics.json").read_text())
-    return {"images_per_s": round(metrics["pretrain"]["images_per_s"], 1), "steps": metrics["pretrain"]["steps"],
-            **{k: metrics["knn"][k] for k in ("trained", "random_init", "raw_pixels")}}  # fmt: skip
+    return {
+        "images_per_s": round(metrics["pretrain"]["images_per_s"], 1),
+        "steps": metrics["pretrain"]["steps"],
+        **{k: metrics["knn"][k] for k in ("trained", "random_init", "raw_pixels")},
+    }
 
 
 def main() -> None:
@@ -73,14 +91,20 @@ def main() -> None:
     recipe.pop("about")
     recipe_file = work / "simclr-photos.yaml"
     recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    results = {"minutes": args.minutes, "size": args.size, "folder": str(folder),
-               "before": train_and_score("before", source_tree(args.before, work), folder, recipe_file, args.minutes, work),
-               "after": train_and_score("after", ROOT, folder, recipe_file, args.minutes, work)}  # fmt: skip
+    results = {
+        "minutes": args.minutes,
+        "size": args.size,
+        "folder": str(folder),
+        "before": train_and_score("before", source_tree(args.before, work), folder, recipe_file, args.minutes, work),
+        "after": train_and_score("after", ROOT, folder, recipe_file, args.minutes, work),
+    }
     (work / "results.json").write_text(json.dumps(results, indent=2))
     print(f"SimCLR, {args.minutes:g} min at {args.size} px on {folder} (k-NN top-1 %, k=20 / 200):")
     for label in ("before", "after"):
         r = results[label]
-        row = "  ".join(f"{k} {r[k]['top1_k20']:.1f} / {r[k]['top1_k200']:.1f}" for k in ("trained", "random_init", "raw_pixels"))
+        row = "  ".join(
+            f"{k} {r[k]['top1_k20']:.1f} / {r[k]['top1_k200']:.1f}" for k in ("trained", "random_init", "raw_pixels")
+        )
         print(f"  {label:6s} {r['images_per_s']:6.1f} images/s  {row}")
 
 

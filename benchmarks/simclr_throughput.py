@@ -64,10 +64,21 @@ def lightly_setup(cfg, batch: int, workers: int, images: torch.Tensor):
     from PIL import Image
 
     v = cfg.views
-    transform = SimCLRTransform(input_size=v.size, cj_prob=v.jitter, cj_strength=1.0, cj_bright=v.brightness,
-                                cj_contrast=v.contrast, cj_sat=0.0, cj_hue=0.0, min_scale=v.scale[0],
-                                random_gray_scale=0.0, gaussian_blur=0.0, hf_prob=v.hflip, rr_prob=0.0,
-                                normalize={"mean": list(v.mean), "std": list(v.std)})  # fmt: skip
+    transform = SimCLRTransform(
+        input_size=v.size,
+        cj_prob=v.jitter,
+        cj_strength=1.0,
+        cj_bright=v.brightness,
+        cj_contrast=v.contrast,
+        cj_sat=0.0,
+        cj_hue=0.0,
+        min_scale=v.scale[0],
+        random_gray_scale=0.0,
+        gaussian_blur=0.0,
+        hf_prob=v.hflip,
+        rr_prob=0.0,
+        normalize={"mean": list(v.mean), "std": list(v.std)},
+    )
 
     class PilSet(torch.utils.data.Dataset):
         def __len__(self):
@@ -82,8 +93,9 @@ def lightly_setup(cfg, batch: int, workers: int, images: torch.Tensor):
     model = nn.Sequential(backbone, head).to(memory_format=torch.channels_last)
     loss_fn = NTXentLoss(temperature=cfg.method_args["temperature"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    loader = torch.utils.data.DataLoader(PilSet(), batch_size=batch, shuffle=True, drop_last=True,
-                                         num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        PilSet(), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, persistent_workers=workers > 0
+    )
     return transform, model, loss_fn, optimizer, loader
 
 
@@ -137,8 +149,10 @@ def main() -> None:
     autocast = resolve_precision(args.precision, "cpu").startswith("bf16")
     cfg, method, optimizer = freelabel_setup(args.batch)
     transform, model, loss_fn, l_opt, loader = lightly_setup(cfg, args.batch, args.workers, data.images)
-    print(f"SimCLR, {cfg.backbone.name} backbone, batch {args.batch}, {cfg.views.size}px, bf16 autocast: {autocast}, "
-          f"lightly DataLoader workers: {args.workers}, torch threads: {torch.get_num_threads()}")  # fmt: skip
+    print(
+        f"SimCLR, {cfg.backbone.name} backbone, batch {args.batch}, {cfg.views.size}px, bf16 autocast: {autocast}, "
+        f"lightly DataLoader workers: {args.workers}, torch threads: {torch.get_num_threads()}"
+    )
 
     freelabel_steps(cfg, method, optimizer, data, 2, autocast)  # warm-up both
     lightly_steps(model, loss_fn, l_opt, loader, 2, autocast)
@@ -149,15 +163,23 @@ def main() -> None:
         e2e_f.append(freelabel_steps(cfg, method, optimizer, data, args.steps, autocast))
         e2e_l.append(lightly_steps(model, loss_fn, l_opt, loader, args.steps, autocast))
         e2e_l32.append(lightly_steps(model, loss_fn, l_opt, loader, args.steps, False) if autocast else e2e_l[-1])
-        print(f"round {r + 1}: augmentation {aug_f[-1]:,.0f} vs {aug_l[-1]:,.0f} img/s; training {e2e_f[-1]:,.0f} "
-              f"vs {e2e_l[-1]:,.0f} img/s (lightly in fp32 as in its examples: {e2e_l32[-1]:,.0f})")  # fmt: skip
+        print(
+            f"round {r + 1}: augmentation {aug_f[-1]:,.0f} vs {aug_l[-1]:,.0f} img/s; training {e2e_f[-1]:,.0f} "
+            f"vs {e2e_l[-1]:,.0f} img/s (lightly in fp32 as in its examples: {e2e_l32[-1]:,.0f})"
+        )
     med = statistics.median
-    print(f"augmentation (2 views per image): freelabel {med(aug_f):,.0f} img/s, lightly {med(aug_l):,.0f} img/s, "
-          f"ratio {med(aug_f) / med(aug_l):.1f}x")  # fmt: skip
-    print(f"end-to-end training:              freelabel {med(e2e_f):,.0f} img/s, lightly {med(e2e_l):,.0f} img/s, "
-          f"ratio {med(e2e_f) / med(e2e_l):.2f}x")  # fmt: skip
-    print(f"  against lightly in fp32 (its examples' default): {med(e2e_l32):,.0f} img/s, "
-          f"ratio {med(e2e_f) / med(e2e_l32):.2f}x")  # fmt: skip
+    print(
+        f"augmentation (2 views per image): freelabel {med(aug_f):,.0f} img/s, lightly {med(aug_l):,.0f} img/s, "
+        f"ratio {med(aug_f) / med(aug_l):.1f}x"
+    )
+    print(
+        f"end-to-end training:              freelabel {med(e2e_f):,.0f} img/s, lightly {med(e2e_l):,.0f} img/s, "
+        f"ratio {med(e2e_f) / med(e2e_l):.2f}x"
+    )
+    print(
+        f"  against lightly in fp32 (its examples' default): {med(e2e_l32):,.0f} img/s, "
+        f"ratio {med(e2e_f) / med(e2e_l32):.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-PRETRAIN = ["pretrain", "simclr", "--recipe", "simclr-fashion-mnist", "--steps", "1", "--batch-size", "4", "--set", "views.size=16",
-            "--set", "data.workers=0", "--set", "backbone.args={widths: [4, 8]}"]
+PRETRAIN = [
+    "pretrain",
+    "simclr",
+    "--recipe",
+    "simclr-fashion-mnist",
+    "--steps",
+    "1",
+    "--batch-size",
+    "4",
+    "--set",
+    "views.size=16",
+    "--set",
+    "data.workers=0",
+    "--set",
+    "backbone.args={widths: [4, 8]}",
+]
 
 
 def cases(root: Path) -> list[tuple[str, list[str]]]:
@@ -36,11 +50,20 @@ def cases(root: Path) -> list[tuple[str, list[str]]]:
         ("--out under a file", [*PRETRAIN, "--data", str(images), "--out", str(root / "a_file" / "run")]),
         ("--out on a read-only place", [*PRETRAIN, "--data", str(images), "--out", "/proc/freelabel-run"]),
         ("--out in a folder that cannot be written", [*PRETRAIN, "--data", str(images), "--out", "/sys/freelabel-run"]),
-        ("zeroshot --out on a read-only place", ["zeroshot", str(images), "--labels", "a,b", "--model", str(run), "--out", "/proc/zs.csv"]),
+        (
+            "zeroshot --out on a read-only place",
+            ["zeroshot", str(images), "--labels", "a,b", "--model", str(run), "--out", "/proc/zs.csv"],
+        ),
         ("export --out is a file", ["export", str(run), "--format", "safetensors", "--out", str(root / "a_file")]),
         ("--resume of a folder that is not a run", ["pretrain", "--resume", str(images)]),
-        ("index build --out is a file", ["index", "build", str(images), "--model", str(run), "--out", str(root / "a_file")]),
-        ("zeroshot --out is a folder", ["zeroshot", str(images), "--labels", "a,b", "--model", str(run), "--out", str(root)]),
+        (
+            "index build --out is a file",
+            ["index", "build", str(images), "--model", str(run), "--out", str(root / "a_file")],
+        ),
+        (
+            "zeroshot --out is a folder",
+            ["zeroshot", str(images), "--labels", "a,b", "--model", str(run), "--out", str(root)],
+        ),
         ("shards make into a file", ["shards", "make", str(root / "list.csv"), str(root / "a_file")]),
         # --set
         ("--set without =", [*PRETRAIN, "--set", "optim.lr", *t]),
@@ -102,14 +125,26 @@ def cases(root: Path) -> list[tuple[str, list[str]]]:
         ("eval knn --temperature 0", ["eval", "knn", str(run), "--temperature", "0"]),
         ("eval knn --temperature nan", ["eval", "knn", str(run), "--temperature", "nan"]),
         ("eval knn on an unlabelled run", ["eval", "knn", str(run)]),
-        ("index build --batch-size 0", ["index", "build", str(images), "--model", str(run), "--out", out, "--batch-size", "0"]),
-        ("index build --batch-size -3", ["index", "build", str(images), "--model", str(run), "--out", out, "--batch-size", "-3"]),
+        (
+            "index build --batch-size 0",
+            ["index", "build", str(images), "--model", str(run), "--out", out, "--batch-size", "0"],
+        ),
+        (
+            "index build --batch-size -3",
+            ["index", "build", str(images), "--model", str(run), "--out", out, "--batch-size", "-3"],
+        ),
         ("index search -k 0", ["index", "search", str(index), "--image", str(images / "0.png"), "-k", "0"]),
         ("index eval -k 0", ["index", "eval", str(index), "-k", "0"]),
         ("index eval -k -1", ["index", "eval", str(index), "-k", "-1"]),
         ("shards make --per-shard 0", ["shards", "make", str(root / "list.csv"), out, "--per-shard", "0"]),
-        ("segment --box-threshold 2", ["segment", str(images / "0.png"), "--segmenter", "x", "--text", "a", "--box-threshold", "2", *t]),
-        ("segment --batch-size 0", ["segment", str(images / "0.png"), "--segmenter", "x", "--text", "a", "--batch-size", "0", *t]),
+        (
+            "segment --box-threshold 2",
+            ["segment", str(images / "0.png"), "--segmenter", "x", "--text", "a", "--box-threshold", "2", *t],
+        ),
+        (
+            "segment --batch-size 0",
+            ["segment", str(images / "0.png"), "--segmenter", "x", "--text", "a", "--batch-size", "0", *t],
+        ),
         # refused files
         ("a recipe with a Python YAML tag", [*PRETRAIN, "--recipe", str(root / "evil.yaml"), *t]),
         ("a run whose config.yaml has a Python YAML tag", ["eval", "knn", str(root / "tagged_run")]),
@@ -117,21 +152,43 @@ def cases(root: Path) -> list[tuple[str, list[str]]]:
         ("a recipe that is a list", [*PRETRAIN, "--recipe", str(root / "list.yaml"), *t]),
         ("a recipe that is a YAML alias bomb", [*PRETRAIN, "--recipe", str(root / "laughs.yaml"), *t]),
         # crafted or inconsistent indexes
-        *[(f"index: {what}", ["index", "search", str(root / f"index_{name}"), "--image", str(images / "0.png")])
-          for name, what in CRAFTED.items()],
+        *[
+            (f"index: {what}", ["index", "search", str(root / f"index_{name}"), "--image", str(images / "0.png")])
+            for name, what in CRAFTED.items()
+        ],
         # caption lists that escape their folder, or name what is not an image
-        *[(f"shards make: a list {what}", ["shards", "make", str(root / f"{name}.csv"), out]) for name, what in ESCAPES.items()],
-        *[(f"pretrain clip: a list {what}", ["pretrain", "clip", "--data", str(root / f"{name}.csv"), "--steps", "1", *t])
-          for name, what in ESCAPES.items()],
+        *[
+            (f"shards make: a list {what}", ["shards", "make", str(root / f"{name}.csv"), out])
+            for name, what in ESCAPES.items()
+        ],
+        *[
+            (
+                f"pretrain clip: a list {what}",
+                ["pretrain", "clip", "--data", str(root / f"{name}.csv"), "--steps", "1", *t],
+            )
+            for name, what in ESCAPES.items()
+        ],
     ]
 
 
-CRAFTED = {"rows": "more rows than vectors", "dim": "a dimension that is not the vectors'", "nan": "NaN vectors",
-           "json": "index.json that is not JSON", "list": "index.json that is a list", "path": "a row outside the folder",
-           "tensor": "embeddings of one dimension", "build": "files of two builds", "keys": "a manifest without a model",
-           "safetensors": "embeddings that are not safetensors"}
-ESCAPES = {"dotdot": "naming ../secret.png", "absolute": "naming an absolute path", "noext": "naming a file without extension",
-           "script": "naming a .py file"}
+CRAFTED = {
+    "rows": "more rows than vectors",
+    "dim": "a dimension that is not the vectors'",
+    "nan": "NaN vectors",
+    "json": "index.json that is not JSON",
+    "list": "index.json that is a list",
+    "path": "a row outside the folder",
+    "tensor": "embeddings of one dimension",
+    "build": "files of two builds",
+    "keys": "a manifest without a model",
+    "safetensors": "embeddings that are not safetensors",
+}
+ESCAPES = {
+    "dotdot": "naming ../secret.png",
+    "absolute": "naming an absolute path",
+    "noext": "naming a file without extension",
+    "script": "naming a .py file",
+}
 
 
 def make_fixtures(root: Path) -> None:
@@ -157,7 +214,9 @@ def make_fixtures(root: Path) -> None:
     torch.save(_Evil(), ckpt / "state.pt")  # torch's zip format, holding a pickle that calls os.getcwd
     tagged = root / "tagged_run"
     shutil.copytree(root / "run", tagged)
-    (tagged / "config.yaml").write_text("method: !!python/object/apply:os.getcwd []\n" + (tagged / "config.yaml").read_text())
+    (tagged / "config.yaml").write_text(
+        "method: !!python/object/apply:os.getcwd []\n" + (tagged / "config.yaml").read_text()
+    )
     (root / "evil.yaml").write_text("method: simclr\nseed: !!python/object/apply:os.getcwd []\n")
     (root / "list.yaml").write_text("- simclr\n- byol\n")
     laughs = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
@@ -194,7 +253,12 @@ def make_fixtures(root: Path) -> None:
             save_file({"embeddings": v.contiguous()}, str(folder / "embeddings.safetensors"), {"build": build})
     # caption lists
     (root / "list.csv").write_text("image,caption\nimages/0.png,a picture\n")
-    outside = {"dotdot": "../secret.png", "absolute": str(root.parent / "secret.png"), "noext": "images/README", "script": "images/x.py"}
+    outside = {
+        "dotdot": "../secret.png",
+        "absolute": str(root.parent / "secret.png"),
+        "noext": "images/README",
+        "script": "images/x.py",
+    }
     for name, path in outside.items():
         (root / f"{name}.csv").write_text(f"image,caption\n{path},a caption\n")
     (root.parent / "secret.png").write_bytes((images / "0.png").read_bytes())
@@ -225,14 +289,23 @@ def run_in_process(argv: list[str]) -> tuple[int, str]:
 
 
 def run_command(argv: list[str]) -> tuple[int, str]:
-    r = subprocess.run([sys.executable, "-m", "freelabel.cli", *argv], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    r = subprocess.run(
+        [sys.executable, "-m", "freelabel.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+    )
     return r.returncode, r.stderr
 
 
 def table(root: Path, run=run_command) -> str:
-    rows = ["TINY: " + " ".join(PRETRAIN[2:]) + "; $T: the fixtures' folder", "",
-            "| case | command (after `freelabel`) | exit | stderr |", "|---|---|---|---|"]
+    rows = [
+        "TINY: " + " ".join(PRETRAIN[2:]) + "; $T: the fixtures' folder",
+        "",
+        "| case | command (after `freelabel`) | exit | stderr |",
+        "|---|---|---|---|",
+    ]
     for what, argv in cases(root):
         code, err = run(argv)
         shown = " ".join(a.replace(str(root), "$T") for a in argv).replace(" ".join(PRETRAIN), "pretrain simclr TINY")

@@ -32,8 +32,16 @@ def start_browser():
             raise RuntimeError(f"{path} is missing; install Debian's chromium and chromium-driver (scripts/setup.sh)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     service = Service(CHROMEDRIVER if Path(CHROMEDRIVER).is_file() else shutil.which("chromedriver"))
@@ -51,10 +59,15 @@ def check_page(driver, page: str | Path, screenshot: str | Path | None = None) -
 
     driver.get_log("performance"), driver.get_log("browser")  # drop what an earlier page left
     driver.get(Path(page).resolve().as_uri())
-    WebDriverWait(driver, 30).until(lambda d: d.execute_script(
-        "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)"))  # fmt: skip
+    WebDriverWait(driver, 30).until(
+        lambda d: d.execute_script(
+            "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)"
+        )
+    )
     problems = []
-    images = driver.execute_script("return Array.from(document.images).map(i => [i.alt || i.src.slice(0, 60), i.src, i.naturalWidth])")
+    images = driver.execute_script(
+        "return Array.from(document.images).map(i => [i.alt || i.src.slice(0, 60), i.src, i.naturalWidth])"
+    )
     if not images:
         problems.append("the page has no images")
     for name, src, width in images:
@@ -68,11 +81,15 @@ def check_page(driver, page: str | Path, screenshot: str | Path | None = None) -
             url = message["params"]["request"]["url"]
             if not url.startswith(LOCAL):
                 problems.append(f"request left the machine: {url[:120]}")
-    problems += [f"console {e['level']}: {e['message'][:200]}" for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    problems += [
+        f"console {e['level']}: {e['message'][:200]}" for e in driver.get_log("browser") if e["level"] == "SEVERE"
+    ]
     if screenshot:  # the whole page, not just the window
         size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
         clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 16000), "scale": 1}
-        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip})
+        shot = driver.execute_cdp_cmd(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+        )
         Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
     return problems
 

@@ -77,5 +77,7 @@ def captioned(tmp_path_factory, fmnist):
         writer = csv.DictWriter(f, ["image", "caption"])
         writer.writeheader()
         writer.writerows(rows)
-    (root / "pairs.jsonl").write_text("".join(json.dumps({"file": r["image"], "text": r["caption"]}) + "\n" for r in rows))
+    (root / "pairs.jsonl").write_text(
+        "".join(json.dumps({"file": r["image"], "text": r["caption"]}) + "\n" for r in rows)
+    )
     return root

@@ -12,7 +12,9 @@ from freelabel.pipelines.search import build_index, open_index, search
 def clustered(n: int, dim: int, clusters: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(clusters, dim, generator=g)
-    return F.normalize(centres[torch.randint(clusters, (n,), generator=g)] + 0.5 * torch.randn(n, dim, generator=g), dim=1)
+    return F.normalize(
+        centres[torch.randint(clusters, (n,), generator=g)] + 0.5 * torch.randn(n, dim, generator=g), dim=1
+    )
 
 
 def test_graph_recall_against_exact_search():
@@ -60,8 +62,9 @@ def test_index_uses_a_graph_above_the_threshold_and_grows_it(photos, tmp_path, m
     assert loads == [f"ann-{first}.faiss"] and [p.name for p in out.glob("ann-*")] == [f"ann-{idx.meta['build']}.faiss"]
     assert idx.rows[-1]["path"] == "rocket.png" and len(ann.Ann.load(ann.graph_file(out, idx.meta["build"]))) == 4
     hits = search(out, image=photos / "coffee.png", k=4, device="cpu")
-    exact = sorted(((idx.embeddings @ idx.embeddings[[r["path"] for r in idx.rows].index("coffee.png")]).tolist()),
-                   reverse=True)
+    exact = sorted(
+        ((idx.embeddings @ idx.embeddings[[r["path"] for r in idx.rows].index("coffee.png")]).tolist()), reverse=True
+    )
     assert hits[0]["path"].endswith("coffee.png") and [h["score"] for h in hits] == pytest.approx(exact, abs=1e-4)
     (photos / "chelsea.png").unlink()  # a removed image: the graph is rebuilt from the remaining rows
     loads.clear()

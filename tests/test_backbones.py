@@ -42,9 +42,13 @@ def test_input_wrappers_change_the_input_of_every_entry_point_and_pass_the_rest_
     mask = torch.zeros(2, 16, dtype=torch.bool)
     mask[:, :6] = True
     token = torch.randn(32)
-    for wrapper, inner in ((Standardised(build_backbone("vit_tiny", 3, 16, patch_size=4, depth=1, embed_dim=32,
-                                                        num_heads=2).eval()), None),
-                           (LightnessInput(vit, (0.0,) * 3, (1.0,) * 3), vit)):  # fmt: skip
+    for wrapper, inner in (
+        (
+            Standardised(build_backbone("vit_tiny", 3, 16, patch_size=4, depth=1, embed_dim=32, num_heads=2).eval()),
+            None,
+        ),
+        (LightnessInput(vit, (0.0,) * 3, (1.0,) * 3), vit),
+    ):
         assert isinstance(wrapper, Backbone) and wrapper.in_chans == 3 and wrapper.grid == (4, 4)
         net = inner or wrapper.net
         y = wrapper.transform(x)

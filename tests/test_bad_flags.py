@@ -30,4 +30,3 @@ def test_a_checkpoint_that_is_a_pickle_of_code_is_refused_not_passed_over(root):
         load_checkpoint(ckpt)
     with pytest.raises(UnsafeCheckpoint):  # tampering is not crash damage: no silent fallback or restart
         load_latest_checkpoint(root / "evil_run")
-

@@ -38,7 +38,9 @@ def test_bad_caption_data_says_what_to_fix(captioned, tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "lonely.png")
     (tmp_path / "other.png").write_bytes((tmp_path / "lonely.png").read_bytes())
     (tmp_path / "other.txt").write_text("a caption")
-    with pytest.raises(DataError, match="1 images under .* have no caption beside them, e.g. .*lonely.png needs lonely.txt"):
+    with pytest.raises(
+        DataError, match="1 images under .* have no caption beside them, e.g. .*lonely.png needs lonely.txt"
+    ):
         read_pairs(str(tmp_path))
 
 

@@ -15,15 +15,23 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     "args, says",
     [
         (["pretrain", "simclrr"], "unknown method 'simclrr'; valid: simclr"),
-        (["pretrain", "simclr", "--backbone", "resnet9000", "--steps", "1"], "unknown backbone 'resnet9000'; valid: convnet"),
-        (["pretrain", "simclr", "--data", "imagenet-42", "--steps", "1"], "unknown dataset 'imagenet-42'; valid: fashion-mnist"),
+        (
+            ["pretrain", "simclr", "--backbone", "resnet9000", "--steps", "1"],
+            "unknown backbone 'resnet9000'; valid: convnet",
+        ),
+        (
+            ["pretrain", "simclr", "--data", "imagenet-42", "--steps", "1"],
+            "unknown dataset 'imagenet-42'; valid: fashion-mnist",
+        ),
         (["pretrain", "simclr", "--set", "optim.lr=fast", "--steps", "1"], "optim.lr must be a number"),
         (["pretrain", "simclr", "--set", "optim.nope=1", "--steps", "1"], "unknown key optim.nope; valid: name, lr"),
         (["pretrain", "simclr", "--set", "method_args.tau=1", "--steps", "1"], "simclr has no option 'tau'; valid:"),
         (["pretrain", "simclr", "--steps", "0"], "--steps must be positive"),
         (["pretrain", "simclr", "--recipe", "nope", "--steps", "1"], "unknown recipe 'nope'; valid:"),
-        (["pretrain", "dinov2", "--backbone", "convnet", "--steps", "1"],
-         "backbone 'convnet' does not take the arguments ['depth', 'patch_size']"),
+        (
+            ["pretrain", "dinov2", "--backbone", "convnet", "--steps", "1"],
+            "backbone 'convnet' does not take the arguments ['depth', 'patch_size']",
+        ),
         (["eval", "knn", "/nonexistent/run"], "no such run directory or model folder: /nonexistent/run"),
     ],
 )

@@ -56,7 +56,9 @@ def test_clip_temperature_is_capped_after_each_step_and_can_come_back_down():
 
     img = randn(6, 5)
     txt = -img  # every caption as far from its image as it can be: a lower scale (higher temperature) helps
-    method = SimpleNamespace(logit_scale=torch.nn.Parameter(torch.tensor(math.log(500.0))), max_logit_scale=math.log(100))
+    method = SimpleNamespace(
+        logit_scale=torch.nn.Parameter(torch.tensor(math.log(500.0))), max_logit_scale=math.log(100)
+    )
     CLIP.after_step(method, 0.0)
     assert method.logit_scale.item() == pytest.approx(math.log(100))
     optimizer = torch.optim.SGD([method.logit_scale], lr=0.1)
@@ -139,8 +141,9 @@ def test_clip_method_trains_with_captions_and_a_locked_text_tower_stays_put():
     tiny = {"width": 32, "layers": 1, "heads": 2}
     for name, extra in (("clip", {}), ("siglip", {"bias": -10.0}), ("clip", {"lock_text": True})):
         torch.manual_seed(0)
-        method = METHODS[name](build_backbone("convnet", 3, 16, widths=(8, 16)), view, embed_dim=16,
-                               text_args=tiny, **extra)  # fmt: skip
+        method = METHODS[name](
+            build_backbone("convnet", 3, 16, widths=(8, 16)), view, embed_dim=16, text_args=tiny, **extra
+        )
         out = method(batch)
         out["loss"].backward()
         assert torch.isfinite(out["loss"]) and method.backbone.features[0][0].weight.grad is not None
@@ -153,6 +156,7 @@ def test_clip_method_trains_with_captions_and_a_locked_text_tower_stays_put():
 
 
 # ------------------------------------------------------------------------ 2 processes == 1 process
+
 
 def _run(name, img, txt, t, b):
     return losses.clip_loss(img, txt, t) if name == "clip" else losses.siglip_loss(img, txt, t, b)
@@ -167,7 +171,10 @@ def _worker(rank, world, img, txt):
         t, b = torch.tensor(2.0, requires_grad=True), torch.tensor(-3.0, requires_grad=True)
         loss = _run(name, x, y, t, b)
         (loss / world).backward()  # DDP averages gradients over processes: do the same here
-        mean, tb = loss.detach().clone() / world, torch.stack([t.grad, b.grad if b.grad is not None else torch.zeros(())])
+        mean, tb = (
+            loss.detach().clone() / world,
+            torch.stack([t.grad, b.grad if b.grad is not None else torch.zeros(())]),
+        )
         dist.all_reduce(mean)
         dist.all_reduce(tb)  # the scalars' gradients as DDP would average them
         results[name] = (mean.item(), x.grad, y.grad, tb)
@@ -205,8 +212,12 @@ def test_a_few_steps_on_one_batch_learn_to_match_its_captions(name, fmnist):
     images = torch.stack([fmnist.images[(fmnist.labels == c).nonzero()[0, 0]] for c in range(8)])
     view = ViewConfig(size=28, mean=(0.5,), std=(0.5,))
     torch.manual_seed(0)
-    method = METHODS[name](build_backbone("convnet", 1, 28, widths=(8, 16)), view, embed_dim=16,
-                           text_args={"width": 32, "layers": 1, "heads": 2})  # fmt: skip
+    method = METHODS[name](
+        build_backbone("convnet", 1, 28, widths=(8, 16)),
+        view,
+        embed_dim=16,
+        text_args={"width": 32, "layers": 1, "heads": 2},
+    )
     batch = Batch(images, views=[(images.float() / 255 - 0.5) / 0.5], texts=[f"a photo of a {c}" for c in classes])
     opt = torch.optim.Adam(method.parameters(), lr=3e-3)
     first = None

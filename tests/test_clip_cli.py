@@ -6,18 +6,43 @@ import torch
 
 from freelabel.cli import main
 
-TINY = ["backbone.args.widths=[8,16]", "views.size=16", "method_args.embed_dim=16", "log_every=1",
-        "method_args.text_args={width: 32, layers: 1, heads: 2, max_length: 16}"]  # fmt: skip
+TINY = [
+    "backbone.args.widths=[8,16]",
+    "views.size=16",
+    "method_args.embed_dim=16",
+    "log_every=1",
+    "method_args.text_args={width: 32, layers: 1, heads: 2, max_length: 16}",
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, recipe", [("clip", "clip-emoji-captions"), ("siglip", "siglip-emoji-captions"),
-                                            ("clip", "lit-emoji-captions")])  # fmt: skip
+@pytest.mark.parametrize(
+    "method, recipe",
+    [("clip", "clip-emoji-captions"), ("siglip", "siglip-emoji-captions"), ("clip", "lit-emoji-captions")],
+)
 def test_tiny_run_then_zeroshot_retrieval_and_a_folder(method, recipe, captioned, tmp_path, capsys):
     run = tmp_path / "run"
     sets = [a for s in TINY for a in ("--set", s)]
-    assert main(["pretrain", method, "--data", str(captioned), "--recipe", recipe, "--steps", "3", "--batch-size", "8",
-                 "--out", str(run), *sets]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "pretrain",
+                method,
+                "--data",
+                str(captioned),
+                "--recipe",
+                recipe,
+                "--steps",
+                "3",
+                "--batch-size",
+                "8",
+                "--out",
+                str(run),
+                *sets,
+            ]
+        )
+        == 0
+    )
     assert torch.isfinite(torch.tensor(json.loads((run / "metrics.json").read_text())["pretrain"]["final_loss"]))
     assert main(["eval", "zeroshot", str(run)]) == 0
     assert main(["eval", "retrieval", str(run)]) == 0
@@ -28,8 +53,21 @@ def test_tiny_run_then_zeroshot_retrieval_and_a_folder(method, recipe, captioned
     assert r["pairs"] == zs["images"] and r["image_to_text_r10"] >= r["image_to_text_r5"] >= r["image_to_text_r1"]
     assert 0 <= r["clip_score"] <= 2.5
     out = tmp_path / "preds.csv"
-    assert main(["zeroshot", str(captioned / "bag"), "--labels", "bag, trouser,sneaker", "--model", str(run),
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "zeroshot",
+                str(captioned / "bag"),
+                "--labels",
+                "bag, trouser,sneaker",
+                "--model",
+                str(run),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 10 and {r["label"] for r in rows} <= {"bag", "trouser", "sneaker"}
     assert all(-1 <= float(r["score"]) <= 1 for r in rows)
@@ -54,9 +92,20 @@ def tiny_transformers_clip(folder):
     from freelabel.text import minilm_folder
 
     tokenizer = tf.AutoTokenizer.from_pretrained(minilm_folder())
-    text = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=2, max_position_embeddings=32, pad_token_id=0, bos_token_id=101, eos_token_id=102)  # fmt: skip
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    text = dict(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        pad_token_id=0,
+        bos_token_id=101,
+        eos_token_id=102,
+    )
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
     torch.manual_seed(0)
     tf.CLIPModel(tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -52,10 +52,33 @@ def test_a_photo_folder_on_a_cpu_gets_the_cpu_recipe_and_a_forecast(tmp_path, ca
         Image.fromarray(img).save(folder / f"{i}.jpg")
     caplog.set_level(logging.INFO, logger="freelabel")
     run = tmp_path / "run"
-    assert main(["pretrain", "simclr", "--data", str(folder), "--steps", "20", "--batch-size", "4", "--out", str(run),
-                 "--set", "method_args.hidden_dim=32", "--set", "backbone.args.widths=[8,16]"]) == 0  # fmt: skip
-    assert "no GPU here: pretraining with simclr's CPU-sized recipe (convnet at 64 px); for the paper recipe give " \
-           "--recipe simclr" in caplog.text  # fmt: skip
+    assert (
+        main(
+            [
+                "pretrain",
+                "simclr",
+                "--data",
+                str(folder),
+                "--steps",
+                "20",
+                "--batch-size",
+                "4",
+                "--out",
+                str(run),
+                "--set",
+                "method_args.hidden_dim=32",
+                "--set",
+                "backbone.args.widths=[8,16]",
+            ]
+        )
+        == 0
+    )
+    assert (
+        "no GPU here: pretraining with simclr's CPU-sized recipe (convnet at 64 px); for the paper recipe give "
+        "--recipe simclr" in caplog.text
+    )
     assert "expected speed" in caplog.text and "the 7 steps left of the budget take about" in caplog.text
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["recipe"] == "simclr-fashion-mnist" and cfg["views"]["size"] == 64 and cfg["backbone"]["name"] == "convnet"
+    assert (
+        cfg["recipe"] == "simclr-fashion-mnist" and cfg["views"]["size"] == 64 and cfg["backbone"]["name"] == "convnet"
+    )

@@ -112,9 +112,28 @@ def test_a_resumed_run_on_a_folder_of_photos_matches_the_uninterrupted_one(photo
     from freelabel.cli import main
 
     full, part = tmp_path / "full", tmp_path / "part"
-    args = ["pretrain", "simclr", "--data", str(photo_folder), "--recipe", "simclr-fashion-mnist", "--steps", "4",
-            "--batch-size", "4", "--set", "views.size=32", "--set", "checkpoint_every=2", "--set", "data.workers=1",
-            "--set", "method_args.hidden_dim=32", "--set", "backbone.args.widths=[8,16]"]  # fmt: skip
+    args = [
+        "pretrain",
+        "simclr",
+        "--data",
+        str(photo_folder),
+        "--recipe",
+        "simclr-fashion-mnist",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--set",
+        "views.size=32",
+        "--set",
+        "checkpoint_every=2",
+        "--set",
+        "data.workers=1",
+        "--set",
+        "method_args.hidden_dim=32",
+        "--set",
+        "backbone.args.widths=[8,16]",
+    ]
     assert main([*args, "--out", str(full)]) == 0
     shutil.copytree(full, part)
     shutil.rmtree(part / "checkpoints" / "step-00000004")

@@ -61,8 +61,10 @@ def test_balance_caps_clusters_and_select_takes_one_per_mode():
 def run(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    cfg = resolve(load_recipe("simclr-fashion-mnist"), {"method": "simclr", "data.channels": 1,
-                                                         "backbone.args": {"widths": [8, 16]}})
+    cfg = resolve(
+        load_recipe("simclr-fashion-mnist"),
+        {"method": "simclr", "data.channels": 1, "backbone.args": {"widths": [8, 16]}},
+    )
     save_config(run, cfg)
     torch.manual_seed(0)
     save_backbone(run, METHODS["simclr"].make_backbone("convnet", 1, cfg.views, widths=[8, 16]).state_dict())
@@ -88,17 +90,26 @@ def test_curate_an_embedded_set_into_a_list_that_data_accepts(run, small_fmnist,
     assert not {f"fashion-mnist/train/{i:06d}" for i in range(290, 300)} & set(lines)
     assert lines[0] == "fashion-mnist/train/000000"
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report == r and {"kept": "fashion-mnist/train/000000", "dropped": [
-        {"image": "fashion-mnist/train/000290", "similarity": 1.0}]} in r["duplicates"]["examples"]
+    assert (
+        report == r
+        and {
+            "kept": "fashion-mnist/train/000000",
+            "dropped": [{"image": "fashion-mnist/train/000290", "similarity": 1.0}],
+        }
+        in r["duplicates"]["examples"]
+    )
     ds = open_dataset(str(out), "train")
     keep = [int(x.rsplit("/", 1)[1]) for x in lines]
     assert torch.equal(ds.images, small_fmnist.images[keep]) and torch.equal(ds.labels, small_fmnist.labels[keep])
     assert len(open_dataset(str(out), "test")) == 10_000  # a list's test split is its set's own
-    r = curate("fashion-mnist", run, tmp_path / "label-these.txt", threshold=0.999, clusters=5, n_select=20,
-               device="cpu")
+    r = curate(
+        "fashion-mnist", run, tmp_path / "label-these.txt", threshold=0.999, clusters=5, n_select=20, device="cpu"
+    )
     assert r["kept"] == 20 and len((tmp_path / "label-these.txt").read_text().splitlines()) == 20
     assert r["balance"]["dropped"] > 0 and r["select"]["n"] == 20
-    assert main(["curate", "fashion-mnist", "--model", str(run), "--out", str(tmp_path / "x.txt"), "--select", "7"]) == 0
+    assert (
+        main(["curate", "fashion-mnist", "--model", str(run), "--out", str(tmp_path / "x.txt"), "--select", "7"]) == 0
+    )
     printed = capsys.readouterr().out
     assert "near-duplicates dropped" in printed and "7 selected" in printed and "wrote 7 images to" in printed
     assert main(["curate", "fashion-mnist", "--model", str(run), "--out", str(tmp_path / "x.csv")]) == 2

@@ -14,9 +14,17 @@ from freelabel.data.masking import block_masks
 from freelabel.data.views import ViewConfig
 from freelabel.methods.dinov2 import DINOv2
 
-TINY = ["method_args.out_dim=32", "method_args.hidden_dim=32", "method_args.bottleneck_dim=16",
-        "method_args.local_crops=2", "method_args.local_size=12", "backbone.args.depth=2", "backbone.args.embed_dim=32",
-        "backbone.args.num_heads=2", "log_every=1"]  # fmt: skip
+TINY = [
+    "method_args.out_dim=32",
+    "method_args.hidden_dim=32",
+    "method_args.bottleneck_dim=16",
+    "method_args.local_crops=2",
+    "method_args.local_size=12",
+    "backbone.args.depth=2",
+    "backbone.args.embed_dim=32",
+    "backbone.args.num_heads=2",
+    "log_every=1",
+]
 
 
 def test_ibot_patch_loss_matches_a_direct_computation():
@@ -113,8 +121,9 @@ def test_a_vit_replaces_hidden_patches_with_the_mask_token():
 
 def _tiny_dinov2(**kw) -> DINOv2:
     vit = build_backbone("vit_tiny", 1, 16, patch_size=4, depth=2, embed_dim=32, num_heads=2)
-    return DINOv2(vit, ViewConfig(size=16), out_dim=32, hidden_dim=32, bottleneck_dim=16, ibot_out_dim=24,
-                  local_crops=0, **kw)  # fmt: skip
+    return DINOv2(
+        vit, ViewConfig(size=16), out_dim=32, hidden_dim=32, bottleneck_dim=16, ibot_out_dim=24, local_crops=0, **kw
+    )
 
 
 def test_the_gram_teacher_is_the_ema_teacher_frozen_when_gram_anchoring_starts():
@@ -225,9 +234,21 @@ def test_a_resumed_dinov2_run_draws_the_same_ibot_masks_and_losses(fmnist_folder
     import shutil
 
     full, part = tmp_path / "full", tmp_path / "part"
-    args = ["pretrain", "dinov2", "--backbone", "vit_tiny", "--steps", "4", "--batch-size", "8",
-            "--data", str(fmnist_folder), "--recipe", "dinov2-fashion-mnist",
-            *[a for s in TINY + ["checkpoint_every=2"] for a in ("--set", s)]]  # fmt: skip
+    args = [
+        "pretrain",
+        "dinov2",
+        "--backbone",
+        "vit_tiny",
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--data",
+        str(fmnist_folder),
+        "--recipe",
+        "dinov2-fashion-mnist",
+        *[a for s in TINY + ["checkpoint_every=2"] for a in ("--set", s)],
+    ]
     assert main([*args, "--out", str(full)]) == 0
     shutil.copytree(full, part)
     shutil.rmtree(part / "checkpoints" / "step-00000004")

@@ -21,8 +21,9 @@ def make_run(root, method="simclr", backbone="vit_tiny", finished=True, **args):
     """A run directory as `freelabel pretrain` leaves it, with weights moved off their init (non-zero biases,
     layer scales off 1) so that a weight the export drops or misplaces shows in the features."""
     args = {**TINY, **args} if backbone == "vit_tiny" else args
-    cfg = RunConfig(method=method, data=DataConfig(channels=1), backbone=BackboneConfig(backbone, args),
-                    views=ViewConfig(size=28))  # fmt: skip
+    cfg = RunConfig(
+        method=method, data=DataConfig(channels=1), backbone=BackboneConfig(backbone, args), views=ViewConfig(size=28)
+    )
     torch.manual_seed(0)
     net = METHODS[method].make_backbone(backbone, 1, cfg.views, **args)
     state = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in net.state_dict().items()}
@@ -103,9 +104,17 @@ def test_transformers_automodel_gives_the_runs_features(tmp_path, images, method
     assert json.loads((out / "export.json").read_text())["transformers"]["class"] == cls
 
 
-@pytest.mark.parametrize("backbone, args", [("vit_tiny", {}), ("vit_tiny", MEAN_POOLED),
-                                            ("vit_tiny", {"reg_tokens": 2}), ("timm:resnet10t", {}),
-                                            ("convnet", {}), ("resnet18", {})])  # fmt: skip
+@pytest.mark.parametrize(
+    "backbone, args",
+    [
+        ("vit_tiny", {}),
+        ("vit_tiny", MEAN_POOLED),
+        ("vit_tiny", {"reg_tokens": 2}),
+        ("timm:resnet10t", {}),
+        ("convnet", {}),
+        ("resnet18", {}),
+    ],
+)
 def test_timm_create_model_gives_the_runs_features(tmp_path, images, backbone, args):
     import timm
 
@@ -113,8 +122,9 @@ def test_timm_create_model_gives_the_runs_features(tmp_path, images, backbone, a
     out = export_run(run, "timm", tmp_path / "exported")
     call = json.loads((out / "export.json").read_text())["timm"]
     assert call["pretrained_cfg_overlay"]["file"] == str((out / "model.safetensors").resolve())
-    model = timm.create_model(call["model_name"], pretrained=True, pretrained_cfg_overlay=call["pretrained_cfg_overlay"],
-                              **call["kwargs"]).eval()  # fmt: skip
+    model = timm.create_model(
+        call["model_name"], pretrained=True, pretrained_cfg_overlay=call["pretrained_cfg_overlay"], **call["kwargs"]
+    ).eval()
     x, pooled, tokens = features(run, images)
     with torch.no_grad():
         feats = model.forward_features(rgb(x))
@@ -139,7 +149,12 @@ def test_safetensors_rebuilds_with_freelabel(tmp_path, images, backbone):
     [
         ("convnet", {}, "transformers", "is not a timm model; formats that work: timm, onnx, safetensors"),
         ("resnet18", {}, "transformers", "formats that work: timm, onnx, safetensors"),
-        ("timm:resnet10t", {}, "transformers", "not a timm VisionTransformer; formats that work: timm, onnx, safetensors"),
+        (
+            "timm:resnet10t",
+            {},
+            "transformers",
+            "not a timm VisionTransformer; formats that work: timm, onnx, safetensors",
+        ),
         ("vit_tiny", {**AVG, "class_token": False, "reg_tokens": 2}, "transformers", "neither registers"),
         ("vit_tiny", {"global_pool": "max"}, "transformers", "this ViT pools by 'max'"),
         ("vit_tiny", {"qk_norm": True}, "transformers", "attention norms"),
@@ -200,7 +215,9 @@ def test_cli(tmp_path, capsys):
     assert (tmp_path / "hf" / "config.json").is_file()
     assert main(["export", str(cnn), "--format", "transformers"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("freelabel: error: cannot export") and err.endswith("formats that work: timm, onnx, safetensors")
+    assert err.startswith("freelabel: error: cannot export") and err.endswith(
+        "formats that work: timm, onnx, safetensors"
+    )
     assert len(err.splitlines()) == 1 and not (cnn / "export-transformers").exists()
     assert main(["export", str(tmp_path / "nope"), "--format", "timm"]) == 2
     assert main(["export", str(vit), "--format", "coreml"]) == 2
@@ -222,8 +239,9 @@ def test_the_folders_readme_code_runs_and_gives_the_features(tmp_path, images, f
     assert close(theirs[1][:, -tokens.shape[1] :], tokens)
 
 
-@pytest.mark.parametrize("method, backbone", [("simclr", "convnet"), ("jigsaw", "convnet"), ("simclr", "vit_tiny"),
-                                              ("simclr", "resnet18")])  # fmt: skip
+@pytest.mark.parametrize(
+    "method, backbone", [("simclr", "convnet"), ("jigsaw", "convnet"), ("simclr", "vit_tiny"), ("simclr", "resnet18")]
+)
 def test_onnxruntime_gives_the_runs_features_at_any_batch_size(tmp_path, images, method, backbone):
     import onnxruntime
 

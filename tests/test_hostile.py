@@ -29,38 +29,80 @@ VIT = ["backbone.args.depth=1", "backbone.args.embed_dim=32", "backbone.args.num
 CONV = ["backbone.args.widths=[8,16]"]
 TINY = {  # method: (recipe, settings)
     "simclr": ("simclr-fashion-mnist", CONV + ["method_args.hidden_dim=16"]),
-    "mocov2": ("mocov2-fashion-mnist", CONV + ["method_args.hidden_dim=16", "method_args.queue_size=32",
-                                               "method_args.bn_splits=2"]),
+    "mocov2": (
+        "mocov2-fashion-mnist",
+        CONV + ["method_args.hidden_dim=16", "method_args.queue_size=32", "method_args.bn_splits=2"],
+    ),
     "mocov3": ("mocov3-fashion-mnist", CONV + ["method_args.hidden_dim=16", "method_args.proj_dim=8"]),
     "byol": ("byol-fashion-mnist", CONV + ["method_args.hidden_dim=16", "method_args.proj_dim=8"]),
-    "dino": ("dino-fashion-mnist", CONV + ["method_args.hidden_dim=16", "method_args.out_dim=32",
-                                           "method_args.bottleneck_dim=8", "method_args.local_crops=2",
-                                           "method_args.local_size=8"]),
-    "dinov2": ("dinov2-fashion-mnist", ["backbone.name=vit_tiny", *VIT, "method_args.hidden_dim=16",
-                                        "method_args.out_dim=32", "method_args.bottleneck_dim=8",
-                                        "method_args.local_crops=2", "method_args.local_size=8"]),
+    "dino": (
+        "dino-fashion-mnist",
+        CONV
+        + [
+            "method_args.hidden_dim=16",
+            "method_args.out_dim=32",
+            "method_args.bottleneck_dim=8",
+            "method_args.local_crops=2",
+            "method_args.local_size=8",
+        ],
+    ),
+    "dinov2": (
+        "dinov2-fashion-mnist",
+        [
+            "backbone.name=vit_tiny",
+            *VIT,
+            "method_args.hidden_dim=16",
+            "method_args.out_dim=32",
+            "method_args.bottleneck_dim=8",
+            "method_args.local_crops=2",
+            "method_args.local_size=8",
+        ],
+    ),
     "barlowtwins": ("barlowtwins-fashion-mnist", CONV + ["method_args.hidden_dim=16", "method_args.proj_dim=16"]),
     "vicreg": ("vicreg-fashion-mnist", CONV + ["method_args.hidden_dim=16", "method_args.proj_dim=16"]),
     "rotation": ("rotation-fashion-mnist", CONV + ["method_args.hidden_dim=16", "method_args.per_image=2"]),
-    "jigsaw": ("jigsaw-fashion-mnist", CONV + ["method_args.permutations=10", "method_args.tile_dim=4",
-                                               "method_args.hidden_dim=16"]),
+    "jigsaw": (
+        "jigsaw-fashion-mnist",
+        CONV + ["method_args.permutations=10", "method_args.tile_dim=4", "method_args.hidden_dim=16"],
+    ),
     "colorization": ("colorization-emoji", CONV + ["method_args.hidden_dim=16"]),
-    "mae": ("mae-fashion-mnist", [*VIT, "method_args.decoder_dim=16", "method_args.decoder_depth=1",
-                                  "method_args.decoder_heads=2"]),
-    "ijepa": ("ijepa-fashion-mnist", [*VIT, "method_args.predictor_dim=16", "method_args.predictor_depth=1",
-                                      "method_args.predictor_heads=2"]),
-    "clip": ("clip-emoji-captions", CONV + ["method_args.embed_dim=16",
-                                            "method_args.text_args={width: 16, layers: 1, heads: 2, max_length: 16}"]),
-    "siglip": ("siglip-emoji-captions", CONV + ["method_args.embed_dim=16",
-                                                "method_args.text_args={width: 16, layers: 1, heads: 2, max_length: 16}"]),
+    "mae": (
+        "mae-fashion-mnist",
+        [*VIT, "method_args.decoder_dim=16", "method_args.decoder_depth=1", "method_args.decoder_heads=2"],
+    ),
+    "ijepa": (
+        "ijepa-fashion-mnist",
+        [*VIT, "method_args.predictor_dim=16", "method_args.predictor_depth=1", "method_args.predictor_heads=2"],
+    ),
+    "clip": (
+        "clip-emoji-captions",
+        CONV + ["method_args.embed_dim=16", "method_args.text_args={width: 16, layers: 1, heads: 2, max_length: 16}"],
+    ),
+    "siglip": (
+        "siglip-emoji-captions",
+        CONV + ["method_args.embed_dim=16", "method_args.text_args={width: 16, layers: 1, heads: 2, max_length: 16}"],
+    ),
 }
 
 
 def pretrain_args(method: str, data, out) -> list[str]:
     recipe, sets = TINY[method]
     flags = [a for s in [*sets, "views.size=16", "data.workers=0", "log_every=1"] for a in ("--set", s)]
-    return ["pretrain", method, "--recipe", recipe, "--data", str(data), "--steps", "1", "--batch-size", str(BATCH),
-            "--out", str(out), *flags]
+    return [
+        "pretrain",
+        method,
+        "--recipe",
+        recipe,
+        "--data",
+        str(data),
+        "--steps",
+        "1",
+        "--batch-size",
+        str(BATCH),
+        "--out",
+        str(out),
+        *flags,
+    ]
 
 
 def one_line_error(capsys, argv) -> str:
@@ -146,14 +188,20 @@ def hostile_runs(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_knn_index_and_zeroshot_skip_and_count_broken_files_and_write_non_utf8_names_losslessly(hostile_runs, capsysbinary):
+def test_knn_index_and_zeroshot_skip_and_count_broken_files_and_write_non_utf8_names_losslessly(
+    hostile_runs, capsysbinary
+):
     root, folder, pairs, labelled = hostile_runs
     assert main(["eval", "knn", str(root / "simclr"), "--data", str(labelled), "-k", "1", "3"]) == 0
     assert b"k=3" in capsysbinary.readouterr().out
     # the index: every broken file counted, all-broken batches of 2 skipped, names written as their bytes
     index = root / "index"
-    assert main(["index", "build", str(labelled), "--model", str(root / "simclr"), "--out", str(index),
-                 "--batch-size", "2"]) == 0
+    assert (
+        main(
+            ["index", "build", str(labelled), "--model", str(root / "simclr"), "--out", str(index), "--batch-size", "2"]
+        )
+        == 0
+    )
     out = capsysbinary.readouterr().out
     assert b"12 images" in out and b"20 unreadable" in out
     assert main(["index", "search", str(index), "--image", str(labelled / "a" / f"0-{NON_UTF8}.png"), "-k", "3"]) == 0
@@ -165,7 +213,9 @@ def test_knn_index_and_zeroshot_skip_and_count_broken_files_and_write_non_utf8_n
         assert b"cannot read the query image" in err and b"Traceback" not in err
     # zero-shot to a CSV and to stdout: one row per readable image, names as their bytes
     csv_out = root / "zs.csv"
-    assert main(["zeroshot", str(labelled), "--labels", "a,b", "--model", str(root / "clip"), "--out", str(csv_out)]) == 0
+    assert (
+        main(["zeroshot", str(labelled), "--labels", "a,b", "--model", str(root / "clip"), "--out", str(csv_out)]) == 0
+    )
     capsysbinary.readouterr()
     rows = list(csv.reader(io.StringIO(csv_out.read_bytes().decode("utf-8", errors="surrogateescape"))))
     assert len(rows) == 1 + 12 and all(os.path.exists(r[0]) for r in rows[1:])
@@ -192,7 +242,9 @@ def test_features_and_embeddings_skip_batches_where_every_image_is_broken(tmp_pa
 
     emb, index, _ = embed_images(Model(), ds, batch_size=1)
     assert len(emb) == BATCH + 1
-    broken = ImageFiles(paths[:0] + [p for p in paths if "good" not in p.name and NON_UTF8 not in p.name], [0] * 7, [], 16)
+    broken = ImageFiles(
+        paths[:0] + [p for p in paths if "good" not in p.name and NON_UTF8 not in p.name], [0] * 7, [], 16
+    )
     with pytest.raises(DataError, match="none of the 7 images"):
         extract_features(None, broken, ViewConfig(size=16))
 
@@ -222,7 +274,11 @@ def test_caption_lists_stay_in_their_folder_unless_allowed(tmp_path, capsys):
     (folder / "pairs.jsonl").write_text('{"image": "../outside.png", "caption": "x"}\n')
     assert "is outside" in one_line_error(capsys, ["shards", "make", str(folder / "pairs.jsonl"), str(tmp_path / "j")])
     assert main(["shards", "make", str(folder / "pairs.jsonl"), str(tmp_path / "j"), "--allow-outside"]) == 0
-    for value, says in (("in", "has no file extension"), ("pairs.csv", "is not an image file"), ("x.PY", "not an image")):
+    for value, says in (
+        ("in", "has no file extension"),
+        ("pairs.csv", "is not an image file"),
+        ("x.PY", "not an image"),
+    ):
         (folder / "bad.csv").write_text(f"image,caption\n{value},x\n")
         assert says in one_line_error(capsys, ["shards", "make", str(folder / "bad.csv"), str(tmp_path / "b")])
 
@@ -231,6 +287,7 @@ def test_caption_lists_stay_in_their_folder_unless_allowed(tmp_path, capsys):
 @pytest.mark.slow
 def test_bombs_do_not_blow_up_memory(tmp_path):
     """Training and indexing a folder of bombs stay near the memory of a run on a clean folder."""
+
     def peak_mb(folder, name) -> float:
         code = (
             "import resource\n"
@@ -240,8 +297,13 @@ def test_bombs_do_not_blow_up_memory(tmp_path):
             f"{str(tmp_path / (name + '-index'))!r}]) == 0\n"
             "print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"  # kB on Linux; decoding is in-process
         )
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                           env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+        )
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
         return int(r.stdout.split("peak")[-1]) / 1024
 

@@ -6,8 +6,20 @@ from hostile import good_image
 
 from freelabel.cli import main
 
-TINY = ["--recipe", "simclr-fashion-mnist", "--batch-size", "4", "--set", "views.size=16", "--set", "data.workers=0",
-        "--set", "backbone.args.widths=[4,8]", "--set", "method_args.hidden_dim=8"]
+TINY = [
+    "--recipe",
+    "simclr-fashion-mnist",
+    "--batch-size",
+    "4",
+    "--set",
+    "views.size=16",
+    "--set",
+    "data.workers=0",
+    "--set",
+    "backbone.args.widths=[4,8]",
+    "--set",
+    "method_args.hidden_dim=8",
+]
 
 
 def test_an_index_is_embedded_again_when_its_run_trains_further(tmp_path, capsys):

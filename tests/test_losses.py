@@ -78,7 +78,6 @@ def dino_by_hand(student, teacher, center, ts, tt):
     return total / terms
 
 
-
 @pytest.mark.parametrize("t", [0.1, 0.5, 1.0])
 def test_nt_xent_matches_the_paper_formula(t):
     z1, z2 = randn(6, 5), randn(6, 5, seed=1)
@@ -137,7 +136,6 @@ GLOBAL_LOSSES = {
     "barlow_twins": lambda a, b: losses.barlow_twins_loss(a, b, 5e-3),
     "vicreg": losses.vicreg_loss,
 }
-
 
 
 def _worker(rank: int, world: int, z1: torch.Tensor, z2: torch.Tensor) -> dict:

@@ -173,8 +173,12 @@ def test_ijepa_target_gets_no_gradient_and_follows_the_ema():
         h = ijepa.target["backbone"].forward_tokens(x)
         z = ijepa.backbone.forward_visible(x, masks["context"])
         per_block = [ijepa.predictor(z, places(~masks["context"]), at[:, i]) for i in range(4)]
-        want = torch.stack([F.smooth_l1_loss(p, F.layer_norm(h[torch.arange(8)[:, None], at[:, i]], (32,)))
-                            for i, p in enumerate(per_block)]).mean()  # fmt: skip
+        want = torch.stack(
+            [
+                F.smooth_l1_loss(p, F.layer_norm(h[torch.arange(8)[:, None], at[:, i]], (32,)))
+                for i, p in enumerate(per_block)
+            ]
+        ).mean()
     torch.testing.assert_close(out["loss"].detach(), want, rtol=1e-4, atol=1e-5)
     before = [p.clone() for p in ijepa.target.parameters()]
     with torch.no_grad():
@@ -203,16 +207,35 @@ def test_masked_methods_refuse_a_cnn():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, sets", [
-    ("mae", ["method_args.decoder_dim=16", "method_args.decoder_depth=1", "method_args.decoder_heads=2"]),
-    ("ijepa", ["method_args.predictor_dim=16", "method_args.predictor_depth=1", "method_args.predictor_heads=2"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "method, sets",
+    [
+        ("mae", ["method_args.decoder_dim=16", "method_args.decoder_depth=1", "method_args.decoder_heads=2"]),
+        ("ijepa", ["method_args.predictor_dim=16", "method_args.predictor_depth=1", "method_args.predictor_heads=2"]),
+    ],
+)
 def test_tiny_end_to_end(method, sets, tmp_path):
     run = tmp_path / method
     vit = [f"backbone.args.{k}={v}" for k, v in TINY_VIT.items() if k != "patch_size"]
     args = [a for s in sets + vit + ["log_every=1"] for a in ("--set", s)]
-    assert main(["pretrain", method, "--data", "fashion-mnist", "--steps", "2", "--batch-size", "8", "--out", str(run),
-                 *args]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "pretrain",
+                method,
+                "--data",
+                "fashion-mnist",
+                "--steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--out",
+                str(run),
+                *args,
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((run / "metrics.json").read_text())["pretrain"]
     assert metrics["steps"] == 2 and math.isfinite(metrics["final_loss"])
     if method == "mae":
@@ -220,8 +243,7 @@ def test_tiny_end_to_end(method, sets, tmp_path):
             assert im.size == (8 * 29 + 1, 3 * 29 + 1)
 
 
-@pytest.mark.parametrize("maker", [RandomMasks((4, 4)), BlockMasks((4, 4), views=2),
-                                   MultiBlockMasks((6, 6))], ids=type)  # fmt: skip
+@pytest.mark.parametrize("maker", [RandomMasks((4, 4)), BlockMasks((4, 4), views=2), MultiBlockMasks((6, 6))], ids=type)
 def test_a_batch_split_over_processes_gets_the_masks_of_the_whole(maker):
     whole = global_masks(maker, 8, 0, 8, seed=1, epoch=0, step=2)
     parts = [global_masks(maker, 4, first, 8, seed=1, epoch=0, step=2) for first in (0, 4)]

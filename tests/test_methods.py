@@ -13,13 +13,18 @@ TINY_ARGS = {
     "mocov2": ["method_args.hidden_dim=32", "method_args.queue_size=96", "method_args.bn_splits=2"],
     "mocov3": ["method_args.hidden_dim=32", "method_args.proj_dim=16"],
     "byol": ["method_args.hidden_dim=32", "method_args.proj_dim=16"],
-    "dino": ["method_args.hidden_dim=32", "method_args.out_dim=64", "method_args.bottleneck_dim=16",
-             "method_args.local_crops=2", "method_args.local_size=14"],
+    "dino": [
+        "method_args.hidden_dim=32",
+        "method_args.out_dim=64",
+        "method_args.bottleneck_dim=16",
+        "method_args.local_crops=2",
+        "method_args.local_size=14",
+    ],
     "barlowtwins": ["method_args.hidden_dim=32", "method_args.proj_dim=32"],
     "vicreg": ["method_args.hidden_dim=32", "method_args.proj_dim=32"],
     "rotation": ["method_args.hidden_dim=32", "method_args.per_image=2"],
     "jigsaw": ["method_args.permutations=10", "method_args.tile_dim=8", "method_args.hidden_dim=32"],
-}  # fmt: skip
+}
 
 
 def test_every_registered_method_has_a_tiny_run():
@@ -65,7 +70,10 @@ def test_ema_update_moves_the_target_by_one_minus_momentum():
 
 
 def test_a_momentum_teacher_follows_its_student_on_its_schedule_and_saves_only_itself():
-    student = {"backbone": torch.nn.Linear(3, 2), "head": torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))}
+    student = {
+        "backbone": torch.nn.Linear(3, 2),
+        "head": torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)),
+    }
     teacher = MomentumTeacher(student, momentum=0.9)
     method = torch.nn.ModuleDict({**student, "teacher": teacher})
     assert sorted(teacher.state_dict()) == sorted(f"{n}.{k}" for n, m in student.items() for k in m.state_dict())
@@ -97,9 +105,19 @@ def test_dino_freezes_its_last_layer_early_and_warms_the_teacher_temperature():
     from freelabel.data.views import ViewConfig
     from freelabel.methods.dino import DINO
 
-    dino = DINO(build_backbone("convnet", 1, 28, widths=(8, 16)), ViewConfig(size=28), out_dim=32, hidden_dim=16,
-                bottleneck_dim=8, local_crops=2, local_size=12, teacher_temp=0.07, warmup_teacher_temp=0.04,
-                teacher_temp_warmup=0.5, freeze_last_layer=0.1)  # fmt: skip
+    dino = DINO(
+        build_backbone("convnet", 1, 28, widths=(8, 16)),
+        ViewConfig(size=28),
+        out_dim=32,
+        hidden_dim=16,
+        bottleneck_dim=8,
+        local_crops=2,
+        local_size=12,
+        teacher_temp=0.07,
+        warmup_teacher_temp=0.04,
+        teacher_temp_warmup=0.5,
+        freeze_last_layer=0.1,
+    )
     assert [v.size for v in dino.views] == [28, 28, 12, 12]
     dino.on_step(0.0)
     assert dino.teacher_temp == pytest.approx(0.04)

@@ -81,8 +81,13 @@ def test_a_4x4_permutation_set_is_drawn_from_random_candidates_yet_kept_far_apar
 def test_the_permutation_set_comes_from_the_seed_and_is_stored_with_the_weights():
     def build(seed: int) -> Jigsaw:
         torch.manual_seed(seed)
-        return Jigsaw(build_backbone("convnet", 1, 36, widths=(8,)), ViewConfig(size=36), permutations=20,
-                      tile_dim=4, hidden_dim=8)  # fmt: skip
+        return Jigsaw(
+            build_backbone("convnet", 1, 36, widths=(8,)),
+            ViewConfig(size=36),
+            permutations=20,
+            tile_dim=4,
+            hidden_dim=8,
+        )
 
     a, b, c = build(0), build(0), build(1)
     assert torch.equal(a.permutations, b.permutations) and not torch.equal(a.permutations, c.permutations)
@@ -126,8 +131,9 @@ def test_tiles_come_from_their_own_cells_with_gaps_and_jittered_channels():
 
 def test_jigsaw_shuffles_tiles_by_the_permutation_it_asks_for():
     torch.manual_seed(0)
-    jig = Jigsaw(build_backbone("convnet", 1, 36, widths=(8,)), ViewConfig(size=36), permutations=10, tile_dim=4,
-                 hidden_dim=8)  # fmt: skip
+    jig = Jigsaw(
+        build_backbone("convnet", 1, 36, widths=(8,)), ViewConfig(size=36), permutations=10, tile_dim=4, hidden_dim=8
+    )
     x = torch.randn(8, 1, 36, 36)
     out = jig.training_step(Batch(x, views=[x]))
     assert torch.isfinite(out["loss"]) and out["loss"].item() == pytest.approx(np.log(10), rel=0.3)
@@ -204,8 +210,23 @@ def test_the_colorization_backbone_sees_lightness_only():
 
 
 def test_colorization_refuses_grey_data_saying_what_to_use(capsys, tmp_path):
-    assert main(["pretrain", "colorization", "--data", "fashion-mnist", "--recipe", "colorization-emoji",
-                 "--steps", "1", "--out", str(tmp_path / "run")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "pretrain",
+                "colorization",
+                "--data",
+                "fashion-mnist",
+                "--recipe",
+                "colorization-emoji",
+                "--steps",
+                "1",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "colorization needs colour images" in err and "--data emoji" in err
     assert len(err.strip().splitlines()) == 1
@@ -223,8 +244,15 @@ def emoji_package(tmp_path, monkeypatch):
         code = f"1F6{i:02X}"
         colour = (255, 200, 0) if i % 2 == 0 else (0, 80, 200)
         Image.new("RGBA", (64, 64), (*colour, 255)).save(root / "img/google/64" / f"{code.lower()}.png")
-        entry = {"name": f"THING {i}", "short_name": f"thing_{i}", "unified": code, "image": f"{code.lower()}.png",
-                 "category": category, "subcategory": f"sub-{i % 4}", "has_img_google": True}  # fmt: skip
+        entry = {
+            "name": f"THING {i}",
+            "short_name": f"thing_{i}",
+            "unified": code,
+            "image": f"{code.lower()}.png",
+            "category": category,
+            "subcategory": f"sub-{i % 4}",
+            "has_img_google": True,
+        }
         if i == 0:
             entry["skin_variations"] = {}
             for tone in ("1F3FB", "1F3FF"):
@@ -294,10 +322,33 @@ def colour_folder(tmp_path_factory):
 @pytest.mark.parametrize("loss", ["classification", "regression"])
 def test_tiny_colorization_run_saves_its_grid_and_evaluates_on_lightness(colour_folder, tmp_path, capsys, loss):
     run = tmp_path / "run"
-    assert main(["pretrain", "colorization", "--data", str(colour_folder), "--recipe", "colorization-emoji",
-                 "--steps", "3", "--batch-size", "16", "--out", str(run), "--set", "log_every=1",
-                 "--set", "backbone.args.widths=[16,32]", "--set", "method_args.hidden_dim=16",
-                 "--set", f"method_args.loss={loss}"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "pretrain",
+                "colorization",
+                "--data",
+                str(colour_folder),
+                "--recipe",
+                "colorization-emoji",
+                "--steps",
+                "3",
+                "--batch-size",
+                "16",
+                "--out",
+                str(run),
+                "--set",
+                "log_every=1",
+                "--set",
+                "backbone.args.widths=[16,32]",
+                "--set",
+                "method_args.hidden_dim=16",
+                "--set",
+                f"method_args.loss={loss}",
+            ]
+        )
+        == 0
+    )
     grid = np.asarray(Image.open(run / "colorization.png"))
     assert grid.shape == (3 * 33 + 1, 16 * 33 + 1, 3)  # rows: input lightness, prediction, truth; 16 images
     lightness_row, truth_row = grid[1:33, 1:33].astype(int), grid[67:99, 1:33].astype(int)
@@ -315,10 +366,31 @@ def test_tiny_colorization_run_saves_its_grid_and_evaluates_on_lightness(colour_
 @pytest.mark.parametrize("grid", [3, 4])
 def test_tiny_jigsaw_run_stores_its_permutations(tmp_path, grid):
     run = tmp_path / "run"
-    assert main(["pretrain", "jigsaw", "--steps", "3", "--batch-size", "16", "--out", str(run),
-                 "--set", "backbone.args.widths=[16,32]", "--set", "method_args.permutations=30",
-                 "--set", f"method_args.grid={grid}", "--set", "method_args.tile_dim=8",
-                 "--set", "method_args.hidden_dim=32"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "pretrain",
+                "jigsaw",
+                "--steps",
+                "3",
+                "--batch-size",
+                "16",
+                "--out",
+                str(run),
+                "--set",
+                "backbone.args.widths=[16,32]",
+                "--set",
+                "method_args.permutations=30",
+                "--set",
+                f"method_args.grid={grid}",
+                "--set",
+                "method_args.tile_dim=8",
+                "--set",
+                "method_args.hidden_dim=32",
+            ]
+        )
+        == 0
+    )
     perms = json.loads((run / "permutations.json").read_text())
     assert len(perms) == 30 and all(sorted(p) == list(range(grid * grid)) for p in perms)
     ckpt = load_file(str(run / "checkpoints" / "step-00000003" / "model.safetensors"))

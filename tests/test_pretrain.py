@@ -23,9 +23,26 @@ def losses(run) -> list[float]:
 
 def test_tiny_pretrain_then_knn_on_an_image_folder(fmnist_folder, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["pretrain", "simclr", "--data", str(fmnist_folder), "--recipe", "simclr-fashion-mnist",
-                 "--steps", "6", "--out", str(run),
-                 "--set", "log_every=1", *TINY]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "pretrain",
+                "simclr",
+                "--data",
+                str(fmnist_folder),
+                "--recipe",
+                "simclr-fashion-mnist",
+                "--steps",
+                "6",
+                "--out",
+                str(run),
+                "--set",
+                "log_every=1",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     for name in ("config.yaml", "metrics.json", "backbone.safetensors", "log.txt"):
         assert (run / name).is_file(), name
     assert len(losses(run)) == 6
@@ -94,9 +111,31 @@ def test_nan_loss_stops_with_advice_and_keeps_the_last_checkpoint(tmp_path, monk
 
 def test_paper_recipe_trains_with_lars_on_a_folder(fmnist_folder, tmp_path):
     run = tmp_path / "run"
-    assert main(["pretrain", "simclr", "--recipe", "simclr", "--data", str(fmnist_folder), "--backbone", "resnet18",
-                 "--steps", "2", "--batch-size", "8", "--set", "views.size=32", "--set", "data.workers=0",
-                 "--out", str(run)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "pretrain",
+                "simclr",
+                "--recipe",
+                "simclr",
+                "--data",
+                str(fmnist_folder),
+                "--backbone",
+                "resnet18",
+                "--steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--set",
+                "views.size=32",
+                "--set",
+                "data.workers=0",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["optim"]["name"] == "lars" and cfg["backbone"]["name"] == "resnet18" and cfg["data"]["channels"] == 3
 
@@ -114,11 +153,29 @@ def test_a_finished_run_is_not_overwritten(tmp_path, capsys):
 # DDP does not make global; SyncBatchNorm needs CUDA).
 TWO_PROCESS_METHODS = {
     "simclr": ["--set", "method_args.proj_layers=1"],
-    "dino": ["--set", "method_args.out_dim=256", "--set", "method_args.hidden_dim=64",
-             "--set", "method_args.bottleneck_dim=32", "--set", "method_args.local_crops=2"],
-    "mae": ["--set", "method_args.decoder_dim=32", "--set", "method_args.decoder_depth=1",
-            "--set", "method_args.decoder_heads=2", "--set", "views.mean=[0.5,0.5,0.5]", "--set", "views.std=[0.5,0.5,0.5]"],
-}  # fmt: skip
+    "dino": [
+        "--set",
+        "method_args.out_dim=256",
+        "--set",
+        "method_args.hidden_dim=64",
+        "--set",
+        "method_args.bottleneck_dim=32",
+        "--set",
+        "method_args.local_crops=2",
+    ],
+    "mae": [
+        "--set",
+        "method_args.decoder_dim=32",
+        "--set",
+        "method_args.decoder_depth=1",
+        "--set",
+        "method_args.decoder_heads=2",
+        "--set",
+        "views.mean=[0.5,0.5,0.5]",
+        "--set",
+        "views.std=[0.5,0.5,0.5]",
+    ],
+}
 
 
 @pytest.mark.parametrize("method", TWO_PROCESS_METHODS)
@@ -130,16 +187,58 @@ def test_two_processes_train_exactly_as_one(method, fmnist_folder, tmp_path):
     import subprocess
     import sys
 
-    common = ["--precision", "32-true", "--accelerator", "cpu", "--steps", "3", "--recipe", f"{method}-fashion-mnist",
-              "--set", "log_every=1", "--backbone", "vit_tiny", "--set", "backbone.args.depth=1",
-              "--set", "backbone.args.patch_size=7", "--set", "optim.name=sgd", "--set", "optim.lr=0.5",
-              "--set", "optim.warmup=0", "--data", str(fmnist_folder), *TWO_PROCESS_METHODS[method]]  # fmt: skip
+    common = [
+        "--precision",
+        "32-true",
+        "--accelerator",
+        "cpu",
+        "--steps",
+        "3",
+        "--recipe",
+        f"{method}-fashion-mnist",
+        "--set",
+        "log_every=1",
+        "--backbone",
+        "vit_tiny",
+        "--set",
+        "backbone.args.depth=1",
+        "--set",
+        "backbone.args.patch_size=7",
+        "--set",
+        "optim.name=sgd",
+        "--set",
+        "optim.lr=0.5",
+        "--set",
+        "optim.warmup=0",
+        "--data",
+        str(fmnist_folder),
+        *TWO_PROCESS_METHODS[method],
+    ]
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["pretrain", method, "--out", str(one), "--batch-size", "32", *common]) == 0
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-                           "freelabel.cli", "pretrain", method, "--devices", "2", "--batch-size", "16",
-                           "--out", str(two), *common],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "freelabel.cli",
+            "pretrain",
+            method,
+            "--devices",
+            "2",
+            "--batch-size",
+            "16",
+            "--out",
+            str(two),
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert losses(two) == pytest.approx(losses(one), abs=1e-5)
     a, b = load_file(str(one / "backbone.safetensors")), load_file(str(two / "backbone.safetensors"))
@@ -153,11 +252,36 @@ def test_sync_bn_on_cpu_processes_is_refused_clearly(fmnist_folder, tmp_path):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-                           "freelabel.cli", "pretrain", "simclr", "--devices", "2", "--accelerator", "cpu",
-                           "--data", str(fmnist_folder), "--recipe", "simclr-fashion-mnist", "--steps", "1",
-                           "--set", "sync_bn=true",
-                           "--out", str(tmp_path / "run"), *TINY],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "freelabel.cli",
+            "pretrain",
+            "simclr",
+            "--devices",
+            "2",
+            "--accelerator",
+            "cpu",
+            "--data",
+            str(fmnist_folder),
+            "--recipe",
+            "simclr-fashion-mnist",
+            "--steps",
+            "1",
+            "--set",
+            "sync_bn=true",
+            "--out",
+            str(tmp_path / "run"),
+            *TINY,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode != 0 and "sync_bn needs CUDA devices" in done.stderr
     assert not (tmp_path / "run" / "config.yaml").exists()  # nothing written: the same command runs once fixed

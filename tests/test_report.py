@@ -12,8 +12,16 @@ from freelabel.cli import main
 from freelabel.report import data_uri, environment, render
 from freelabel.report.figures import permutations
 
-TINY = ["--set", "method_args.hidden_dim=64", "--set", "backbone.args.widths=[16,32]", "--set", "log_every=1",
-        "--set", "optim.batch_size=32"]  # fmt: skip
+TINY = [
+    "--set",
+    "method_args.hidden_dim=64",
+    "--set",
+    "backbone.args.widths=[16,32]",
+    "--set",
+    "log_every=1",
+    "--set",
+    "optim.batch_size=32",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +38,26 @@ def browser():
 def run(tmp_path_factory, fmnist_folder):
     """A tiny SimCLR run on real images, with its k-NN curve and k-NN next to both baselines."""
     run = tmp_path_factory.mktemp("report") / "run"
-    assert main(["pretrain", "simclr", "--data", str(fmnist_folder), "--recipe", "simclr-fashion-mnist", "--steps", "6",
-                 "--eval-every", "0.0001", "--out", str(run), *TINY]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "pretrain",
+                "simclr",
+                "--data",
+                str(fmnist_folder),
+                "--recipe",
+                "simclr-fashion-mnist",
+                "--steps",
+                "6",
+                "--eval-every",
+                "0.0001",
+                "--out",
+                str(run),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     assert main(["eval", "knn", str(run), "--baselines"]) == 0
     (run / "permutations.json").write_text(json.dumps([[0, 1, 2, 3], [3, 2, 1, 0], [1, 0, 3, 2]]))  # as jigsaw leaves
     (run / "attention").mkdir()  # as the attention-map evaluation leaves
@@ -48,8 +74,11 @@ def images_of(page: str) -> dict[str, str]:
     return found
 
 
-CORRUPT = {"bytes garbled": lambda png: data_uri(png[:8] + b"garbage" + png[40:]),
-           "cut short": lambda png: data_uri(png[: len(png) // 3]), "not base64": lambda png: "data:image/png;base64,@!"}
+CORRUPT = {
+    "bytes garbled": lambda png: data_uri(png[:8] + b"garbage" + png[40:]),
+    "cut short": lambda png: data_uri(png[: len(png) // 3]),
+    "not base64": lambda png: "data:image/png;base64,@!",
+}
 
 
 def small_page(tmp_path, corrupt: str | None = None, extra: str = "") -> str:
@@ -58,9 +87,18 @@ def small_page(tmp_path, corrupt: str | None = None, extra: str = "") -> str:
     pictures = {k: data_uri(v) for k, v in pictures.items()}
     if corrupt:
         pictures["second"] = CORRUPT[corrupt](base64.b64decode(pictures["second"].split(",", 1)[1]))
-    page = render({"title": "t", "subtitle": "s", "config": "c", "environment": environment(), "tables": [],
-                   "curves": None, "features": None,
-                   "artefacts": [{"title": k, "src": v} for k, v in pictures.items()]})  # fmt: skip
+    page = render(
+        {
+            "title": "t",
+            "subtitle": "s",
+            "config": "c",
+            "environment": environment(),
+            "tables": [],
+            "curves": None,
+            "features": None,
+            "artefacts": [{"title": k, "src": v} for k, v in pictures.items()],
+        }
+    )
     path = tmp_path / "page.html"
     path.write_text(page.replace("</body>", extra + "</body>"))
     return path
@@ -70,8 +108,14 @@ def small_page(tmp_path, corrupt: str | None = None, extra: str = "") -> str:
 def test_report_holds_every_part_inline(run):
     page = (run / "report.html").read_text()
     found = images_of(page)
-    assert set(found) == {"training curves", "t-SNE map of test features", "nearest training images of test images",
-                          "permutations.json", "attention/trained-000", "attention/trained-001"}  # fmt: skip
+    assert set(found) == {
+        "training curves",
+        "t-SNE map of test features",
+        "nearest training images of test images",
+        "permutations.json",
+        "attention/trained-000",
+        "attention/trained-001",
+    }
     for src in found.values():
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG")
@@ -129,8 +173,24 @@ def test_browser_check_catches_a_request_leaving_the_machine_and_console_errors(
 def test_report_of_a_pretrained_model(tmp_path, fmnist_folder):
     model = tiny_models.Folders(tmp_path)["vit"]
     out = tmp_path / "report"
-    assert main(["report", "--model", str(model), "--data", str(fmnist_folder), "--out", str(out),
-                 "--train-images", "200", "--test-images", "60"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "report",
+                "--model",
+                str(model),
+                "--data",
+                str(fmnist_folder),
+                "--out",
+                str(out),
+                "--train-images",
+                "200",
+                "--test-images",
+                "60",
+            ]
+        )
+        == 0
+    )
     page = (out / "report.html").read_text()
     assert set(images_of(page)) == {"t-SNE map of test features", "nearest training images of test images"}
     assert "<td>pretrained</td>" in page and "<td>raw pixels</td>" in page
@@ -151,8 +211,19 @@ def test_bad_report_requests_get_one_line(tmp_path, capsys):
 def test_compare_two_methods_then_resume(tmp_path, fmnist_folder, capsys, browser):
     out = tmp_path / "compare"
     # byol's paper recipe (a ResNet-50) cannot take the small CNN's widths: it fails, the others go on.
-    args = ["compare", "simclr:simclr-fashion-mnist", "byol", "rotation:rotation-fashion-mnist", "--data",
-            str(fmnist_folder), "--steps", "3", "--out", str(out), *TINY]  # fmt: skip
+    args = [
+        "compare",
+        "simclr:simclr-fashion-mnist",
+        "byol",
+        "rotation:rotation-fashion-mnist",
+        "--data",
+        str(fmnist_folder),
+        "--steps",
+        "3",
+        "--out",
+        str(out),
+        *TINY,
+    ]
     assert main(args) == 1
     assert "byol did not finish" in capsys.readouterr().err
     *rows, failed = list(csv.DictReader((out / "leaderboard.csv").open()))
@@ -166,15 +237,25 @@ def test_compare_two_methods_then_resume(tmp_path, fmnist_folder, capsys, browse
         assert (out / r["name"] / "report.html").is_file()
     assert [float(r["knn_top1_k20"]) for r in rows] == sorted((float(r["knn_top1_k20"]) for r in rows), reverse=True)
     md = (out / "leaderboard.md").read_text()
-    assert "| rank | name | recipe | backbone | k-NN k=20 |" in md and "Raw pixels" in md and "- byol failed: Backbone" in md
+    assert (
+        "| rank | name | recipe | backbone | k-NN k=20 |" in md
+        and "Raw pixels" in md
+        and "- byol failed: Backbone" in md
+    )
     html = (out / "leaderboard.html").read_text()
     assert 'href="simclr-fashion-mnist/report.html"' in html and 'href="rotation-fashion-mnist/report.html"' in html
     assert check_page(browser, out / "leaderboard.html") == []
 
-    stamps = {n: (out / n / "backbone.safetensors").stat().st_mtime_ns for n in ("simclr-fashion-mnist", "rotation-fashion-mnist")}
+    stamps = {
+        n: (out / n / "backbone.safetensors").stat().st_mtime_ns
+        for n in ("simclr-fashion-mnist", "rotation-fashion-mnist")
+    }
     (out / "leaderboard.csv").unlink()
     assert main(args) == 1  # finished methods are not trained again (byol is retried), the leaderboard is rewritten
-    assert stamps == {n: (out / n / "backbone.safetensors").stat().st_mtime_ns for n in ("simclr-fashion-mnist", "rotation-fashion-mnist")}
+    assert stamps == {
+        n: (out / n / "backbone.safetensors").stat().st_mtime_ns
+        for n in ("simclr-fashion-mnist", "rotation-fashion-mnist")
+    }
     assert (out / "leaderboard.csv").is_file()
     assert main([*args, "--seed", "1"]) == 2  # a run of the same folder with another seed would not compare
     assert "another seed" in capsys.readouterr().err

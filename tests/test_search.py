@@ -59,12 +59,16 @@ def test_build_then_update_incrementally(models, photos, tmp_path):
     assert r["failed"] == [str(photos / "things" / "broken.png")]
     idx = open_index(out)
     assert idx.embeddings.shape == (4, 16) and torch.allclose(idx.embeddings.norm(dim=1), torch.ones(4))
-    assert idx.meta["view"] == {"size": 32, "mean": list(tiny_models.tf.CLIPImageProcessor().image_mean),
-                                "std": list(tiny_models.tf.CLIPImageProcessor().image_std)}  # fmt: skip
+    assert idx.meta["view"] == {
+        "size": 32,
+        "mean": list(tiny_models.tf.CLIPImageProcessor().image_mean),
+        "std": list(tiny_models.tf.CLIPImageProcessor().image_std),
+    }
     rows = {row["path"]: i for i, row in enumerate(idx.rows)}
     encoder = load_encoder(models["clip"], device="cpu")
-    assert torch.allclose(idx.embeddings[rows["things/coffee.jpg"]], direct(encoder, photos / "things/coffee.jpg"),
-                          atol=1e-6)  # fmt: skip
+    assert torch.allclose(
+        idx.embeddings[rows["things/coffee.jpg"]], direct(encoder, photos / "things/coffee.jpg"), atol=1e-6
+    )
     assert build_index(photos, models["clip"], out, device="cpu")["embedded"] == 0  # nothing changed
     # add one file, delete one, rewrite one (new size and mtime)
     Image.fromarray(skimage.data.rocket()).save(photos / "things" / "rocket.png")
@@ -118,8 +122,10 @@ def test_errors(models, photos, tmp_path):
 def test_a_freelabel_run_indexes_an_embedded_split(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
-    cfg = resolve(load_recipe("simclr-fashion-mnist"), {"method": "simclr", "data.channels": 1,
-                                                         "backbone.args": {"widths": [8, 16]}})  # fmt: skip
+    cfg = resolve(
+        load_recipe("simclr-fashion-mnist"),
+        {"method": "simclr", "data.channels": 1, "backbone.args": {"widths": [8, 16]}},
+    )
     save_config(run, cfg)
     torch.manual_seed(0)
     backbone = METHODS["simclr"].make_backbone("convnet", 1, cfg.views, widths=[8, 16])

@@ -44,13 +44,29 @@ def _build(kind: str, folder: Path) -> str:
     if kind == "grounding-dino":
         tok = _bert_tokenizer()
         cfg = T.GroundingDinoConfig(
-            backbone_config=T.SwinConfig(embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4,
-                                         out_indices=[2, 3, 4]),
-            text_config=dict(model_type="bert", vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
-                             num_attention_heads=2, intermediate_size=32),
-            d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-            encoder_attention_heads=2, decoder_attention_heads=2, num_queries=20, max_text_len=32,
-            encoder_n_points=2, decoder_n_points=2)  # fmt: skip
+            backbone_config=T.SwinConfig(
+                embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4, out_indices=[2, 3, 4]
+            ),
+            text_config=dict(
+                model_type="bert",
+                vocab_size=tok.vocab_size,
+                hidden_size=16,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=32,
+            ),
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=2,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            num_queries=20,
+            max_text_len=32,
+            encoder_n_points=2,
+            decoder_n_points=2,
+        )
         model = T.GroundingDinoForObjectDetection(cfg)
         proc = T.GroundingDinoProcessor(
             T.GroundingDinoImageProcessor(size={"shortest_edge": 96, "longest_edge": 160}), tok
@@ -59,32 +75,76 @@ def _build(kind: str, folder: Path) -> str:
         tok = _clip_tokenizer()
         n = len(tok)
         cfg = T.Owlv2Config(
-            text_config=dict(vocab_size=n, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                             max_position_embeddings=16, bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=0),
-            vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               image_size=64, patch_size=16), projection_dim=16)  # fmt: skip
+            text_config=dict(
+                vocab_size=n,
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                max_position_embeddings=16,
+                bos_token_id=n - 2,
+                eos_token_id=n - 1,
+                pad_token_id=0,
+            ),
+            vision_config=dict(
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=64,
+                patch_size=16,
+            ),
+            projection_dim=16,
+        )
         model = T.Owlv2ForObjectDetection(cfg)
         proc = T.Owlv2Processor(T.Owlv2ImageProcessor(size={"height": 64, "width": 64}), tok)
     elif kind == "sam":
         cfg = T.SamConfig(
-            vision_config=dict(hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=2,
-                               image_size=128, patch_size=16, window_size=4, global_attn_indexes=[1], num_pos_feats=16,
-                               mlp_dim=64),
+            vision_config=dict(
+                hidden_size=32,
+                output_channels=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=128,
+                patch_size=16,
+                window_size=4,
+                global_attn_indexes=[1],
+                num_pos_feats=16,
+                mlp_dim=64,
+            ),
             prompt_encoder_config=dict(hidden_size=32, image_size=128, patch_size=16, mask_input_channels=4),
-            mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32))  # fmt: skip
+            mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+        )
         model = T.SamModel(cfg)
-        proc = T.SamProcessor(T.SamImageProcessor(size={"longest_edge": 128}, pad_size={"height": 128, "width": 128},
-                                                  mask_size={"longest_edge": 32}, mask_pad_size={"height": 32, "width": 32}))  # fmt: skip
+        proc = T.SamProcessor(
+            T.SamImageProcessor(
+                size={"longest_edge": 128},
+                pad_size={"height": 128, "width": 128},
+                mask_size={"longest_edge": 32},
+                mask_pad_size={"height": 32, "width": 32},
+            )
+        )
     elif kind == "sam2":
-        hiera = T.Sam2HieraDetConfig(hidden_size=12, image_size=[128, 128], blocks_per_stage=[1, 1, 2, 1],
-                                     embed_dim_per_stage=[12, 24, 48, 96], num_attention_heads_per_stage=[1, 1, 2, 2],
-                                     global_attention_blocks=[3], window_positional_embedding_background_size=[4, 4],
-                                     window_size_per_stage=[4, 4, 4, 4])  # fmt: skip
+        hiera = T.Sam2HieraDetConfig(
+            hidden_size=12,
+            image_size=[128, 128],
+            blocks_per_stage=[1, 1, 2, 1],
+            embed_dim_per_stage=[12, 24, 48, 96],
+            num_attention_heads_per_stage=[1, 1, 2, 2],
+            global_attention_blocks=[3],
+            window_positional_embedding_background_size=[4, 4],
+            window_size_per_stage=[4, 4, 4, 4],
+        )
         cfg = T.Sam2Config(
-            vision_config=dict(backbone_config=hiera, backbone_channel_list=[96, 48, 24, 12], fpn_hidden_size=32,
-                               backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]]),
+            vision_config=dict(
+                backbone_config=hiera,
+                backbone_channel_list=[96, 48, 24, 12],
+                fpn_hidden_size=32,
+                backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]],
+            ),
             prompt_encoder_config=dict(hidden_size=32, image_size=128, patch_size=16, mask_input_channels=4),
-            mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32))  # fmt: skip
+            mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+        )
         model = T.Sam2Model(cfg)
         proc = T.Sam2Processor(
             T.Sam2ImageProcessor(size={"height": 128, "width": 128}, mask_size={"height": 32, "width": 32})
@@ -92,17 +152,39 @@ def _build(kind: str, folder: Path) -> str:
     else:
         tok = _clip_tokenizer()
         n, small = len(tok), dict(num_attention_heads=2, intermediate_size=64)
-        vit = T.Sam3ViTConfig(hidden_size=32, num_hidden_layers=2, image_size=112, patch_size=14, window_size=4,
-                              global_attn_indexes=[1], pretrain_image_size=112, **small)  # fmt: skip
+        vit = T.Sam3ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            image_size=112,
+            patch_size=14,
+            window_size=4,
+            global_attn_indexes=[1],
+            pretrain_image_size=112,
+            **small,
+        )
         cfg = T.Sam3Config(
-            vision_config=dict(backbone_config=vit, fpn_hidden_size=32, scale_factors=[2.0, 1.0],
-                               backbone_feature_sizes=[[16, 16], [8, 8]]),
-            text_config=dict(vocab_size=n, hidden_size=32, projection_dim=32, num_hidden_layers=1, max_position_embeddings=32,
-                             bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=n - 1, **small),
+            vision_config=dict(
+                backbone_config=vit,
+                fpn_hidden_size=32,
+                scale_factors=[2.0, 1.0],
+                backbone_feature_sizes=[[16, 16], [8, 8]],
+            ),
+            text_config=dict(
+                vocab_size=n,
+                hidden_size=32,
+                projection_dim=32,
+                num_hidden_layers=1,
+                max_position_embeddings=32,
+                bos_token_id=n - 2,
+                eos_token_id=n - 1,
+                pad_token_id=n - 1,
+                **small,
+            ),
             geometry_encoder_config=dict(hidden_size=32, num_layers=1, **small),
             detr_encoder_config=dict(hidden_size=32, num_layers=1, **small),
             detr_decoder_config=dict(hidden_size=32, num_layers=1, num_queries=8, **small),
-            mask_decoder_config=dict(hidden_size=32, num_upsampling_stages=2, num_attention_heads=2))  # fmt: skip
+            mask_decoder_config=dict(hidden_size=32, num_upsampling_stages=2, num_attention_heads=2),
+        )
         model = T.Sam3Model(cfg)
         proc = T.Sam3Processor(T.Sam3ImageProcessor(size={"height": 112, "width": 112}), tok)
     model.save_pretrained(folder)
@@ -224,9 +306,25 @@ def _read(out: Path, stem: str, size: tuple[int, int]) -> dict:
 
 def test_cli_detect_then_segment(tiny, photos, tmp_path, capsys):
     out = tmp_path / "gd"
-    args = ["segment", str(photos / "astronaut.png"), str(photos / "chelsea.jpg"), "--text", "a person, a cat",
-            "--detector", tiny("grounding-dino"), "--segmenter", tiny("sam"), "--box-threshold", "0.5", "--nms", "0.4",
-            "--batch-size", "2", "--out", str(out)]  # fmt: skip
+    args = [
+        "segment",
+        str(photos / "astronaut.png"),
+        str(photos / "chelsea.jpg"),
+        "--text",
+        "a person, a cat",
+        "--detector",
+        tiny("grounding-dino"),
+        "--segmenter",
+        tiny("sam"),
+        "--box-threshold",
+        "0.5",
+        "--nms",
+        "0.4",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     assert "wrote 2 JSON + overlay PNG pairs" in capsys.readouterr().out
     for stem, size in (("astronaut", (512, 512)), ("chelsea", (300, 451))):
@@ -244,15 +342,51 @@ def test_cli_detect_then_segment(tiny, photos, tmp_path, capsys):
 
 def test_cli_owlv2_then_sam2(tiny, photos, tmp_path):
     out = tmp_path / "owl"
-    assert main(["segment", str(photos / "chelsea.jpg"), "--text", "cat", "--detector", tiny("owlv2"),
-                 "--segmenter", tiny("sam2"), "--box-threshold", "0.0", "--nms", "1.0", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "segment",
+                str(photos / "chelsea.jpg"),
+                "--text",
+                "cat",
+                "--detector",
+                tiny("owlv2"),
+                "--segmenter",
+                tiny("sam2"),
+                "--box-threshold",
+                "0.0",
+                "--nms",
+                "1.0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert len(_read(out, "chelsea", (300, 451))["objects"]) == 16  # every OWLv2 patch box, no NMS
 
 
 def test_cli_sam3_concepts(tiny, photos, tmp_path):
     out = tmp_path / "sam3"
-    assert main(["segment", str(photos / "chelsea.jpg"), "--text", "cat,ear", "--segmenter", tiny("sam3"),
-                 "--box-threshold", "0.0", "--nms", "1.0", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "segment",
+                str(photos / "chelsea.jpg"),
+                "--text",
+                "cat,ear",
+                "--segmenter",
+                tiny("sam3"),
+                "--box-threshold",
+                "0.0",
+                "--nms",
+                "1.0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     r = _read(out, "chelsea", (300, 451))
     assert r["models"] == {"segmenter": tiny("sam3")} and len(r["objects"]) == 16
     assert {o["label"] for o in r["objects"]} == {"cat", "ear"}
@@ -260,13 +394,42 @@ def test_cli_sam3_concepts(tiny, photos, tmp_path):
 
 def test_cli_points_and_boxes(tiny, photos, tmp_path):
     out = tmp_path / "pts"
-    assert main(["segment", str(photos / "astronaut.png"), "--points", "250,150", "100,400,0", "--boxes",
-                 "150,30,350,250", "--segmenter", tiny("sam"), "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "segment",
+                str(photos / "astronaut.png"),
+                "--points",
+                "250,150",
+                "100,400,0",
+                "--boxes",
+                "150,30,350,250",
+                "--segmenter",
+                tiny("sam"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     r = _read(out, "astronaut", (512, 512))
     assert r["prompts"] == {"points": [[250.0, 150.0], [100.0, 400.0, 0.0]], "boxes": [[150.0, 30.0, 350.0, 250.0]]}
     assert len(r["objects"]) == 1 and r["objects"][0]["box"] == [150.0, 30.0, 350.0, 250.0]
-    assert main(["segment", str(photos / "astronaut.png"), "--points", "250,150", "--segmenter", tiny("sam2"),
-                 "--out", str(out / "one")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "segment",
+                str(photos / "astronaut.png"),
+                "--points",
+                "250,150",
+                "--segmenter",
+                tiny("sam2"),
+                "--out",
+                str(out / "one"),
+            ]
+        )
+        == 0
+    )
     assert len(_read(out / "one", "astronaut", (512, 512))["objects"]) == 1
 
 
@@ -296,8 +459,21 @@ def test_cli_errors_are_one_line_exit_2(tiny, photos, tmp_path, capsys, extra, s
 
 def test_cli_bad_image(tiny, tmp_path, capsys):
     (tmp_path / "broken.png").write_text("not a png")
-    assert main(["segment", str(tmp_path / "broken.png"), "--boxes", "1,2,3,4", "--segmenter", tiny("sam"),
-                 "--out", str(tmp_path / "o")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "broken.png"),
+                "--boxes",
+                "1,2,3,4",
+                "--segmenter",
+                tiny("sam"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "cannot read" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -313,8 +489,20 @@ def test_cli_labels_a_folder_as_one_coco_file_and_resumes(tiny, photos, tmp_path
         (folder / name).write_bytes((photos / name).read_bytes())
     (folder / "more" / "cat2.jpg").write_bytes((photos / "chelsea.jpg").read_bytes())
     (folder / "broken.png").write_text("not a png")
-    args = ["segment", str(folder), "--text", "a person, a cat", "--detector", tiny("grounding-dino"),
-            "--segmenter", tiny("sam"), "--box-threshold", "0.3", "--batch-size", "1"]  # fmt: skip
+    args = [
+        "segment",
+        str(folder),
+        "--text",
+        "a person, a cat",
+        "--detector",
+        tiny("grounding-dino"),
+        "--segmenter",
+        tiny("sam"),
+        "--box-threshold",
+        "0.3",
+        "--batch-size",
+        "1",
+    ]
     assert main([*args, "--coco", str(tmp_path / "whole.json")]) == 0
     assert "unreadable, left out: broken.png" in capsys.readouterr().out
     coco = COCO(str(tmp_path / "whole.json"))
@@ -329,8 +517,10 @@ def test_cli_labels_a_folder_as_one_coco_file_and_resumes(tiny, photos, tmp_path
         x, y, w, h = a["bbox"]
         assert 0 <= x and 0 <= y and x + w <= image["width"] + 0.01 and y + h <= image["height"] + 0.01
     by_name = {i["file_name"]: i["id"] for i in coco.dataset["images"]}
-    same = [[(a["bbox"], a["score"]) for a in coco.loadAnns(coco.getAnnIds(imgIds=by_name[n]))]
-            for n in ("chelsea.jpg", "more/cat2.jpg")]  # fmt: skip
+    same = [
+        [(a["bbox"], a["score"]) for a in coco.loadAnns(coco.getAnnIds(imgIds=by_name[n]))]
+        for n in ("chelsea.jpg", "more/cat2.jpg")
+    ]
     assert same[0] == same[1]  # the same photo twice: the same objects
 
     calls, real = [], seg._by_text
@@ -348,5 +538,8 @@ def test_cli_labels_a_folder_as_one_coco_file_and_resumes(tiny, photos, tmp_path
     capsys.readouterr()
     assert main([*args, "--coco", str(tmp_path / "resumed.json")]) == 0
     assert "(3 images from the stopped run)" in capsys.readouterr().out  # broken.png and two labelled
-    whole, resumed = json.loads((tmp_path / "whole.json").read_text()), json.loads((tmp_path / "resumed.json").read_text())
+    whole, resumed = (
+        json.loads((tmp_path / "whole.json").read_text()),
+        json.loads((tmp_path / "resumed.json").read_text()),
+    )
     assert resumed == whole and not (tmp_path / "resumed.json.partial").exists()

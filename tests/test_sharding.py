@@ -9,14 +9,42 @@ from two_processes import in_two_processes, randn
 from freelabel.cli import main
 from freelabel.train.sharding import full_state, load_full_state
 
-TINY_VIT = ["--backbone", "vit_tiny", "--set", "backbone.args.depth=1", "--set", "backbone.args.patch_size=7",
-            "--set", "method_args.hidden_dim=32", "--batch-size", "16", "--precision", "32-true",
-            "--accelerator", "cpu"]  # fmt: skip
+TINY_VIT = [
+    "--backbone",
+    "vit_tiny",
+    "--set",
+    "backbone.args.depth=1",
+    "--set",
+    "backbone.args.patch_size=7",
+    "--set",
+    "method_args.hidden_dim=32",
+    "--batch-size",
+    "16",
+    "--precision",
+    "32-true",
+    "--accelerator",
+    "cpu",
+]
 
 
 def test_fsdp_on_the_cpu_and_unknown_strategies_are_refused_in_one_line(tmp_path, capsys):
-    assert main(["pretrain", "simclr", "--strategy", "fsdp", "--accelerator", "cpu", "--steps", "1",
-                 "--out", str(tmp_path / "run")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "pretrain",
+                "simclr",
+                "--strategy",
+                "fsdp",
+                "--accelerator",
+                "cpu",
+                "--steps",
+                "1",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--strategy fsdp needs CUDA devices" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "config.yaml").exists()
@@ -40,8 +68,9 @@ def _vit():
     import timm
 
     torch.manual_seed(0)
-    return timm.models.vision_transformer.VisionTransformer(img_size=28, patch_size=7, in_chans=1, embed_dim=32,
-                                                           depth=2, num_heads=2, num_classes=0)  # fmt: skip
+    return timm.models.vision_transformer.VisionTransformer(
+        img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=2, num_heads=2, num_classes=0
+    )
 
 
 def _step(model, optimizer, x):
@@ -101,7 +130,6 @@ def test_full_state_dicts_move_a_run_between_shards_and_one_process():
         torch.testing.assert_close(resharded[k], v, atol=1e-5, rtol=0)
 
 
-
 def test_optimisers_are_fused_on_gpus_only(monkeypatch):
     from freelabel.config import load_recipe, resolve
     from freelabel.engine import build_optimizer
@@ -109,7 +137,11 @@ def test_optimisers_are_fused_on_gpus_only(monkeypatch):
     model = torch.nn.Linear(4, 4)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    for name, accelerator, fused in (("adamw", "auto", True), ("sgd", "cuda", True), ("adamw", "cpu", False),
-                                     ("lars", "cuda", False)):  # fmt: skip
+    for name, accelerator, fused in (
+        ("adamw", "auto", True),
+        ("sgd", "cuda", True),
+        ("adamw", "cpu", False),
+        ("lars", "cuda", False),
+    ):
         cfg = resolve(load_recipe("simclr-fashion-mnist"), {"optim.name": name, "accelerator": accelerator})
         assert bool(build_optimizer(model, cfg, world=1).defaults.get("fused")) is fused, (name, accelerator)

@@ -108,9 +108,33 @@ def test_memory_stays_bounded_by_the_buffer_not_the_shards(tmp_path):
 @pytest.mark.slow
 def test_pretraining_streams_shards(numbered, tmp_path):
     run = tmp_path / "run"
-    assert main(["pretrain", "simclr", "--data", str(numbered), "--recipe", "simclr-fashion-mnist", "--steps", "3",
-                 "--batch-size", "8", "--set", "views.size=16", "--set", "data.workers=1", "--set",
-                 "method_args.hidden_dim=32", "--set", "backbone.args.widths=[8,16]", "--out", str(run)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "pretrain",
+                "simclr",
+                "--data",
+                str(numbered),
+                "--recipe",
+                "simclr-fashion-mnist",
+                "--steps",
+                "3",
+                "--batch-size",
+                "8",
+                "--set",
+                "views.size=16",
+                "--set",
+                "data.workers=1",
+                "--set",
+                "method_args.hidden_dim=32",
+                "--set",
+                "backbone.args.widths=[8,16]",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((run / "metrics.json").read_text())["pretrain"]
     assert metrics["steps"] == 3 and metrics["images_seen"] == 24
 

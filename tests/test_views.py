@@ -28,8 +28,11 @@ def test_randomness_is_per_sample_not_per_batch():
 
 def test_every_augmentation_varies_per_sample():
     x = _images(1).repeat(32, 1, 1, 1)
-    for cfg in [dict(PLAIN, scale=(0.2, 0.5)), dict(PLAIN, scale=(1, 1), ratio=(1, 1), jitter=1.0),
-                dict(PLAIN, scale=(1, 1), ratio=(1, 1), blur=1.0, blur_sigma=(2.0, 40.0))]:  # fmt: skip
+    for cfg in [
+        dict(PLAIN, scale=(0.2, 0.5)),
+        dict(PLAIN, scale=(1, 1), ratio=(1, 1), jitter=1.0),
+        dict(PLAIN, scale=(1, 1), ratio=(1, 1), blur=1.0, blur_sigma=(2.0, 40.0)),
+    ]:
         out = Views(ViewConfig(size=32, **cfg))(x, torch.Generator().manual_seed(0))
         assert out.std(0).mean() > 1e-3, cfg
 
@@ -78,7 +81,9 @@ def test_views_work_in_place_on_their_own_copy_only():
     assert torch.equal(x, before)
     crops = _images(6)
     out = Views(ViewConfig(size=32, hflip=1.0, **PLAIN))(crops, torch.Generator().manual_seed(0), cropped=True)
-    torch.testing.assert_close(out, crops.float().flip(-1) / 255, atol=1e-6, rtol=0)  # crops made already: only mirrored
+    torch.testing.assert_close(
+        out, crops.float().flip(-1) / 255, atol=1e-6, rtol=0
+    )  # crops made already: only mirrored
 
 
 def test_a_batch_split_over_processes_gets_the_views_of_the_whole():

@@ -39,8 +39,9 @@ def clip_tokenizer() -> tf.CLIPTokenizer:
     """CLIP's tokenizer over a byte-pair vocabulary learnt from a few captions."""
     bpe = Tokenizer(models.BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>"))
     bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<|startoftext|>", "<|endoftext|>"],
-                                  end_of_word_suffix="</w>")  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=200, special_tokens=["<|startoftext|>", "<|endoftext|>"], end_of_word_suffix="</w>"
+    )
     bpe.train_from_iterator(CORPUS * 5, trainer)
     m = json.loads(bpe.to_str())["model"]
     return tf.CLIPTokenizer(vocab=m["vocab"], merges=[tuple(x) for x in m["merges"]])
@@ -56,14 +57,21 @@ def save(model, processor, tokenizer, folder: Path) -> Path:
 
 def vision(kind: str, folder: Path) -> Path:
     """A tiny DINOv2 / DINOv2-with-registers / DINOv3 ViT / DINOv3 ConvNeXt / ViT with its processor."""
-    proc = tf.BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-                                image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])  # fmt: skip
+    proc = tf.BitImageProcessor(
+        size={"shortest_edge": 32},
+        crop_size={"height": 32, "width": 32},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
     if kind == "dinov3_convnext":
         model = tf.DINOv3ConvNextModel(tf.DINOv3ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1]))
         return save(model, proc, None, folder)
-    cls = {"dinov2": (tf.Dinov2Config, tf.Dinov2Model), "dinov2_with_registers": (tf.Dinov2WithRegistersConfig,
-           tf.Dinov2WithRegistersModel), "dinov3_vit": (tf.DINOv3ViTConfig, tf.DINOv3ViTModel),
-           "vit": (tf.ViTConfig, tf.ViTModel)}[kind]  # fmt: skip
+    cls = {
+        "dinov2": (tf.Dinov2Config, tf.Dinov2Model),
+        "dinov2_with_registers": (tf.Dinov2WithRegistersConfig, tf.Dinov2WithRegistersModel),
+        "dinov3_vit": (tf.DINOv3ViTConfig, tf.DINOv3ViTModel),
+        "vit": (tf.ViTConfig, tf.ViTModel),
+    }[kind]
     extra = {"num_register_tokens": 4} if kind in ("dinov2_with_registers", "dinov3_vit") else {}
     return save(cls[1](cls[0](**VIT, **extra)), proc, None, folder)
 

@@ -50,8 +50,9 @@ class Backbone(Protocol):
         encoders): ``hidden`` (bool ``[B, N]``, the same count in every row) patches are dropped after
         the position embedding, before the blocks."""
 
-    def forward_masked(self, x: torch.Tensor, mask: torch.Tensor,
-                       mask_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_masked(
+        self, x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(pooled, tokens)`` with the ``mask`` (bool ``[B, N]``, any count per row) patches replaced by
         ``mask_token [D]`` before the position embedding (iBOT, DINOv2)."""
 
@@ -85,8 +86,9 @@ class ConvBackbone(nn.Module):
     def forward_visible(self, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         raise _no_patches(self)
 
-    def forward_masked(self, x: torch.Tensor, mask: torch.Tensor,
-                       mask_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_masked(
+        self, x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise _no_patches(self)
 
 
@@ -137,10 +139,17 @@ class TimmBackbone(nn.Module):
 
         if name in VITS:
             dim, depth, heads = VITS[name]
-            kwargs = {"embed_dim": dim, "depth": depth, "num_heads": heads, "patch_size": 16,
-                      "dynamic_img_size": True, **kwargs}  # fmt: skip
+            kwargs = {
+                "embed_dim": dim,
+                "depth": depth,
+                "num_heads": heads,
+                "patch_size": 16,
+                "dynamic_img_size": True,
+                **kwargs,
+            }
             self.model = timm.models.vision_transformer.VisionTransformer(
-                img_size=image_size, in_chans=in_chans, num_classes=0, **kwargs)  # fmt: skip
+                img_size=image_size, in_chans=in_chans, num_classes=0, **kwargs
+            )
         else:
             extra = {"img_size": image_size} if "vit" in name or "deit" in name else {}
             self.model = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=0, **extra, **kwargs)
@@ -173,8 +182,10 @@ class TimmBackbone(nn.Module):
         def keep_visible(t: torch.Tensor) -> torch.Tensor:  # t: [B, prefix + N, D], positions added
             shape = [t.shape[0], t.shape[1] - self.prefix]
             if list(hidden.shape) != shape or bool((hidden.sum(1) != hidden[0].sum()).any()):
-                raise BackboneError(f"a token mask must be bool [B, N] = {shape} hiding the same number of patches "
-                                    f"in every row; got {list(hidden.shape)}")  # fmt: skip
+                raise BackboneError(
+                    f"a token mask must be bool [B, N] = {shape} hiding the same number of patches "
+                    f"in every row; got {list(hidden.shape)}"
+                )
             keep = (~hidden).nonzero()[:, 1].view(t.shape[0], -1) + self.prefix
             index = torch.cat([torch.arange(self.prefix, device=t.device).expand(t.shape[0], -1), keep], 1)
             return t.gather(1, index.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
@@ -182,8 +193,9 @@ class TimmBackbone(nn.Module):
         with _output_replaced(self.model.patch_drop, keep_visible):
             return self.model.forward_features(x)[:, self.prefix :]
 
-    def forward_masked(self, x: torch.Tensor, mask: torch.Tensor,
-                       mask_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_masked(
+        self, x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.grid is None:
             raise _no_patches(self.model)
 
@@ -221,8 +233,9 @@ class InputTransform(nn.Module):
     def forward_visible(self, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         return self.net.forward_visible(self.transform(x), hidden)
 
-    def forward_masked(self, x: torch.Tensor, mask: torch.Tensor,
-                       mask_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_masked(
+        self, x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.net.forward_masked(self.transform(x), mask, mask_token)
 
 
@@ -231,8 +244,10 @@ def build_backbone(name: str, in_chans: int = 3, image_size: int = 224, **kwargs
     try:
         return _build(name, in_chans, image_size, **kwargs)
     except TypeError as e:  # backbone.args meant for another backbone (a recipe's ViT args with --backbone convnet)
-        raise BackboneError(f"backbone {name!r} does not take the arguments {sorted(kwargs)} ({e}); set fitting ones "
-                            "with --set backbone.args={...}, or {} for none") from None  # fmt: skip
+        raise BackboneError(
+            f"backbone {name!r} does not take the arguments {sorted(kwargs)} ({e}); set fitting ones "
+            "with --set backbone.args={...}, or {} for none"
+        ) from None
 
 
 def _build(name: str, in_chans: int, image_size: int, **kwargs) -> Backbone:

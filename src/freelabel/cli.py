@@ -32,13 +32,18 @@ class _Parser(argparse.ArgumentParser):
 
 def _number(kind: type, low: float, *, strict: bool = True, high: float | None = None):
     """An argparse type: a finite ``kind`` above ``low`` (or at least ``low`` when not ``strict``), at most ``high``."""
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{'an integer' if kind is int else 'a number'} is needed, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"{'an integer' if kind is int else 'a number'} is needed, got {text!r}"
+            ) from None
         if not math.isfinite(value) or value < low or (strict and value == low) or (high is not None and value > high):
-            bound = f"{'above' if strict else 'at least'} {low:g}" + (f" and at most {high:g}" if high is not None else "")
+            bound = f"{'above' if strict else 'at least'} {low:g}" + (
+                f" and at most {high:g}" if high is not None else ""
+            )
             raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value
 
@@ -50,19 +55,32 @@ POSITIVE_INT, POSITIVE, FRACTION = _number(int, 0), _number(float, 0), _number(f
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="freelabel", description="Learn visual representations without labels.",
-                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = _Parser(
+        prog="freelabel",
+        description="Learn visual representations without labels.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    pt = sub.add_parser("pretrain", help="pretrain a backbone without labels",
-                        description="Pretrain a backbone with a self-supervised METHOD. The recipe gives every "
-                        "setting; the flags below and --set override it.")  # fmt: skip
+    pt = sub.add_parser(
+        "pretrain",
+        help="pretrain a backbone without labels",
+        description="Pretrain a backbone with a self-supervised METHOD. The recipe gives every "
+        "setting; the flags below and --set override it.",
+    )
     pt.add_argument("method", nargs="?", help="method name (see `freelabel methods`); omit with --resume")
-    pt.add_argument("--data", help="fashion-mnist (default), emoji, or a folder of images (class sub-folders or flat); "
-                    "clip/siglip: emoji-captions, a CSV/JSONL of image,caption, a folder with .txt captions, or .tar shards")  # fmt: skip
-    pt.add_argument("--recipe", help="recipe name (see `freelabel recipes`) or YAML file; "
-                    "default: METHOD-DATA if it exists, else the method's paper recipe")  # fmt: skip
+    pt.add_argument(
+        "--data",
+        help="fashion-mnist (default), emoji, or a folder of images (class sub-folders or flat); "
+        "clip/siglip: emoji-captions, a CSV/JSONL of image,caption, a folder with .txt captions, or .tar shards",
+    )
+    pt.add_argument(
+        "--recipe",
+        help="recipe name (see `freelabel recipes`) or YAML file; "
+        "default: METHOD-DATA if it exists, else the method's paper recipe",
+    )
     pt.add_argument("--backbone", help="backbone name (see `freelabel backbones`)")
     budget = pt.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=float, help="training budget in epochs")
@@ -77,30 +95,48 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--strategy", choices=["ddp", "fsdp"], help="ddp (a whole copy per device) or fsdp (sharded)")
     pt.add_argument("--precision", help="auto, 32-true, bf16-mixed, 16-mixed")
     pt.add_argument("--eval-every", type=float, metavar="MINUTES", help="online k-NN every MINUTES of training")
-    pt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override any recipe key, e.g. --set optim.weight_decay=1e-5 (repeatable)")  # fmt: skip
+    pt.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any recipe key, e.g. --set optim.weight_decay=1e-5 (repeatable)",
+    )
     pt.add_argument("--out", help="run directory (default: runs/METHOD-DATA-TIME)")
     pt.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
-    pt.add_argument("--allow-outside", action="store_true",
-                    help="let a CSV/JSONL caption list name images outside its own folder")
+    pt.add_argument(
+        "--allow-outside", action="store_true", help="let a CSV/JSONL caption list name images outside its own folder"
+    )
 
     ev = sub.add_parser("eval", help="evaluate a run's backbone")
     evsub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
     knn = evsub.add_parser("knn", help="weighted k-NN top-1 on frozen features (k=20, 200)")
     knn.add_argument("run", nargs="?", help="run directory (or --model)")
     knn.add_argument("--model", help="a pretrained model instead of a run: hub name, local folder or torchvision:NAME")
-    knn.add_argument("--weights", help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)")
-    knn.add_argument("--data", help="labelled data (default: the run's data); a folder uses train/ and val/ or a 20%% hold-out")
+    knn.add_argument(
+        "--weights",
+        help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)",
+    )
+    knn.add_argument(
+        "--data", help="labelled data (default: the run's data); a folder uses train/ and val/ or a 20%% hold-out"
+    )
     knn.add_argument("--baselines", action="store_true", help="also score the random-init backbone and raw pixels")
     knn.add_argument("-k", type=POSITIVE_INT, nargs="+", default=[20, 200], help="numbers of neighbours")
     knn.add_argument("--temperature", type=POSITIVE, default=0.07)
 
-    for protocol, text in (("zeroshot", "zero-shot top-1 by class names (prompt ensembles) of a clip/siglip run or a pretrained model"),
-                           ("retrieval", "image-caption retrieval recall@1/5/10 both ways and CLIPScore")):  # fmt: skip
+    for protocol, text in (
+        ("zeroshot", "zero-shot top-1 by class names (prompt ensembles) of a clip/siglip run or a pretrained model"),
+        ("retrieval", "image-caption retrieval recall@1/5/10 both ways and CLIPScore"),
+    ):
         it = evsub.add_parser(protocol, help=text)
         it.add_argument("run", help="clip/siglip run directory, or a pretrained model (hub name or local folder)")
-        it.add_argument("--data", help="test data (default: the run's data): emoji-captions, fashion-mnist, a folder, ...")
-        it.add_argument("--weights", help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)")
+        it.add_argument(
+            "--data", help="test data (default: the run's data): emoji-captions, fashion-mnist, a folder, ..."
+        )
+        it.add_argument(
+            "--weights",
+            help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)",
+        )
 
     _protocol_parsers(evsub)
 
@@ -113,26 +149,39 @@ def _parser() -> argparse.ArgumentParser:
     zs = sub.add_parser("zeroshot", help="classify a folder of images by class names, zero-shot")
     zs.add_argument("images", help="folder of images")
     zs.add_argument("--labels", required=True, help='class names, comma-separated: "cat,dog,bird"')
-    zs.add_argument("--model", required=True, help="clip/siglip run directory, or a pretrained model (hub name or local folder)")
-    zs.add_argument("--weights", help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)")
+    zs.add_argument(
+        "--model", required=True, help="clip/siglip run directory, or a pretrained model (hub name or local folder)"
+    )
+    zs.add_argument(
+        "--weights",
+        help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)",
+    )
     zs.add_argument("--out", help="CSV to write (image, label, score); default: print it")
 
     sh = sub.add_parser("shards", help="WebDataset shards of images (labels, captions), streamed in training")
     shsub = sh.add_subparsers(dest="action", required=True, metavar="ACTION")
-    mk = shsub.add_parser("make", help="write shards from an image folder (class sub-folders become labels), a "
-                          "CSV/JSONL of image,caption or a folder with .txt captions")  # fmt: skip
+    mk = shsub.add_parser(
+        "make",
+        help="write shards from an image folder (class sub-folders become labels), a "
+        "CSV/JSONL of image,caption or a folder with .txt captions",
+    )
     mk.add_argument("src", help="image folder, CSV/JSONL file or captioned folder")
     mk.add_argument("out", help="folder for shard-000000.tar, ... and shards.json")
     mk.add_argument("--per-shard", type=POSITIVE_INT, default=1000, help="samples per shard")
     mk.add_argument("--workers", type=POSITIVE_INT, help="processes writing shards (default: the cores available)")
-    mk.add_argument("--allow-outside", action="store_true", help="let a caption list name images outside its own folder")
+    mk.add_argument(
+        "--allow-outside", action="store_true", help="let a caption list name images outside its own folder"
+    )
 
     ix = sub.add_parser("index", help="an embedding index of images: build, search, evaluate")
     ixsub = ix.add_subparsers(dest="action", required=True, metavar="ACTION")
     b = ixsub.add_parser("build", help="create or update an index (only new or changed images are embedded)")
     b.add_argument("source", help="a folder of images, or fashion-mnist / emoji (its --split)")
     b.add_argument("--model", required=True, help="run directory, hub name, model folder or torchvision:NAME")
-    b.add_argument("--weights", help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)")
+    b.add_argument(
+        "--weights",
+        help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)",
+    )
     b.add_argument("--out", required=True, help="index folder")
     b.add_argument("--split", default="test", help="split of an embedded data set (default: test)")
     b.add_argument("--batch-size", type=POSITIVE_INT, default=64)
@@ -148,53 +197,91 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("-k", type=POSITIVE_INT, default=10)
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    cu = sub.add_parser("curate", help="drop near-duplicates, balance clusters, pick images to label: a file list for --data")
+    cu = sub.add_parser(
+        "curate", help="drop near-duplicates, balance clusters, pick images to label: a file list for --data"
+    )
     cu.add_argument("source", help="a folder of images, fashion-mnist / emoji (its --split), or an index (no --model)")
     cu.add_argument("--model", help="run directory, hub name, model folder or torchvision:NAME")
-    cu.add_argument("--weights", help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)")
+    cu.add_argument(
+        "--weights",
+        help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)",
+    )
     cu.add_argument("--out", required=True, help="file list to write (.txt), with the report beside it (.json)")
     cu.add_argument("--split", default="train", help="split of an embedded data set (default: train)")
-    cu.add_argument("--threshold", type=FRACTION, default=0.95, help="cosine similarity from which images are near-duplicates")
-    cu.add_argument("--clusters", type=_number(int, 0, strict=False), default=0, help="balance over this many k-means clusters (default: no balancing)")
-    cu.add_argument("--per-cluster", type=POSITIVE_INT, help="images kept per cluster (default: the median cluster size)")
-    cu.add_argument("--select", type=POSITIVE_INT, metavar="N", help="keep the N images that best cover the embeddings (to label first)")
+    cu.add_argument(
+        "--threshold", type=FRACTION, default=0.95, help="cosine similarity from which images are near-duplicates"
+    )
+    cu.add_argument(
+        "--clusters",
+        type=_number(int, 0, strict=False),
+        default=0,
+        help="balance over this many k-means clusters (default: no balancing)",
+    )
+    cu.add_argument(
+        "--per-cluster", type=POSITIVE_INT, help="images kept per cluster (default: the median cluster size)"
+    )
+    cu.add_argument(
+        "--select",
+        type=POSITIVE_INT,
+        metavar="N",
+        help="keep the N images that best cover the embeddings (to label first)",
+    )
     cu.add_argument("--seed", type=int, default=0)
 
-    ex = sub.add_parser("export", help="export a run's backbone for transformers, timm or freelabel",
-                        description="Write a folder that loads outside freelabel and gives the run's features "
-                        "(checked to 1e-4 before it is kept): transformers (AutoModel.from_pretrained), timm "
-                        "(timm.create_model; the call is in the folder's README.md), onnx (onnxruntime, dynamic batch), "
-                        "or safetensors (bare weights + config.yaml, loaded by freelabel.methods.load_backbone).")  # fmt: skip
+    ex = sub.add_parser(
+        "export",
+        help="export a run's backbone for transformers, timm or freelabel",
+        description="Write a folder that loads outside freelabel and gives the run's features "
+        "(checked to 1e-4 before it is kept): transformers (AutoModel.from_pretrained), timm "
+        "(timm.create_model; the call is in the folder's README.md), onnx (onnxruntime, dynamic batch), "
+        "or safetensors (bare weights + config.yaml, loaded by freelabel.methods.load_backbone).",
+    )
     ex.add_argument("run", help="run directory")
     ex.add_argument("--format", required=True, choices=["transformers", "timm", "onnx", "safetensors"])
     ex.add_argument("--weights", help="export these weights of the run (a .safetensors file or checkpoint folder)")
     ex.add_argument("--out", help="export folder (default: RUN/export-FORMAT)")
 
-    sg = sub.add_parser("segment", help="segment images by text phrases, points or boxes",
-                        description="Segment IMAGEs and write NAME.json (boxes, scores, labels, masks as COCO RLE) and "
-                        "NAME.png (overlay) per image into --out. By text: --text with --detector (Grounding DINO or "
-                        "OWLv2) and a SAM/SAM2 --segmenter, or a SAM3 --segmenter alone. By prompts: --points and/or "
-                        "--boxes with a SAM/SAM2 --segmenter. Models are hub names or save_pretrained folders.")  # fmt: skip
+    sg = sub.add_parser(
+        "segment",
+        help="segment images by text phrases, points or boxes",
+        description="Segment IMAGEs and write NAME.json (boxes, scores, labels, masks as COCO RLE) and "
+        "NAME.png (overlay) per image into --out. By text: --text with --detector (Grounding DINO or "
+        "OWLv2) and a SAM/SAM2 --segmenter, or a SAM3 --segmenter alone. By prompts: --points and/or "
+        "--boxes with a SAM/SAM2 --segmenter. Models are hub names or save_pretrained folders.",
+    )
     sg.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or with --coco also folders of images")
     sg.add_argument("--text", help='comma-separated phrases, e.g. "cat,dog"')
     sg.add_argument("--detector", help="Grounding DINO or OWLv2 model turning --text into boxes")
     sg.add_argument("--segmenter", required=True, help="SAM, SAM2 or SAM3 model")
-    sg.add_argument("--points", nargs="+", metavar="X,Y[,LABEL]", help="prompt points; LABEL 1 foreground (default), 0 background")  # fmt: skip
+    sg.add_argument(
+        "--points", nargs="+", metavar="X,Y[,LABEL]", help="prompt points; LABEL 1 foreground (default), 0 background"
+    )
     sg.add_argument("--boxes", nargs="+", metavar="X0,Y0,X1,Y1", help="prompt boxes, one object each")
-    sg.add_argument("--box-threshold", type=FRACTION, default=0.3, help="keep detections (or SAM3 instances) scoring above this")  # fmt: skip
-    sg.add_argument("--text-threshold", type=FRACTION, default=0.25, help="Grounding DINO: a phrase's token score to label a box")  # fmt: skip
+    sg.add_argument(
+        "--box-threshold", type=FRACTION, default=0.3, help="keep detections (or SAM3 instances) scoring above this"
+    )
+    sg.add_argument(
+        "--text-threshold", type=FRACTION, default=0.25, help="Grounding DINO: a phrase's token score to label a box"
+    )
     sg.add_argument("--nms", type=FRACTION, default=0.5, metavar="IOU", help="per-label NMS IoU threshold")
     sg.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="images per detector forward pass")
     sg.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     sg.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: bf16 on GPU, fp32 on CPU")
     sg.add_argument("--out", help="output folder (a JSON and an overlay PNG per image)")
-    sg.add_argument("--coco", metavar="FILE", help="instead: one COCO instances file for all the images (by --text), "
-                    "resumable: a rerun continues where a stopped one left off")  # fmt: skip
+    sg.add_argument(
+        "--coco",
+        metavar="FILE",
+        help="instead: one COCO instances file for all the images (by --text), "
+        "resumable: a rerun continues where a stopped one left off",
+    )
 
-    rp = sub.add_parser("report", help="an HTML report of a run (or of a pretrained model with --model)",
-                        description="Write RUN/report.html (or OUT/report.html for --model): one self-contained file "
-                        "with the results, curves, a t-SNE map of test features, nearest neighbours and the method's "
-                        "pictures; it opens from disk and makes no network requests.")  # fmt: skip
+    rp = sub.add_parser(
+        "report",
+        help="an HTML report of a run (or of a pretrained model with --model)",
+        description="Write RUN/report.html (or OUT/report.html for --model): one self-contained file "
+        "with the results, curves, a t-SNE map of test features, nearest neighbours and the method's "
+        "pictures; it opens from disk and makes no network requests.",
+    )
     rp.add_argument("run", nargs="?", help="run directory (or --model)")
     rp.add_argument("--model", help="a pretrained model instead of a run: hub name, local folder or torchvision:NAME")
     rp.add_argument("--data", default="fashion-mnist", help="--model only: labelled data to show it on")
@@ -202,10 +289,13 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--train-images", type=int, default=10_000, help="training images searched for neighbours")
     rp.add_argument("--test-images", type=int, default=2000, help="test images on the map")
 
-    cp = sub.add_parser("compare", help="train several methods at the same budget and write a leaderboard",
-                        description="Train each METHOD (with its recipe for the data, or METHOD:RECIPE) at the same "
-                        "budget, seed and data order, one after another, score each with k-NN, and write OUT/leaderboard"
-                        ".md, .csv and .html. Run it again to continue: finished methods are not run again.")  # fmt: skip
+    cp = sub.add_parser(
+        "compare",
+        help="train several methods at the same budget and write a leaderboard",
+        description="Train each METHOD (with its recipe for the data, or METHOD:RECIPE) at the same "
+        "budget, seed and data order, one after another, score each with k-NN, and write OUT/leaderboard"
+        ".md, .csv and .html. Run it again to continue: finished methods are not run again.",
+    )
     cp.add_argument("methods", nargs="+", metavar="METHOD[:RECIPE]", help="or `all`: every recipe made for --data")
     cp.add_argument("--data", default="fashion-mnist", help="data for every method (default: fashion-mnist)")
     cbudget = cp.add_mutually_exclusive_group(required=True)
@@ -213,7 +303,9 @@ def _parser() -> argparse.ArgumentParser:
     cbudget.add_argument("--steps", type=int, help="optimiser steps per method")
     cbudget.add_argument("--epochs", type=float, help="epochs per method")
     cp.add_argument("--seed", type=int, default=0)
-    cp.add_argument("--eval-every", type=float, metavar="MINUTES", help="online k-NN interval (default: a fifth of --minutes)")
+    cp.add_argument(
+        "--eval-every", type=float, metavar="MINUTES", help="online k-NN interval (default: a fifth of --minutes)"
+    )
     cp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every recipe")
     cp.add_argument("--out", required=True, help="folder for the runs and the leaderboard")
 
@@ -226,10 +318,14 @@ def _parser() -> argparse.ArgumentParser:
 def _protocol_parsers(evsub) -> None:
     """``eval linear``, ``finetune``, ``dense``, ``attention`` (:mod:`freelabel.evaluate`)."""
     model = "run directory, or a pretrained model: hub name, local folder or torchvision:NAME"
-    lin = evsub.add_parser("linear", help="linear probe on frozen features (a grid of heads, best on a validation split)")
+    lin = evsub.add_parser(
+        "linear", help="linear probe on frozen features (a grid of heads, best on a validation split)"
+    )
     ft = evsub.add_parser("finetune", help="fine-tune backbone + linear head, with all or few labels (or from scratch)")
     de = evsub.add_parser("dense", help="dense linear probe on frozen patch tokens / feature maps: mIoU")
-    at = evsub.add_parser("attention", help="CLS attention maps of a ViT's last block, per head, and their object Jaccard")
+    at = evsub.add_parser(
+        "attention", help="CLS attention maps of a ViT's last block, per head, and their object Jaccard"
+    )
     for p in (lin, ft, de, at):
         p.add_argument("run", help=model)
     for p in (lin, ft):
@@ -237,17 +333,32 @@ def _protocol_parsers(evsub) -> None:
         p.add_argument("--out", help="classifier folder to write (default: inside the run directory)")
         p.add_argument("--seed", type=int, default=0, help="seed of the validation split, label subset and training")
     for p in (de, at):
-        p.add_argument("--data", default="composed", help="composed (Fashion-MNIST garments on canvases with exact "
-                       "masks, the default), or a folder with images/ and masks/ (PNG class ids, 255 ignored)")  # fmt: skip
+        p.add_argument(
+            "--data",
+            default="composed",
+            help="composed (Fashion-MNIST garments on canvases with exact "
+            "masks, the default), or a folder with images/ and masks/ (PNG class ids, 255 ignored)",
+        )
     for p in (lin, de, at):
-        p.add_argument("--baselines", action="store_true", help="also score the random-init backbone" +
-                       (" and raw pixels" if p is lin else ""))  # fmt: skip
+        p.add_argument(
+            "--baselines",
+            action="store_true",
+            help="also score the random-init backbone" + (" and raw pixels" if p is lin else ""),
+        )
     lin.add_argument("--epochs", type=POSITIVE_INT, default=25, help="epochs of the linear heads")
     ft.add_argument("--labels", default="100%", help="1%%, 10%%, 100%% of each class, or N images per class")
-    ft.add_argument("--subset", metavar="FILE", help="train on the images this file lists (one path or row number per line)")
-    ft.add_argument("--init", choices=["trained", "random"], default="trained",
-                    help="random: the same backbone from its random init (the supervised-from-scratch reference)")  # fmt: skip
-    ft.add_argument("--from-scratch", dest="init", action="store_const", const="random", help="the same as --init random")
+    ft.add_argument(
+        "--subset", metavar="FILE", help="train on the images this file lists (one path or row number per line)"
+    )
+    ft.add_argument(
+        "--init",
+        choices=["trained", "random"],
+        default="trained",
+        help="random: the same backbone from its random init (the supervised-from-scratch reference)",
+    )
+    ft.add_argument(
+        "--from-scratch", dest="init", action="store_const", const="random", help="the same as --init random"
+    )
     budget = ft.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=POSITIVE, help="budget in epochs (default: 10, and at least 500 steps)")
     budget.add_argument("--minutes", type=POSITIVE, help="budget in minutes of training")
@@ -272,9 +383,16 @@ def _overrides(args: argparse.Namespace) -> dict:
         o["devices"] = int(args.devices) if args.devices.strip().isdigit() else args.devices
     if args.allow_outside:
         o["data.allow_outside"] = True
-    for flag, key in [("batch_size", "optim.batch_size"), ("lr", "optim.lr"), ("seed", "seed"),
-                      ("accelerator", "accelerator"), ("precision", "precision"), ("eval_every", "eval_every_minutes"),
-                      ("num_nodes", "num_nodes"), ("strategy", "strategy")]:  # fmt: skip
+    for flag, key in [
+        ("batch_size", "optim.batch_size"),
+        ("lr", "optim.lr"),
+        ("seed", "seed"),
+        ("accelerator", "accelerator"),
+        ("precision", "precision"),
+        ("eval_every", "eval_every_minutes"),
+        ("num_nodes", "num_nodes"),
+        ("strategy", "strategy"),
+    ]:
         if getattr(args, flag) is not None:
             o[key] = getattr(args, flag)
     o.update(parse_override(s) for s in args.set)
@@ -315,7 +433,11 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         if name != chosen:
             logging.getLogger("freelabel").info(
                 "no GPU here: pretraining with %s's CPU-sized recipe (%s at %d px); for the paper recipe give --recipe %s",
-                args.method, cfg.backbone.name, cfg.views.size, args.method)  # fmt: skip
+                args.method,
+                cfg.backbone.name,
+                cfg.views.size,
+                args.method,
+            )
         out = check_writable(args.out or f"runs/{args.method}-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
     from .engine import pretrain  # torch and the training libraries load only now
 
@@ -336,7 +458,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     results = evaluate_knn(spec, args.data, args.baselines, tuple(args.k), args.temperature, args.weights)
     names = ("trained", "random_init", "raw_pixels", "pretrained")
     rows = [(name, results[name]) for name in names if name in results]
-    print(f"k-NN top-1 on {results['data']} (test {results['test_images']}, features of train {results['train_images']})")
+    print(
+        f"k-NN top-1 on {results['data']} (test {results['test_images']}, features of train {results['train_images']})"
+    )
     for name, acc in rows:
         print(f"  {name:12s} " + "  ".join(f"k={k}: {acc[f'top1_k{k}']:.2f}%" for k in args.k))
 
@@ -366,10 +490,23 @@ def cmd_eval_protocol(args: argparse.Namespace) -> None:
     elif args.protocol == "finetune":
         from .evaluate.finetune import finetune
 
-        r = finetune(args.run, args.data, args.labels, subset_file=args.subset, init=args.init, epochs=args.epochs,
-                     minutes=args.minutes, lr=args.lr, layer_decay=args.layer_decay, batch_size=args.batch_size,
-                     seed=args.seed, out=args.out)  # fmt: skip
-        rows = {args.init: f"{r['top1']:.2f}% ({r['train_images']} labelled images, {r['steps']} steps, {r['minutes']} min)"}
+        r = finetune(
+            args.run,
+            args.data,
+            args.labels,
+            subset_file=args.subset,
+            init=args.init,
+            epochs=args.epochs,
+            minutes=args.minutes,
+            lr=args.lr,
+            layer_decay=args.layer_decay,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            out=args.out,
+        )
+        rows = {
+            args.init: f"{r['top1']:.2f}% ({r['train_images']} labelled images, {r['steps']} steps, {r['minutes']} min)"
+        }
     elif args.protocol == "dense":
         from .evaluate.dense import evaluate_dense
 
@@ -379,8 +516,11 @@ def cmd_eval_protocol(args: argparse.Namespace) -> None:
         from .evaluate.attention import evaluate_attention
 
         r = evaluate_attention(args.run, args.data, args.out, args.images, args.baselines)
-        rows = {k: f"Jaccard {r[k]['jaccard_mean_head']:.2f}% (best head {r[k]['jaccard_best_head']:.2f}%)"
-                for k in ("trained", "random_init") if k in r}  # fmt: skip
+        rows = {
+            k: f"Jaccard {r[k]['jaccard_mean_head']:.2f}% (best head {r[k]['jaccard_best_head']:.2f}%)"
+            for k in ("trained", "random_init")
+            if k in r
+        }
     print(f"{args.protocol} on {r['data']}: " + json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)}))
     for name, text in rows.items():
         print(f"  {name:12s} {text}")
@@ -398,7 +538,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"{len(rows)} images classified into {args.out}")
     else:
         writer = csv.writer(sys.stdout)
-        writer.writerow(["image"] + [f"{n}_{j}" for j in range(1, min(args.k, len(rows[0]) // 2) + 1) for n in ("label", "score")])
+        writer.writerow(
+            ["image"] + [f"{n}_{j}" for j in range(1, min(args.k, len(rows[0]) // 2) + 1) for n in ("label", "score")]
+        )
         writer.writerows(rows)
 
 
@@ -419,7 +561,9 @@ def cmd_shards(args: argparse.Namespace) -> None:
     from .config import check_writable
     from .data.shards import make_shards
 
-    shards = make_shards(args.src, check_writable(args.out), args.per_shard, args.workers, allow_outside=args.allow_outside)
+    shards = make_shards(
+        args.src, check_writable(args.out), args.per_shard, args.workers, allow_outside=args.allow_outside
+    )
     print(f"{len(shards)} shards written to {args.out}")
 
 
@@ -431,12 +575,15 @@ def cmd_index(args: argparse.Namespace) -> None:
     if args.action == "build":
         from .config import check_writable
 
-        r = ix.build_index(args.source, args.model, check_writable(args.out), args.split, args.batch_size,
-                           weights=args.weights)
+        r = ix.build_index(
+            args.source, args.model, check_writable(args.out), args.split, args.batch_size, weights=args.weights
+        )
         if r["model_changed"]:
             print("the model's weights changed since the last build: every image embedded again")
-        print(f"{r['index']}: {r['rows']} images ({r['embedded']} embedded, {r['kept']} unchanged, {r['removed']} removed, "
-              f"{len(r['failed'])} unreadable) in {r['seconds']:.1f} s, {r['images_per_s']:.0f} images/s")  # fmt: skip
+        print(
+            f"{r['index']}: {r['rows']} images ({r['embedded']} embedded, {r['kept']} unchanged, {r['removed']} removed, "
+            f"{len(r['failed'])} unreadable) in {r['seconds']:.1f} s, {r['images_per_s']:.0f} images/s"
+        )
         for path in r["failed"]:
             print(f"  unreadable: {path}")
     elif args.action == "search":
@@ -450,8 +597,10 @@ def cmd_index(args: argparse.Namespace) -> None:
         if args.json:
             print(json.dumps(r, indent=1))
             return
-        print(f"precision@{r['k']} (image-to-image, query excluded) over {r['rows']} images: {r['mean']:.2f}%  "
-              f"({r['queries_per_s']:.0f} queries/s)")  # fmt: skip
+        print(
+            f"precision@{r['k']} (image-to-image, query excluded) over {r['rows']} images: {r['mean']:.2f}%  "
+            f"({r['queries_per_s']:.0f} queries/s)"
+        )
         for name, p in r["by_class"].items():
             print(f"  {name:14s} {p:6.2f}%")
 
@@ -459,14 +608,29 @@ def cmd_index(args: argparse.Namespace) -> None:
 def cmd_curate(args: argparse.Namespace) -> None:
     from .pipelines.curate import curate
 
-    r = curate(args.source, args.model, args.out, split=args.split, threshold=args.threshold, clusters=args.clusters,
-               per_cluster=args.per_cluster, n_select=args.select, seed=args.seed, weights=args.weights)
+    r = curate(
+        args.source,
+        args.model,
+        args.out,
+        split=args.split,
+        threshold=args.threshold,
+        clusters=args.clusters,
+        per_cluster=args.per_cluster,
+        n_select=args.select,
+        seed=args.seed,
+        weights=args.weights,
+    )
     d = r["duplicates"]
-    print(f"{r['images']} images: {d['dropped']} near-duplicates dropped ({d['groups']} groups at cosine >= {d['threshold']})"
-          + (f", {r['balance']['dropped']} by balancing {r['balance']['clusters']} clusters" if "balance" in r else "")
-          + (f", {r['select']['n']} selected" if "select" in r else ""))
+    print(
+        f"{r['images']} images: {d['dropped']} near-duplicates dropped ({d['groups']} groups at cosine >= {d['threshold']})"
+        + (f", {r['balance']['dropped']} by balancing {r['balance']['clusters']} clusters" if "balance" in r else "")
+        + (f", {r['select']['n']} selected" if "select" in r else "")
+    )
     for g in d["examples"][:3]:
-        print(f"  kept {g['kept']}, dropped " + ", ".join(f"{x['image']} ({x['similarity']:.3f})" for x in g["dropped"][:3]))
+        print(
+            f"  kept {g['kept']}, dropped "
+            + ", ".join(f"{x['image']} ({x['similarity']:.3f})" for x in g["dropped"][:3])
+        )
     print(f"wrote {r['kept']} images to {r['list']} (report: {Path(r['list']).with_suffix('.json')})")
 
 
@@ -494,24 +658,51 @@ def cmd_segment(args: argparse.Namespace) -> None:
     check_writable(args.out)
     text = [t.strip() for t in args.text.split(",") if t.strip()] if args.text else None
     if (args.out is None) == (args.coco is None):
-        raise ConfigError("give --out FOLDER (a JSON and an overlay per image) or --coco FILE (one COCO file), not both")
+        raise ConfigError(
+            "give --out FOLDER (a JSON and an overlay per image) or --coco FILE (one COCO file), not both"
+        )
     if args.coco:
         if args.points or args.boxes:
-            raise ConfigError("--coco labels images by --text phrases; points and boxes prompt single images (use --out)")
+            raise ConfigError(
+                "--coco labels images by --text phrases; points and boxes prompt single images (use --out)"
+            )
         from .pipelines.segment import label_folder
 
-        r = label_folder(args.images, args.coco, segmenter=args.segmenter, text=text, detector=args.detector,
-                         box_threshold=args.box_threshold, text_threshold=args.text_threshold, nms_threshold=args.nms,
-                         batch_size=args.batch_size, device=args.device, dtype=args.dtype)  # fmt: skip
+        r = label_folder(
+            args.images,
+            args.coco,
+            segmenter=args.segmenter,
+            text=text,
+            detector=args.detector,
+            box_threshold=args.box_threshold,
+            text_threshold=args.text_threshold,
+            nms_threshold=args.nms,
+            batch_size=args.batch_size,
+            device=args.device,
+            dtype=args.dtype,
+        )
         for name in r["unreadable"]:
             print(f"  unreadable, left out: {name}")
-        print(f"wrote {r['annotations']} objects in {r['images']} images to {r['coco']}"
-              + (f" ({r['resumed']} images from the stopped run)" if r["resumed"] else ""))  # fmt: skip
+        print(
+            f"wrote {r['annotations']} objects in {r['images']} images to {r['coco']}"
+            + (f" ({r['resumed']} images from the stopped run)" if r["resumed"] else "")
+        )
         return
-    records = segment(args.images, args.out, segmenter=args.segmenter, text=text, detector=args.detector,
-                      points=numbers(args.points, "--points"), boxes=numbers(args.boxes, "--boxes"),
-                      box_threshold=args.box_threshold, text_threshold=args.text_threshold, nms_threshold=args.nms,
-                      batch_size=args.batch_size, device=args.device, dtype=args.dtype)  # fmt: skip
+    records = segment(
+        args.images,
+        args.out,
+        segmenter=args.segmenter,
+        text=text,
+        detector=args.detector,
+        points=numbers(args.points, "--points"),
+        boxes=numbers(args.boxes, "--boxes"),
+        box_threshold=args.box_threshold,
+        text_threshold=args.text_threshold,
+        nms_threshold=args.nms,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+    )
     for r in records:
         labels = ", ".join(sorted({o["label"] for o in r["objects"]})) or "-"
         print(f"{r['image']}: {len(r['objects'])} objects ({labels})")
@@ -535,13 +726,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare
     from .config import parse_override
 
-    rows = compare(args.methods, args.data, args.out, args.minutes, args.steps, args.epochs, args.seed, args.eval_every,
-                   dict(parse_override(s) for s in args.set))  # fmt: skip
+    rows = compare(
+        args.methods,
+        args.data,
+        args.out,
+        args.minutes,
+        args.steps,
+        args.epochs,
+        args.seed,
+        args.eval_every,
+        dict(parse_override(s) for s in args.set),
+    )
     print((Path(args.out) / "leaderboard.md").read_text(), end="")
     failed = [r["name"] for r in rows if r["status"] != "done"]
     if failed:
-        print(f"freelabel: {', '.join(failed)} did not finish (see each run's log.txt); the same command retries them",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"freelabel: {', '.join(failed)} did not finish (see each run's log.txt); the same command retries them",
+            file=sys.stderr,
+        )
         return 1
 
 
@@ -609,8 +811,11 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except OSError as e:  # a file that cannot be read or written where the command needs it
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            print(f"freelabel: error: no space left on the device for {e.filename or 'a file'}; free some space and run "
-                  "the command again (a pretrain run continues with --resume RUN_DIR)", file=sys.stderr)
+            print(
+                f"freelabel: error: no space left on the device for {e.filename or 'a file'}; free some space and run "
+                "the command again (a pretrain run continues with --resume RUN_DIR)",
+                file=sys.stderr,
+            )
         else:
             where = f": {e.filename}" if e.filename else ""
             print(f"freelabel: error: {e.strerror or e}{where}", file=sys.stderr)

@@ -24,12 +24,35 @@ from .errors import ConfigError
 from .run import BACKBONE, CONFIG, latest_checkpoint, load_config, read_metrics, update_metrics
 
 log = logging.getLogger("freelabel")
-LABELS = {"knn_top1_k20": "k-NN k=20", "knn_top1_k200": "k-NN k=200", "random_init_k20": "random init k=20",
-          "linear_top1": "linear", "train_minutes": "minutes", "images_per_s": "images/s", "peak_memory_mb": "peak MB",
-          "final_loss": "final loss"}  # fmt: skip
-COLUMNS = ["rank", "name", "method", "recipe", "backbone", "knn_top1_k20", "knn_top1_k200", "random_init_k20",
-           "linear_top1", "steps", "epochs", "train_minutes", "images_per_s", "peak_memory_mb", "final_loss", "status",
-           "error"]  # fmt: skip
+LABELS = {
+    "knn_top1_k20": "k-NN k=20",
+    "knn_top1_k200": "k-NN k=200",
+    "random_init_k20": "random init k=20",
+    "linear_top1": "linear",
+    "train_minutes": "minutes",
+    "images_per_s": "images/s",
+    "peak_memory_mb": "peak MB",
+    "final_loss": "final loss",
+}
+COLUMNS = [
+    "rank",
+    "name",
+    "method",
+    "recipe",
+    "backbone",
+    "knn_top1_k20",
+    "knn_top1_k200",
+    "random_init_k20",
+    "linear_top1",
+    "steps",
+    "epochs",
+    "train_minutes",
+    "images_per_s",
+    "peak_memory_mb",
+    "final_loss",
+    "status",
+    "error",
+]
 
 
 @dataclass
@@ -51,8 +74,14 @@ def expand(specs: list[str], data: str) -> list[str]:
     return [m if r == f"{m}-{data}" else f"{m}:{r}" for r, m in methods.items()]
 
 
-def plan(specs: list[str], data: str, budget: dict[str, float | None], seed: int = 0,
-         eval_every: float | None = None, overrides: dict[str, Any] | None = None) -> list[Entry]:  # fmt: skip
+def plan(
+    specs: list[str],
+    data: str,
+    budget: dict[str, float | None],
+    seed: int = 0,
+    eval_every: float | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> list[Entry]:
     """Resolve ``METHOD`` or ``METHOD:RECIPE`` specs (or ``all``) into configs (each method's recipe for ``data``
     unless one is named), all with the same data, budget and seed. Bad specs fail here, before any run."""
     from .methods import METHODS
@@ -65,8 +94,13 @@ def plan(specs: list[str], data: str, budget: dict[str, float | None], seed: int
         name = recipe or default_recipe(method, data)
         d = load_recipe(name)
         d["recipe"] = name
-        fixed = {"method": method, "data.name": data, "seed": seed, "eval_every_minutes": eval_every,
-                 **{f"budget.{k}": v for k, v in budget.items()}}  # fmt: skip
+        fixed = {
+            "method": method,
+            "data.name": data,
+            "seed": seed,
+            "eval_every_minutes": eval_every,
+            **{f"budget.{k}": v for k, v in budget.items()},
+        }
         stem = Path(recipe).stem
         label = method if not recipe else stem if stem.startswith(method) else f"{method}-{stem}"
         entries.append(Entry(label, resolve(d, {**fixed, **(overrides or {})})))
@@ -149,9 +183,17 @@ def _child(cfg: RunConfig, run: str) -> None:
         sys.exit(1)
 
 
-def compare(specs: list[str], data: str = "fashion-mnist", out: str | Path = "compare", minutes: float | None = None,
-            steps: int | None = None, epochs: float | None = None, seed: int = 0, eval_every: float | None = None,
-            overrides: dict[str, Any] | None = None) -> list[dict]:  # fmt: skip
+def compare(
+    specs: list[str],
+    data: str = "fashion-mnist",
+    out: str | Path = "compare",
+    minutes: float | None = None,
+    steps: int | None = None,
+    epochs: float | None = None,
+    seed: int = 0,
+    eval_every: float | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> list[dict]:
     """Run every method of ``specs`` in turn into ``OUT/NAME`` and write the leaderboard; return its rows.
     With a minutes budget the online k-NN runs every fifth of it unless ``eval_every`` says otherwise."""
     if sum(x is not None for x in (minutes, steps, epochs)) != 1:
@@ -178,8 +220,14 @@ def compare(specs: list[str], data: str = "fashion-mnist", out: str | Path = "co
         except KeyboardInterrupt:
             child.join()
             raise
-        log.info("[%d/%d] %s: %s after %.1f min", i, len(entries), entry.name,
-                 "done" if child.exitcode == 0 else f"failed (exit {child.exitcode})", (time.perf_counter() - started) / 60)  # fmt: skip
+        log.info(
+            "[%d/%d] %s: %s after %.1f min",
+            i,
+            len(entries),
+            entry.name,
+            "done" if child.exitcode == 0 else f"failed (exit {child.exitcode})",
+            (time.perf_counter() - started) / 60,
+        )
     rows = leaderboard_rows(out, entries)
     write_leaderboard(out, rows, entries)
     return rows
@@ -192,15 +240,23 @@ def _row(run: Path, entry: Entry) -> dict:
     failed = None if done else m.get("compare", {}).get("failed")  # a retry that succeeded clears it
     cfg = entry.cfg
     return {
-        "name": entry.name, "method": cfg.method, "recipe": cfg.recipe, "backbone": cfg.backbone.name,
-        "knn_top1_k20": knn.get("trained", {}).get("top1_k20"), "knn_top1_k200": knn.get("trained", {}).get("top1_k200"),
+        "name": entry.name,
+        "method": cfg.method,
+        "recipe": cfg.recipe,
+        "backbone": cfg.backbone.name,
+        "knn_top1_k20": knn.get("trained", {}).get("top1_k20"),
+        "knn_top1_k200": knn.get("trained", {}).get("top1_k200"),
         "random_init_k20": knn.get("random_init", {}).get("top1_k20"),
         "linear_top1": m.get("linear", {}).get("trained", {}).get("top1"),
-        "steps": p.get("steps"), "epochs": p.get("epochs"), "train_minutes": p.get("train_minutes"),
-        "images_per_s": p.get("images_per_s"), "peak_memory_mb": res.get("peak_gpu_mb", res.get("peak_rss_mb")),
+        "steps": p.get("steps"),
+        "epochs": p.get("epochs"),
+        "train_minutes": p.get("train_minutes"),
+        "images_per_s": p.get("images_per_s"),
+        "peak_memory_mb": res.get("peak_gpu_mb", res.get("peak_rss_mb")),
         "final_loss": p.get("final_loss"),
-        "status": "done" if done else "failed" if failed else "not finished", "error": failed,
-    }  # fmt: skip
+        "status": "done" if done else "failed" if failed else "not finished",
+        "error": failed,
+    }
 
 
 def leaderboard_rows(out: Path, entries: list[Entry]) -> list[dict]:
@@ -229,10 +285,18 @@ def write_leaderboard(out: Path, rows: list[dict], entries: list[Entry]) -> None
     b = cfg.budget
     budget = f"{b.minutes} minutes" if b.minutes else f"{b.steps} steps" if b.steps else f"{b.epochs} epochs"
     env = environment()
-    setting = (f"{cfg.data.name}, {budget} each, seed {cfg.seed}; {env['cpu']}, GPU: {env['gpu']}; "
-               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")  # fmt: skip
-    raw = next((read_metrics(out / r["name"]).get("knn", {}).get("raw_pixels", {}).get("top1_k20") for r in rows
-                if "raw_pixels" in read_metrics(out / r["name"]).get("knn", {})), None)  # fmt: skip
+    setting = (
+        f"{cfg.data.name}, {budget} each, seed {cfg.seed}; {env['cpu']}, GPU: {env['gpu']}; "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+    raw = next(
+        (
+            read_metrics(out / r["name"]).get("knn", {}).get("raw_pixels", {}).get("top1_k20")
+            for r in rows
+            if "raw_pixels" in read_metrics(out / r["name"]).get("knn", {})
+        ),
+        None,
+    )
 
     shown = [c for c in COLUMNS if c not in ("method", "error")]
     heads = [LABELS.get(c, c) for c in shown]
@@ -240,7 +304,10 @@ def write_leaderboard(out: Path, rows: list[dict], entries: list[Entry]) -> None
     md = [f"# Leaderboard: {setting}", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(shown)]
     md += ["| " + " | ".join(_cell(r[c]) for c in shown) + " |" for r in rows]
     if raw is not None:
-        md += ["", f"Raw pixels (k-NN top-1, k=20): {raw:.2f}%. k-NN: weighted, on frozen pooled features, full train and test splits."]
+        md += [
+            "",
+            f"Raw pixels (k-NN top-1, k=20): {raw:.2f}%. k-NN: weighted, on frozen pooled features, full train and test splits.",
+        ]
     md += [""] + [f"- {e}" for e in errors] if errors else []
     atomic_write(out / "leaderboard.md", ("\n".join(md) + "\n").encode())
 
@@ -259,6 +326,15 @@ def write_leaderboard(out: Path, rows: list[dict], entries: list[Entry]) -> None
         curves[r["name"]] = sorted(set(points))
     table = [[_cell(r[c]) for c in shown] for r in rows]
     links = [f"{r['name']}/report.html" if (out / r["name"] / "report.html").is_file() else None for r in rows]
-    html = render({"setting": setting, "columns": heads, "rows": list(zip(table, links)), "raw_pixels": raw, "errors": errors,
-                   "curves": data_uri(leaderboard_curves(curves, raw))}, "leaderboard.html.j2")  # fmt: skip
+    html = render(
+        {
+            "setting": setting,
+            "columns": heads,
+            "rows": list(zip(table, links)),
+            "raw_pixels": raw,
+            "errors": errors,
+            "curves": data_uri(leaderboard_curves(curves, raw)),
+        },
+        "leaderboard.html.j2",
+    )
     atomic_write(out / "leaderboard.html", html.encode())

@@ -172,8 +172,10 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
-               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.inf|\.Inf|\.INF|\.nan|\.NaN|\.NAN)$"),  # fmt: skip
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.inf|\.Inf|\.INF|\.nan|\.NaN|\.NAN)$"
+    ),
     list("-+0123456789."),
 )
 
@@ -187,7 +189,9 @@ def read_yaml(text: str, where: str = "the YAML") -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{where} is not plain YAML data{line}: {getattr(e, 'problem', None) or e}".splitlines()[0]) from None
+        raise ConfigError(
+            f"{where} is not plain YAML data{line}: {getattr(e, 'problem', None) or e}".splitlines()[0]
+        ) from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -222,14 +226,18 @@ def cpu_recipe(method: str) -> tuple[str, dict] | None:
     recipe's colour augmentation and normalisation where the CPU recipe is a grey one, and CNN views of
     ``CPU_VIEW_SIZE`` pixels (ViT recipes keep the size their patch grid is tuned to). Its name and
     the recipe; ``None`` for a method with no CPU recipe."""
-    name = next((f"{method}-{d}" for d in ("emoji", "emoji-captions", "fashion-mnist")
-                 if f"{method}-{d}" in list_recipes()), None)  # fmt: skip
+    name = next(
+        (f"{method}-{d}" for d in ("emoji", "emoji-captions", "fashion-mnist") if f"{method}-{d}" in list_recipes()),
+        None,
+    )
     if name is None:
         return None
     recipe, paper = load_recipe(name), load_recipe(method)
     views = recipe.setdefault("views", {})
     if name.endswith("fashion-mnist"):
-        views.update({k: v for k, v in paper.get("views", {}).items() if k in ("saturation", "hue", "grayscale", "mean", "std")})
+        views.update(
+            {k: v for k, v in paper.get("views", {}).items() if k in ("saturation", "hue", "grayscale", "mean", "std")}
+        )
     if recipe.get("backbone", {}).get("name") == "convnet":
         views["size"] = CPU_VIEW_SIZE
     recipe["about"] = f"{name} sized for photos on a CPU: {recipe['backbone']['name']} at {views.get('size')} px"
@@ -293,25 +301,43 @@ def validate(cfg: RunConfig) -> RunConfig:
         (o.batch_size >= 2, f"--batch-size must be at least 2, got {o.batch_size}"),
         (o.lr > 0, f"--lr must be positive, got {o.lr}"),
         (o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}"),
-        (o.weight_decay_end is None or o.weight_decay_end >= 0, f"optim.weight_decay_end must be >= 0, got {o.weight_decay_end}"),
+        (
+            o.weight_decay_end is None or o.weight_decay_end >= 0,
+            f"optim.weight_decay_end must be >= 0, got {o.weight_decay_end}",
+        ),
         (0 <= o.momentum < 1, f"optim.momentum must be in [0, 1), got {o.momentum}"),
-        (o.betas is None or (len(o.betas) == 2 and all(0 <= x < 1 for x in o.betas)),
-         f"optim.betas must be two numbers in [0, 1), got {o.betas}"),
+        (
+            o.betas is None or (len(o.betas) == 2 and all(0 <= x < 1 for x in o.betas)),
+            f"optim.betas must be two numbers in [0, 1), got {o.betas}",
+        ),
         (0 <= o.warmup < 1, f"optim.warmup is a fraction of the run in [0, 1), got {o.warmup}"),
         (0 <= o.min_lr <= 1, f"optim.min_lr is a fraction of the peak in [0, 1], got {o.min_lr}"),
-        (o.clip_grad is None or o.clip_grad > 0, f"optim.clip_grad must be positive (or null for none), got {o.clip_grad}"),
+        (
+            o.clip_grad is None or o.clip_grad > 0,
+            f"optim.clip_grad must be positive (or null for none), got {o.clip_grad}",
+        ),
         (cfg.checkpoint_every >= 1, f"checkpoint_every must be a positive number of steps, got {cfg.checkpoint_every}"),
         (cfg.log_every >= 1, f"log_every must be a positive number of steps, got {cfg.log_every}"),
-        (cfg.eval_every_minutes is None or cfg.eval_every_minutes > 0,
-         f"--eval-every must be a positive number of minutes, got {cfg.eval_every_minutes}"),
+        (
+            cfg.eval_every_minutes is None or cfg.eval_every_minutes > 0,
+            f"--eval-every must be a positive number of minutes, got {cfg.eval_every_minutes}",
+        ),
         (0 <= cfg.seed < 2**31, f"--seed must be an integer in [0, 2^31), got {cfg.seed}"),
         (cfg.num_nodes >= 1, f"num_nodes must be at least 1, got {cfg.num_nodes}"),
-        (cfg.devices == "auto" or isinstance(cfg.devices, int) and cfg.devices >= 1,
-         f"--devices takes a positive number of devices or auto, got {cfg.devices!r}"),
-        (cfg.accelerator in ACCELERATORS, f"unknown --accelerator {cfg.accelerator!r}; valid: {', '.join(ACCELERATORS)}"),
+        (
+            cfg.devices == "auto" or isinstance(cfg.devices, int) and cfg.devices >= 1,
+            f"--devices takes a positive number of devices or auto, got {cfg.devices!r}",
+        ),
+        (
+            cfg.accelerator in ACCELERATORS,
+            f"unknown --accelerator {cfg.accelerator!r}; valid: {', '.join(ACCELERATORS)}",
+        ),
         (cfg.precision in PRECISIONS, f"unknown --precision {cfg.precision!r}; valid: {', '.join(PRECISIONS)}"),
         (d.workers >= 0, f"data.workers is a number of decoding processes, 0 or more, got {d.workers}"),
-        (d.image_size is None or d.image_size >= 1, f"data.image_size must be a positive number of pixels, got {d.image_size}"),
+        (
+            d.image_size is None or d.image_size >= 1,
+            f"data.image_size must be a positive number of pixels, got {d.image_size}",
+        ),
         (d.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {d.channels}"),
         (bool(d.name), "data.name must name the data (--data)"),
     ]
@@ -367,13 +393,25 @@ def _view_checks(v: ViewConfig, where: str) -> list[tuple[bool, str]]:
     bad_p = next((p for p in probabilities if not 0 <= getattr(v, p) <= 1), None)
     return [
         (v.size >= 1, f"{where}.size must be a positive number of pixels, got {v.size}"),
-        (len(v.scale) == 2 and 0 < v.scale[0] <= v.scale[1] <= 1, f"{where}.scale is [low, high] with 0 < low <= high <= 1, got {list(v.scale)}"),
-        (len(v.ratio) == 2 and 0 < v.ratio[0] <= v.ratio[1], f"{where}.ratio is [low, high] with 0 < low <= high, got {list(v.ratio)}"),
+        (
+            len(v.scale) == 2 and 0 < v.scale[0] <= v.scale[1] <= 1,
+            f"{where}.scale is [low, high] with 0 < low <= high <= 1, got {list(v.scale)}",
+        ),
+        (
+            len(v.ratio) == 2 and 0 < v.ratio[0] <= v.ratio[1],
+            f"{where}.ratio is [low, high] with 0 < low <= high, got {list(v.ratio)}",
+        ),
         (bad_p is None, f"{where}.{bad_p} is a probability in [0, 1], got {getattr(v, bad_p or 'hflip')}"),
         (all(x >= 0 for x in (v.brightness, v.contrast, v.saturation)), f"{where} jitter strengths must be >= 0"),
         (0 <= v.hue <= 0.5, f"{where}.hue must be in [0, 0.5], got {v.hue}"),
-        (len(v.blur_sigma) == 2 and 0 <= v.blur_sigma[0] <= v.blur_sigma[1], f"{where}.blur_sigma is [low, high] with 0 <= low <= high, got {list(v.blur_sigma)}"),
-        (len(v.mean) == len(v.std) and len(v.mean) in (1, 3), f"{where}.mean and .std need 1 or 3 values each, got {list(v.mean)} and {list(v.std)}"),
+        (
+            len(v.blur_sigma) == 2 and 0 <= v.blur_sigma[0] <= v.blur_sigma[1],
+            f"{where}.blur_sigma is [low, high] with 0 <= low <= high, got {list(v.blur_sigma)}",
+        ),
+        (
+            len(v.mean) == len(v.std) and len(v.mean) in (1, 3),
+            f"{where}.mean and .std need 1 or 3 values each, got {list(v.mean)} and {list(v.std)}",
+        ),
         (all(x > 0 for x in v.std), f"{where}.std must be positive, got {list(v.std)}"),
     ]
 
@@ -392,7 +430,9 @@ def check_writable(path: str | Path, flag: str = "--out", folder: bool = True) -
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        raise ConfigError(f"{flag} {path}: cannot write in {existing} ({e.strerror or e}); choose another place") from None
+        raise ConfigError(
+            f"{flag} {path}: cannot write in {existing} ({e.strerror or e}); choose another place"
+        ) from None
     return path
 
 
@@ -404,7 +444,9 @@ def check_hardware(cfg: RunConfig) -> None:
 
     if cfg.accelerator in ("cuda", "gpu"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"--accelerator {cfg.accelerator} needs a CUDA GPU and this machine has none; use cpu or auto")
+            raise ConfigError(
+                f"--accelerator {cfg.accelerator} needs a CUDA GPU and this machine has none; use cpu or auto"
+            )
         if isinstance(cfg.devices, int) and cfg.devices * 1 > torch.cuda.device_count():
             raise ConfigError(f"--devices {cfg.devices} asks for more GPUs than the {torch.cuda.device_count()} here")
     if cfg.accelerator == "mps" and not (torch.backends.mps.is_available()):

@@ -40,8 +40,7 @@ class MomentumTeacher(nn.Module):
     one after the other (backbone, then head). The student's modules themselves are kept (not owned:
     they are not in the teacher's state dict) to update from."""
 
-    def __init__(self, student: dict[str, nn.Module], momentum: float, final: float = 1.0,
-                 schedule: str = "cosine"):
+    def __init__(self, student: dict[str, nn.Module], momentum: float, final: float = 1.0, schedule: str = "cosine"):
         super().__init__()
         if schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"a momentum schedule is cosine, linear or constant, not {schedule!r}")

@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -81,7 +82,9 @@ def build_optimizer(method: Method, cfg: RunConfig, world: int) -> torch.optim.O
     o = cfg.optim
     kwargs = {"momentum": o.momentum} if o.name in ("sgd", "momentum", "lars", "nesterov") else {}
     kwargs |= {"betas": tuple(o.betas)} if o.betas else {}
-    if o.name in _FUSED and (cfg.accelerator in ("cuda", "gpu") or cfg.accelerator == "auto" and torch.cuda.is_available()):
+    if o.name in _FUSED and (
+        cfg.accelerator in ("cuda", "gpu") or cfg.accelerator == "auto" and torch.cuda.is_available()
+    ):
         kwargs["fused"] = True  # torch's fused CUDA update: one kernel for all parameters
     lr = o.lr * o.batch_size * world / 256
     try:
@@ -102,8 +105,9 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
     out = Path(out)
     if not resume and (out / rundir.CONFIG).exists():
         if rundir.has_results(out):
-            raise rundir.RunError(f"{out} already holds a run; continue it with {rundir.resume_hint(out)}, "
-                                  "or choose another --out")
+            raise rundir.RunError(
+                f"{out} already holds a run; continue it with {rundir.resume_hint(out)}, or choose another --out"
+            )
         log.info("%s holds a run stopped before its first checkpoint: starting it again", out)
     out.mkdir(parents=True, exist_ok=True)
     handler = rundir.file_logger(out)
@@ -117,36 +121,54 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
 
 
 def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
-    data = open_dataset(cfg.data.name, "train", size=cfg.data.image_size or cfg.views.size,
-                        allow_outside=cfg.data.allow_outside)
+    data = open_dataset(
+        cfg.data.name, "train", size=cfg.data.image_size or cfg.views.size, allow_outside=cfg.data.allow_outside
+    )
     fabric, method, model, optimizer, precision = _setup(cfg, data, out)
     schedule = OptimizerSchedule(optimizer, cfg.optim)  # before resuming: the peak learning rates
     state = _resume(out, model, optimizer) if resume else TrainState()
-    knn = OnlineKNN(cfg, method.backbone, fabric.device, precision, state.train_seconds, fabric.is_global_zero,
-                    curve=state.knn_curve)
+    knn = OnlineKNN(
+        cfg,
+        method.backbone,
+        fabric.device,
+        precision,
+        state.train_seconds,
+        fabric.is_global_zero,
+        curve=state.knn_curve,
+    )
     clock = _budget_clock(cfg, len(data), fabric)  # training time runs from here, evaluation excluded
     rank, world = fabric.global_rank, fabric.world_size
     views = [Views(v) for v in method.views]
     workers = loader_workers(cfg.data.workers, world // cfg.num_nodes)  # this machine's cores at most
+    stream = partial(
+        batches,
+        data,
+        cfg.optim.batch_size,
+        seed=cfg.seed,
+        rank=rank,
+        world=world,
+        workers=workers,
+        masks=method.masks,
+        views=method.views,
+    )
     forecast = Forecast(cfg.budget, clock.total_steps, cfg.optim.batch_size * world, len(data), fabric.is_global_zero)
-    monitor = Monitor(out, state, cfg.log_every, fabric.is_global_zero, lambda v: fabric.all_reduce(v, reduce_op="mean"),
-                      forecast)
+    monitor = Monitor(
+        out, state, cfg.log_every, fabric.is_global_zero, lambda v: fabric.all_reduce(v, reduce_op="mean"), forecast
+    )
     save = _checkpointer(out, state, model, optimizer, fabric)
     last: Batch | None = None  # the last batch, for the method's artefacts
     enough_images = _EnoughImages(fabric, steps_per_epoch(len(data), cfg.optim.batch_size, world), cfg.data.name)
 
     with monitor, _stop_between_steps(save, state, out, fabric) as stop:
         while clock.progress(state) < 1:
-            for batch in batches(data, cfg.optim.batch_size, seed=cfg.seed, epoch=state.epoch, start=state.position,
-                                 rank=rank, world=world, workers=workers, masks=method.masks, views=method.views):
+            for batch in stream(epoch=state.epoch, start=state.position):
                 if (p := clock.progress(state)) >= 1:
                     break
                 if (batch := enough_images(batch, state)) is None:
                     continue
                 schedule(p)
                 method.on_step(p)
-                at = (rank * len(batch.images), len(batch.images) * world)  # this part of the global batch
-                last = _on_device(batch, views, step_generator(cfg.seed, state.step), at, fabric.device)
+                last = _on_device(batch, views, step_generator(cfg.seed, state.step), (rank, world), fabric.device)
                 with stop.step():  # from the forward pass (BatchNorm statistics) to the step counter: one unit
                     outputs = model(last)
                     _stop_if_not_finite(outputs["loss"], state.step, cfg, out)
@@ -170,12 +192,14 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     knn.finish(state)
     save()
     weights = full_weights(model)  # every process: under FSDP it gathers the shards
-    return _finish(cfg, out, state, method, weights, last, monitor, precision, fabric, len(data),
-                   getattr(data, "skipped", []))
+    return _finish(
+        cfg, out, state, method, weights, last, monitor, precision, fabric, len(data), getattr(data, "skipped", [])
+    )
 
 
-def _evaluate_and_save(state: TrainState, every: int, clock: BudgetClock, knn: OnlineKNN, monitor: Monitor,
-                       save: Callable[[], None]) -> None:
+def _evaluate_and_save(
+    state: TrainState, every: int, clock: BudgetClock, knn: OnlineKNN, monitor: Monitor, save: Callable[[], None]
+) -> None:
     """After a step, outside the budget's time: the online k-NN when due, then the periodic checkpoint
     (which keeps the k-NN curve)."""
     with clock.paused():
@@ -193,17 +217,31 @@ def _setup(cfg: RunConfig, data, out: Path) -> tuple[Fabric, Method, torch.nn.Mo
     method = build_method(cfg, data.channels)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
     _check_strategy(cfg)
-    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, precision=precision,
-                    strategy=strategy(cfg.strategy, cfg.activation_checkpointing))  # fmt: skip
+    fabric = Fabric(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        precision=precision,
+        strategy=strategy(cfg.strategy, cfg.activation_checkpointing),
+    )
     fabric.launch()
     if cfg.sync_bn and fabric.world_size > 1 and fabric.device.type != "cuda":  # before anything is written
-        raise ConfigError("sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); leave it off on the CPU")
+        raise ConfigError(
+            "sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); leave it off on the CPU"
+        )
     if fabric.is_global_zero:
         rundir.tidy_run(out)
         rundir.check_room(out, method.state_dict())
         rundir.save_config(out, cfg)
-        log.info("%s on %s: %d images, %s backbone, %s, %d device(s)", cfg.method, cfg.data.name, len(data),
-                 cfg.backbone.name, precision, fabric.world_size)
+        log.info(
+            "%s on %s: %d images, %s backbone, %s, %d device(s)",
+            cfg.method,
+            cfg.data.name,
+            len(data),
+            cfg.backbone.name,
+            precision,
+            fabric.world_size,
+        )
         log.info("if training stops, continue it with %s", rundir.resume_hint(out))
     fabric.barrier()
     if cfg.sync_bn and fabric.world_size > 1:
@@ -224,18 +262,22 @@ def _check_strategy(cfg: RunConfig) -> None:
     if cfg.strategy not in STRATEGIES:
         raise ConfigError(f"strategy {cfg.strategy!r} is not one of {', '.join(STRATEGIES)}")
     if cfg.strategy == "fsdp" and (cfg.accelerator == "cpu" or not torch.cuda.is_available()):
-        raise ConfigError("--strategy fsdp needs CUDA devices (Lightning runs FSDP on GPUs only); use --strategy ddp "
-                          "on the CPU")
+        raise ConfigError(
+            "--strategy fsdp needs CUDA devices (Lightning runs FSDP on GPUs only); use --strategy ddp on the CPU"
+        )
     if cfg.strategy == "fsdp" and cfg.eval_every_minutes:
-        raise ConfigError("the online k-NN (--eval-every) runs the backbone on one process, which FSDP's shards "
-                          "cannot; evaluate the finished run with `freelabel eval knn`")
+        raise ConfigError(
+            "the online k-NN (--eval-every) runs the backbone on one process, which FSDP's shards "
+            "cannot; evaluate the finished run with `freelabel eval knn`"
+        )
 
 
 def _budget_clock(cfg: RunConfig, images: int, fabric: Fabric) -> BudgetClock:
     per_epoch = steps_per_epoch(images, cfg.optim.batch_size, fabric.world_size)
     if per_epoch == 0:
-        raise ConfigError(f"{images} images cannot fill one batch of {cfg.optim.batch_size * fabric.world_size}; "
-                          "lower --batch-size")
+        raise ConfigError(
+            f"{images} images cannot fill one batch of {cfg.optim.batch_size * fabric.world_size}; lower --batch-size"
+        )
     budget = cfg.budget
     total_steps = budget.steps or (math.ceil(budget.epochs * per_epoch) if budget.epochs else None)
     agree = (lambda seconds: fabric.broadcast(seconds, 0)) if fabric.world_size > 1 else None
@@ -262,20 +304,31 @@ class _EnoughImages:
         state.skipped_batches += 1
         state.position += 1
         self.in_a_row += 1
-        log.warning("batch %d of epoch %d skipped: %d readable image(s), a step needs %d", state.position - 1,
-                    state.epoch, n, MIN_BATCH)
+        log.warning(
+            "batch %d of epoch %d skipped: %d readable image(s), a step needs %d",
+            state.position - 1,
+            state.epoch,
+            n,
+            MIN_BATCH,
+        )
         if self.in_a_row >= self.per_epoch:
             example = f", e.g. {state.skipped[-1]}" if state.skipped else ""
-            raise DataError(f"no batch in an epoch's worth ({self.per_epoch}) had {MIN_BATCH} readable images "
-                            f"({len(state.skipped)} files unreadable{example}); check --data {self.data}")
+            raise DataError(
+                f"no batch in an epoch's worth ({self.per_epoch}) had {MIN_BATCH} readable images "
+                f"({len(state.skipped)} files unreadable{example}); check --data {self.data}"
+            )
         return None
 
 
-def _on_device(batch: Batch, views: list[Views], g: torch.Generator, at: tuple[int, int],
-               device: torch.device) -> Batch:
+def _on_device(
+    batch: Batch, views: list[Views], g: torch.Generator, rank_world: tuple[int, int], device: torch.device
+) -> Batch:
     """The batch on ``device`` with the method's views made from its images (channels-last): from the
-    crops made where files were decoded, or from the whole images held in memory; ``at``: where this
-    process's part begins in the global batch, and the global batch size."""
+    crops made where files were decoded, or from the whole images held in memory. Each sample's view is
+    drawn as part of the global batch (this process's batch is part ``rank`` of ``world`` equal parts),
+    so the views do not depend on how the batch is split over processes."""
+    rank, world = rank_world
+    at = (rank * len(batch.images), len(batch.images) * world)
     images = batch.images.to(device, non_blocking=True)
     if batch.crops:
         made = [v(c.to(device, non_blocking=True), g, cropped=True, at=at) for v, c in zip(views, batch.crops)]
@@ -296,8 +349,9 @@ def _stop_if_not_finite(loss: torch.Tensor, step: int, cfg: RunConfig, out: Path
 
 
 # ----------------------------------------------------------------------------- checkpoints and resume
-def _save_checkpoint(out: Path, state: TrainState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     fabric: Fabric) -> None:
+def _save_checkpoint(
+    out: Path, state: TrainState, model: torch.nn.Module, optimizer: torch.optim.Optimizer, fabric: Fabric
+) -> None:
     """Weights, optimiser, where the run stands and the global random state, written by the first process;
     full state dicts under every strategy (see :mod:`freelabel.train.sharding`)."""
     weights, optim = full_state(model, optimizer)
@@ -307,8 +361,9 @@ def _save_checkpoint(out: Path, state: TrainState, model: torch.nn.Module, optim
     fabric.barrier()
 
 
-def _checkpointer(out: Path, state: TrainState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                  fabric: Fabric) -> Callable[[], None]:
+def _checkpointer(
+    out: Path, state: TrainState, model: torch.nn.Module, optimizer: torch.optim.Optimizer, fabric: Fabric
+) -> Callable[[], None]:
     """A function that saves a checkpoint where the run stands, once: an interrupt just after a periodic
     save, or the end of the run, does not write the same step again."""
     saved_at = None
@@ -338,8 +393,9 @@ def _resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer)
 
 
 @contextmanager
-def _stop_between_steps(save: Callable[[], None], state: TrainState, out: Path,
-                        fabric: Fabric) -> Iterator[StopBetweenSteps]:
+def _stop_between_steps(
+    save: Callable[[], None], state: TrainState, out: Path, fabric: Fabric
+) -> Iterator[StopBetweenSteps]:
     """Ctrl-C (or SIGTERM) lets the running step finish, saves a checkpoint and stops the run; a second
     one stops at once, and a step it cuts in the middle is dropped whole (the last checkpoint stays the
     one to resume from). Either way the resumed run continues exactly."""
@@ -352,36 +408,68 @@ def _stop_between_steps(save: Callable[[], None], state: TrainState, out: Path,
             yield stop
         except KeyboardInterrupt:
             if stop.in_step:
-                log.warning("stopped in the middle of step %d, which is dropped; continue from the last checkpoint "
-                            "with %s", state.step + 1, rundir.resume_hint(out))
+                log.warning(
+                    "stopped in the middle of step %d, which is dropped; continue from the last checkpoint with %s",
+                    state.step + 1,
+                    rundir.resume_hint(out),
+                )
             else:
                 save()
-                log.warning("interrupted at step %d; a checkpoint is saved: continue with %s", state.step,
-                            rundir.resume_hint(out))
+                log.warning(
+                    "interrupted at step %d; a checkpoint is saved: continue with %s",
+                    state.step,
+                    rundir.resume_hint(out),
+                )
             raise
 
 
-def _finish(cfg: RunConfig, out: Path, state: TrainState, method: Method, weights: dict, last: Batch | None,
-            monitor: Monitor, precision: str, fabric: Fabric, images: int, unreadable: list[str]) -> dict:
+def _finish(
+    cfg: RunConfig,
+    out: Path,
+    state: TrainState,
+    method: Method,
+    weights: dict,
+    last: Batch | None,
+    monitor: Monitor,
+    precision: str,
+    fabric: Fabric,
+    images: int,
+    unreadable: list[str],
+) -> dict:
     """The run's results; the first process writes the backbone, the method's artefacts and metrics.json."""
     skipped = unreadable + state.skipped  # files unreadable when the data was opened (shards) and in training
     result = {
-        "method": cfg.method, "backbone": cfg.backbone.name, "steps": state.step, "epochs": state.images_seen / images,
-        "images_seen": state.images_seen, "train_minutes": state.train_seconds / 60,
-        "images_per_s": state.images_seen / max(state.train_seconds, 1e-9), "final_loss": state.loss,
-        "precision": precision, "devices": fabric.world_size, "skipped_files": len(skipped),
-        "skipped_examples": skipped[:20], "skipped_batches": state.skipped_batches,
+        "method": cfg.method,
+        "backbone": cfg.backbone.name,
+        "steps": state.step,
+        "epochs": state.images_seen / images,
+        "images_seen": state.images_seen,
+        "train_minutes": state.train_seconds / 60,
+        "images_per_s": state.images_seen / max(state.train_seconds, 1e-9),
+        "final_loss": state.loss,
+        "precision": precision,
+        "devices": fabric.world_size,
+        "skipped_files": len(skipped),
+        "skipped_examples": skipped[:20],
+        "skipped_batches": state.skipped_batches,
     }
     if state.knn_curve:
         result["knn_curve"] = state.knn_curve
     if fabric.is_global_zero:
-        rundir.save_backbone(out, {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")})
+        rundir.save_backbone(
+            out, {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
+        )
         for name, data in (method.artefacts(last) if last and cfg.strategy != "fsdp" else {}).items():  # 1 process
             rundir.save_artefact(out, name, data)
         rundir.update_metrics(out, "pretrain", result)
         monitor.close()
         if skipped:
             log.warning("skipped %d unreadable files, e.g. %s", len(skipped), skipped[0])
-        log.info("done: %d steps, %.1f min, %.0f images/s; run directory %s",
-                 state.step, result["train_minutes"], result["images_per_s"], out)
+        log.info(
+            "done: %d steps, %.1f min, %.0f images/s; run directory %s",
+            state.step,
+            result["train_minutes"],
+            result["images_per_s"],
+            out,
+        )
     return result

@@ -85,10 +85,19 @@ def export_run(run: Path | str, fmt: str, out: Path | str | None = None, weights
     tmp.mkdir()
     try:
         source = str(weights) if weights is not None else _weights_source(run)
-        info = {"format": fmt, "run": str(run.resolve()), "weights": source, "method": cfg.method,
-                "backbone": cfg.backbone.name, "backbone_args": cfg.backbone.args, "image_size": cfg.views.size,
-                "in_chans": cfg.data.channels or 3, "mean": list(cfg.views.mean), "std": list(cfg.views.std),
-                "folder": str(out.resolve())}  # fmt: skip
+        info = {
+            "format": fmt,
+            "run": str(run.resolve()),
+            "weights": source,
+            "method": cfg.method,
+            "backbone": cfg.backbone.name,
+            "backbone_args": cfg.backbone.args,
+            "image_size": cfg.views.size,
+            "in_chans": cfg.data.channels or 3,
+            "mean": list(cfg.views.mean),
+            "std": list(cfg.views.std),
+            "folder": str(out.resolve()),
+        }
         with _quiet(transformers=fmt == "transformers"):
             info.update(WRITERS[fmt](backbone, cfg, tmp, out.resolve()))
         (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -182,9 +191,11 @@ def _hf_class(backbone: TimmBackbone, cfg: RunConfig) -> str:
     if vit.patch_embed.img_size[0] != vit.patch_embed.img_size[1]:
         raise ExportError("transformers' ViTs take square images")
     if vit.global_pool not in ("token", "avg") or isinstance(vit.norm, nn.LayerNorm) == _pooled_norm(vit):
-        raise ExportError(f"transformers' ViTs pool the class token or the mean of the patch tokens, with one final "
-                          f"LayerNorm (on the tokens or on the pooled mean); this ViT pools by {vit.global_pool!r} "
-                          f"with norms {type(vit.norm).__name__} and {type(vit.fc_norm).__name__}")  # fmt: skip
+        raise ExportError(
+            f"transformers' ViTs pool the class token or the mean of the patch tokens, with one final "
+            f"LayerNorm (on the tokens or on the pooled mean); this ViT pools by {vit.global_pool!r} "
+            f"with norms {type(vit.norm).__name__} and {type(vit.fc_norm).__name__}"
+        )
     layerscale = not isinstance(vit.blocks[0].ls1, nn.Identity)
     if vit.cls_token is not None:
         own = getattr(method_class(cfg.method), "transformers_class", None)
@@ -194,8 +205,9 @@ def _hf_class(backbone: TimmBackbone, cfg: RunConfig) -> str:
             raise ExportError("transformers' Dinov2Model takes MLP widths that are whole multiples of the width")
         return "Dinov2WithRegistersModel" if vit.num_reg_tokens else "Dinov2Model"
     if vit.num_reg_tokens or layerscale:
-        raise ExportError("a ViT without a class token maps to transformers' IJepaModel, which has neither "
-                          "registers nor layer scale")  # fmt: skip
+        raise ExportError(
+            "a ViT without a class token maps to transformers' IJepaModel, which has neither registers nor layer scale"
+        )
     return "IJepaModel"
 
 
@@ -238,8 +250,10 @@ def _hf_state(vit: nn.Module, cls_name: str) -> dict[str, torch.Tensor]:
         cls_pos, reg_pos, pos = pos[:, :1], pos[:, 1:prefix], pos[:, prefix:]  # fold the registers'
     else:
         cls_pos, reg_pos = torch.zeros(1, 1, d), torch.zeros(1, regs, d)
-    emb = {"embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
-           "embeddings.patch_embeddings.projection.bias": sd.get("patch_embed.proj.bias", torch.zeros(d))}  # fmt: skip
+    emb = {
+        "embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
+        "embeddings.patch_embeddings.projection.bias": sd.get("patch_embed.proj.bias", torch.zeros(d)),
+    }
     if vit.cls_token is not None:
         emb["embeddings.cls_token"] = sd["cls_token"]
         pos = torch.cat([cls_pos, pos], 1)
@@ -253,10 +267,16 @@ def _hf_state(vit: nn.Module, cls_name: str) -> dict[str, torch.Tensor]:
         b, o = f"blocks.{i}.", f"{layers}.{i}."
         q, k, v = sd[b + "attn.qkv.weight"].chunk(3)
         qb, kb, vb = sd.get(b + "attn.qkv.bias", torch.zeros(3 * d)).chunk(3)
-        emb |= {o + "attention.q_proj.weight": q, o + "attention.k_proj.weight": k, o + "attention.v_proj.weight": v,
-                o + "attention.q_proj.bias": qb, o + "attention.k_proj.bias": kb, o + "attention.v_proj.bias": vb,
-                o + "attention.o_proj.weight": sd[b + "attn.proj.weight"],
-                o + "attention.o_proj.bias": sd.get(b + "attn.proj.bias", torch.zeros(d))}  # fmt: skip
+        emb |= {
+            o + "attention.q_proj.weight": q,
+            o + "attention.k_proj.weight": k,
+            o + "attention.v_proj.weight": v,
+            o + "attention.q_proj.bias": qb,
+            o + "attention.k_proj.bias": kb,
+            o + "attention.v_proj.bias": vb,
+            o + "attention.o_proj.weight": sd[b + "attn.proj.weight"],
+            o + "attention.o_proj.bias": sd.get(b + "attn.proj.bias", torch.zeros(d)),
+        }
         for t, h in names.items():
             emb |= {o + h + ".weight": sd[b + t + ".weight"], o + h + ".bias": sd[b + t + ".bias"]}
         for fc in ("fc1", "fc2"):
@@ -274,9 +294,17 @@ def _hf_config(vit: nn.Module, cls_name: str, in_chans: int):
     import transformers
 
     blk = vit.blocks[0]
-    args = dict(hidden_size=vit.embed_dim, num_hidden_layers=len(vit.blocks), num_attention_heads=blk.attn.num_heads,
-                image_size=vit.patch_embed.img_size[0], patch_size=vit.patch_embed.patch_size[0],
-                num_channels=in_chans, layer_norm_eps=vit.blocks[0].norm1.eps, hidden_act="gelu", qkv_bias=True)  # fmt: skip
+    args = dict(
+        hidden_size=vit.embed_dim,
+        num_hidden_layers=len(vit.blocks),
+        num_attention_heads=blk.attn.num_heads,
+        image_size=vit.patch_embed.img_size[0],
+        patch_size=vit.patch_embed.patch_size[0],
+        num_channels=in_chans,
+        layer_norm_eps=vit.blocks[0].norm1.eps,
+        hidden_act="gelu",
+        qkv_bias=True,
+    )
     hidden = blk.mlp.fc1.out_features
     if cls_name.startswith("Dinov2"):
         args |= dict(mlp_ratio=hidden // vit.embed_dim, layerscale_value=1.0)
@@ -305,8 +333,14 @@ def _write_transformers(backbone: TimmBackbone, cfg: RunConfig, tmp: Path, final
     feats = _hf_features(vit, cls_name)
     reloaded = transformers.AutoModel.from_pretrained(tmp).eval()
     _check(backbone, cfg, lambda x: _read(reloaded, x, feats), "transformers.AutoModel.from_pretrained")
-    return {"transformers": {"class": cls_name, "output_hidden_states": feats.hidden_states, "pooled": feats.pooled,
-                             "patch_tokens": feats.tokens}}  # fmt: skip
+    return {
+        "transformers": {
+            "class": cls_name,
+            "output_hidden_states": feats.hidden_states,
+            "pooled": feats.pooled,
+            "patch_tokens": feats.tokens,
+        }
+    }
 
 
 def _read(model: nn.Module, x: torch.Tensor, feats: Features) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,8 +354,9 @@ def _image_processor(cfg: RunConfig):
     from transformers import ViTImageProcessor
 
     size = cfg.views.size
-    return ViTImageProcessor(size={"height": size, "width": size}, resample=2, image_mean=_rgb(cfg.views.mean),
-                             image_std=_rgb(cfg.views.std))  # fmt: skip
+    return ViTImageProcessor(
+        size={"height": size, "width": size}, resample=2, image_mean=_rgb(cfg.views.mean), image_std=_rgb(cfg.views.std)
+    )
 
 
 def _rgb_backbone(backbone: nn.Module, cfg: RunConfig) -> nn.Module:
@@ -341,20 +376,40 @@ def _timm_call(backbone: TimmBackbone, cfg: RunConfig, file: Path) -> tuple[str,
     """(model name, pretrained_cfg_overlay, kwargs) of the ``timm.create_model`` call that rebuilds the backbone."""
     name, size = cfg.backbone.name.removeprefix("timm:"), cfg.views.size
     if _freelabel_cnn(backbone, cfg):
-        kwargs = {"method": cfg.method, "image_size": size, "mean": list(cfg.views.mean), "std": list(cfg.views.std),
-                  "grey": (cfg.data.channels or 3) == 1, **cfg.backbone.args}
+        kwargs = {
+            "method": cfg.method,
+            "image_size": size,
+            "mean": list(cfg.views.mean),
+            "std": list(cfg.views.std),
+            "grey": (cfg.data.channels or 3) == 1,
+            **cfg.backbone.args,
+        }
         if name != "convnet":
             kwargs["arch"] = name
         name = "freelabel_convnet" if name == "convnet" else "freelabel_resnet"
     elif name in VITS:
         dim, depth, heads = VITS[name]
-        kwargs = {"embed_dim": dim, "depth": depth, "num_heads": heads, "patch_size": 16, "dynamic_img_size": True,
-                  **cfg.backbone.args, "img_size": size}  # fmt: skip
+        kwargs = {
+            "embed_dim": dim,
+            "depth": depth,
+            "num_heads": heads,
+            "patch_size": 16,
+            "dynamic_img_size": True,
+            **cfg.backbone.args,
+            "img_size": size,
+        }
         name = f"{name}_patch16_224"
     else:
         kwargs = {**({"img_size": size} if "vit" in name or "deit" in name else {}), **cfg.backbone.args}
-    overlay = {"file": str(file), "num_classes": 0, "input_size": (3, size, size), "mean": tuple(_rgb(cfg.views.mean)),
-               "std": tuple(_rgb(cfg.views.std)), "interpolation": "bilinear", "crop_pct": 1.0}  # fmt: skip
+    overlay = {
+        "file": str(file),
+        "num_classes": 0,
+        "input_size": (3, size, size),
+        "mean": tuple(_rgb(cfg.views.mean)),
+        "std": tuple(_rgb(cfg.views.std)),
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+    }
     return name, overlay, {**kwargs, "in_chans": 3, "num_classes": 0}
 
 
@@ -404,8 +459,11 @@ def _write_onnx(backbone: nn.Module, cfg: RunConfig, tmp: Path, final: Path) -> 
 
     model = _Outputs(_rgb_backbone(backbone, cfg)).eval()
     x = torch.zeros(2, 3, cfg.views.size, cfg.views.size)
-    names = {"input_names": ["pixel_values"], "output_names": ["pooled", "tokens"],
-             "dynamic_axes": {n: {0: "batch"} for n in ("pixel_values", "pooled", "tokens")}}
+    names = {
+        "input_names": ["pixel_values"],
+        "output_names": ["pooled", "tokens"],
+        "dynamic_axes": {n: {0: "batch"} for n in ("pixel_values", "pooled", "tokens")},
+    }
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python conditions on shapes
         torch.onnx.export(model, (x,), str(tmp / "model.onnx"), dynamo=False, opset_version=18, **names)
@@ -426,13 +484,18 @@ def _write_safetensors(backbone: nn.Module, cfg: RunConfig, tmp: Path, final: Pa
     save_config(tmp, cfg)
     save_backbone(tmp, backbone.state_dict())
     rebuilt, _ = load_backbone(tmp)
-    _check(backbone, cfg, lambda x: (rebuilt(x), rebuilt.forward_tokens(x)), "freelabel.methods.load_backbone",
-           rgb=False)
+    _check(
+        backbone, cfg, lambda x: (rebuilt(x), rebuilt.forward_tokens(x)), "freelabel.methods.load_backbone", rgb=False
+    )
     return {"safetensors": {"weights": BACKBONE, "config": "config.yaml"}}
 
 
-WRITERS = {"transformers": _write_transformers, "timm": _write_timm, "onnx": _write_onnx,
-           "safetensors": _write_safetensors}
+WRITERS = {
+    "transformers": _write_transformers,
+    "timm": _write_timm,
+    "onnx": _write_onnx,
+    "safetensors": _write_safetensors,
+}
 
 
 @torch.no_grad()
@@ -445,54 +508,73 @@ def _check(backbone: nn.Module, cfg: RunConfig, exported, how: str, rgb: bool = 
     for what, ours, theirs in [("pooled", backbone(x), pooled), ("token", backbone.forward_tokens(x), tokens)]:
         err = (ours - theirs).abs().max().item() if ours.shape == theirs.shape else float("inf")
         if not err <= TOLERANCE * max(1.0, ours.abs().max().item()):  # relative above 1: float32 rounding
-            raise ExportError(f"the model {how} loads gives {what} features {err:.2g} away from the run's backbone "
-                              f"(tolerance {TOLERANCE}); nothing was written")  # fmt: skip
+            raise ExportError(
+                f"the model {how} loads gives {what} features {err:.2g} away from the run's backbone "
+                f"(tolerance {TOLERANCE}); nothing was written"
+            )
 
 
 def _readme(info: dict) -> str:
     fmt, size, chans = info["format"], info["image_size"], info["in_chans"]
     if fmt != "safetensors" and chans == 1:
-        chans = "3-channel (RGB: the model averages the channels of this grey run, so grey images replicated to RGB " \
-                "give the run's features) "
+        chans = (
+            "3-channel (RGB: the model averages the channels of this grey run, so grey images replicated to RGB "
+            "give the run's features) "
+        )
     else:
         chans = f"{chans}-channel"
-    head = (f"# freelabel export ({fmt})\n\nBackbone `{info['backbone']}` trained by `freelabel pretrain {info['method']}` "
-            f"in `{info['run']}` (weights: {info['weights']}). Inputs: {chans} {size}x{size} images in [0, 1], "
-            f"normalised with mean {info['mean']} and std {info['std']}. Checked at export: the code below gives the "
-            f"run's pooled features and patch tokens to {TOLERANCE} at {size}x{size} (other sizes interpolate the "
-            f"position embeddings, each library its own way).\n\n```python\n")  # fmt: skip
+    head = (
+        f"# freelabel export ({fmt})\n\nBackbone `{info['backbone']}` trained by `freelabel pretrain {info['method']}` "
+        f"in `{info['run']}` (weights: {info['weights']}). Inputs: {chans} {size}x{size} images in [0, 1], "
+        f"normalised with mean {info['mean']} and std {info['std']}. Checked at export: the code below gives the "
+        f"run's pooled features and patch tokens to {TOLERANCE} at {size}x{size} (other sizes interpolate the "
+        f"position embeddings, each library its own way).\n\n```python\n"
+    )
     folder = f"FOLDER = {info['folder']!r}\n"
     if fmt == "transformers":
         t = info["transformers"]
         hidden = ", output_hidden_states=True" if t["output_hidden_states"] else ""
         grey = "# images: RGB (PIL images or uint8 [3, H, W] arrays); convert grey ones with .convert('RGB')\n"
-        body = ("from transformers import AutoImageProcessor, AutoModel\n\n" + folder +
-                f"model = AutoModel.from_pretrained(FOLDER).eval()  # {t['class']}\n"
-                "processor = AutoImageProcessor.from_pretrained(FOLDER)  # resize (PIL bilinear) + normalise\n"
-                f"{grey if chans == 1 else ''}"
-                f"out = model(**processor(images, return_tensors='pt'){hidden})\n"
-                f"pooled = {t['pooled']}\n"
-                f"patch_tokens = {t['patch_tokens']}\n")  # fmt: skip
+        body = (
+            "from transformers import AutoImageProcessor, AutoModel\n\n"
+            + folder
+            + f"model = AutoModel.from_pretrained(FOLDER).eval()  # {t['class']}\n"
+            "processor = AutoImageProcessor.from_pretrained(FOLDER)  # resize (PIL bilinear) + normalise\n"
+            f"{grey if chans == 1 else ''}"
+            f"out = model(**processor(images, return_tensors='pt'){hidden})\n"
+            f"pooled = {t['pooled']}\n"
+            f"patch_tokens = {t['patch_tokens']}\n"
+        )
         if t["class"] == "ViTMAEModel":
             body += "# ViTMAEModel shuffles the patches (mask_ratio 0 hides none); ids_restore unshuffles them\n"
         if t["output_hidden_states"]:
             body += "# the final LayerNorm (model.layernorm) is on the pooled mean only, as in timm's fc_norm\n"
     elif fmt == "onnx":
-        body = ("import onnxruntime\n\n" + folder +
-                "session = onnxruntime.InferenceSession(FOLDER + '/model.onnx', providers=['CPUExecutionProvider'])\n"
-                "pooled, tokens = session.run(None, {'pixel_values': x})  # x: float32 numpy [B, 3, H, W], any B\n")
+        body = (
+            "import onnxruntime\n\n"
+            + folder
+            + "session = onnxruntime.InferenceSession(FOLDER + '/model.onnx', providers=['CPUExecutionProvider'])\n"
+            "pooled, tokens = session.run(None, {'pixel_values': x})  # x: float32 numpy [B, 3, H, W], any B\n"
+        )
     elif fmt == "timm":
         t = info["timm"]
         freelabel = t["model_name"].startswith("freelabel_")
-        body = ("import timm\n" + ("import freelabel.timm_models  # registers freelabel's CNNs with timm\n" if freelabel else "") + "\n"
-                f"model = timm.create_model({t['model_name']!r}, pretrained=True,\n"
-                f"                          pretrained_cfg_overlay={t['pretrained_cfg_overlay']!r},\n"
-                f"                          **{t['kwargs']!r}).eval()\n"
-                "pooled = model(x)\n"
-                "tokens = model.forward_features(x)" + ("  # [B, N, D]\n" if freelabel else
-                "  # the ViT's prefix tokens first: model.num_prefix_tokens\n"))  # fmt: skip
+        body = (
+            "import timm\n"
+            + ("import freelabel.timm_models  # registers freelabel's CNNs with timm\n" if freelabel else "")
+            + "\n"
+            f"model = timm.create_model({t['model_name']!r}, pretrained=True,\n"
+            f"                          pretrained_cfg_overlay={t['pretrained_cfg_overlay']!r},\n"
+            f"                          **{t['kwargs']!r}).eval()\n"
+            "pooled = model(x)\n"
+            "tokens = model.forward_features(x)"
+            + ("  # [B, N, D]\n" if freelabel else "  # the ViT's prefix tokens first: model.num_prefix_tokens\n")
+        )
     else:
-        body = ("from freelabel.methods import load_backbone\n\n" + folder +
-                "backbone, cfg = load_backbone(FOLDER)  # config.yaml + backbone.safetensors\n"
-                "pooled, tokens = backbone(x), backbone.forward_tokens(x)\n")  # fmt: skip
+        body = (
+            "from freelabel.methods import load_backbone\n\n"
+            + folder
+            + "backbone, cfg = load_backbone(FOLDER)  # config.yaml + backbone.safetensors\n"
+            "pooled, tokens = backbone(x), backbone.forward_tokens(x)\n"
+        )
     return head + body + "```\n"

@@ -8,8 +8,15 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
 
-def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, last_bn: bool = False,
-        norm: bool = True, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:  # fmt: skip
+def mlp(
+    in_dim: int,
+    hidden_dim: int,
+    out_dim: int,
+    layers: int = 2,
+    last_bn: bool = False,
+    norm: bool = True,
+    act: type[nn.Module] = nn.ReLU,
+) -> nn.Sequential:
     """``layers`` linear layers with (BatchNorm +) activation between them: SimCLR's and MoCo v2's
     projection heads with ``layers=2`` (MoCo v2 without ``norm``), BYOL's, MoCo v3's, Barlow Twins'
     and VICReg's with 2 or 3 (and ``last_bn`` for MoCo v3), DINO's with GELU and no norm."""
@@ -29,8 +36,15 @@ class DINOHead(nn.Module):
     """DINO's head: an MLP to a bottleneck, L2-normalised, then a weight-normalised linear layer to
     ``out_dim`` prototypes whose norm is fixed to 1 (``norm_last_layer``)."""
 
-    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 layers: int = 3, norm_last_layer: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        layers: int = 3,
+        norm_last_layer: bool = True,
+    ):
         super().__init__()
         self.mlp = mlp(in_dim, hidden_dim, bottleneck_dim, layers, norm=False, act=nn.GELU)
         self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
@@ -48,8 +62,16 @@ class MaskedTokenDecoder(nn.Module):
     outputs at the asked places are projected to ``out_dim``. Attention ignores order, so the visible and
     asked tokens need not be interleaved back into grid order."""
 
-    def __init__(self, in_dim: int, grid: tuple[int, int], dim: int = 512, depth: int = 8, heads: int = 16,
-                 out_dim: int | None = None, mlp_ratio: float = 4.0):  # fmt: skip
+    def __init__(
+        self,
+        in_dim: int,
+        grid: tuple[int, int],
+        dim: int = 512,
+        depth: int = 8,
+        heads: int = 16,
+        out_dim: int | None = None,
+        mlp_ratio: float = 4.0,
+    ):
         super().__init__()
         from timm.layers import build_sincos2d_pos_embed
         from timm.models.vision_transformer import Block

@@ -35,7 +35,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     return F.cross_entropy(logits, positive)
 
 
-def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2, queue: torch.Tensor | None = None) -> torch.Tensor:
+def info_nce(
+    q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2, queue: torch.Tensor | None = None
+) -> torch.Tensor:
     """MoCo's InfoNCE: each query's positive is the key of the same image.
 
     With a ``queue`` [K, D] of past keys (MoCo v2) the negatives are the queue and nothing is
@@ -57,8 +59,13 @@ def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return 2 - 2 * F.cosine_similarity(p.float(), z.float(), dim=1).mean()
 
 
-def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor,
-              student_temp: float = 0.1, teacher_temp: float = 0.04) -> torch.Tensor:  # fmt: skip
+def dino_loss(
+    student: list[torch.Tensor],
+    teacher: list[torch.Tensor],
+    center: torch.Tensor,
+    student_temp: float = 0.1,
+    teacher_temp: float = 0.04,
+) -> torch.Tensor:
     """DINO's cross-entropy between the centred, sharpened teacher distribution of each global view
     and the student distribution of every other view. ``student`` holds logits of all views (the
     global ones first, in the teacher's order), ``teacher`` those of the global views. No gather:
@@ -67,8 +74,9 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
     return cross_view_entropy(student, targets, student_temp)
 
 
-def cross_view_entropy(student: list[torch.Tensor], targets: list[torch.Tensor],
-                       student_temp: float = 0.1) -> torch.Tensor:  # fmt: skip
+def cross_view_entropy(
+    student: list[torch.Tensor], targets: list[torch.Tensor], student_temp: float = 0.1
+) -> torch.Tensor:
     """The mean over pairs of views ``i != j`` of ``H(targets[i], softmax(student[j] / student_temp))``:
     :func:`dino_loss` once the teacher's distributions are made (by centring or Sinkhorn-Knopp). No
     gather: the mean over this process's images."""
@@ -102,8 +110,14 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -
     return on_diag + lambd * off_diag
 
 
-def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
-                cov_weight: float = 1.0, eps: float = 1e-4) -> torch.Tensor:  # fmt: skip
+def vicreg_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    sim_weight: float = 25.0,
+    var_weight: float = 25.0,
+    cov_weight: float = 1.0,
+    eps: float = 1e-4,
+) -> torch.Tensor:
     """VICReg: invariance (MSE between views) + variance (hinge on each dimension's std, target 1) +
     covariance (off-diagonal covariances squared, over the dimension). Statistics over the global
     batch (gathered); every process gets the whole loss."""
@@ -158,10 +172,15 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor
     image, text = F.normalize(image.float(), dim=1), F.normalize(text.float(), dim=1)
     scale = logit_scale.float().exp()
     target = world()[0] * len(image) + torch.arange(len(image), device=image.device)
-    return (F.cross_entropy(scale * image @ gather(text).T, target) + F.cross_entropy(scale * text @ gather(image).T, target)) / 2
+    return (
+        F.cross_entropy(scale * image @ gather(text).T, target)
+        + F.cross_entropy(scale * text @ gather(image).T, target)
+    ) / 2
 
 
-def siglip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor) -> torch.Tensor:
+def siglip_loss(
+    image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor
+) -> torch.Tensor:
     """SigLIP's pairwise sigmoid loss (Zhai et al. 2023): every image-caption pair (i, j) of the global
     batch of N is its own binary problem, positive where i == j,
 
@@ -183,8 +202,9 @@ def siglip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tens
     return total / len(image)
 
 
-def ibot_patch_loss(student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor,
-                    student_temp: float = 0.1) -> torch.Tensor:  # fmt: skip
+def ibot_patch_loss(
+    student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor, student_temp: float = 0.1
+) -> torch.Tensor:
     """iBOT's masked-token loss: ``student [M, K]`` logits and ``teacher [M, K]`` target distributions
     of the ``M`` hidden patches of ``masks [B, N]`` (in ``masks.nonzero()`` order). Each image's
     cross-entropies are averaged over its hidden patches; the loss is the mean over the B images,
@@ -242,8 +262,9 @@ def gram_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (s @ s.transpose(1, 2) - t @ t.transpose(1, 2)).pow(2).mean()
 
 
-def masked_patch_loss(pred: torch.Tensor, patches: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True,
-                      eps: float = 1e-6) -> torch.Tensor:  # fmt: skip
+def masked_patch_loss(
+    pred: torch.Tensor, patches: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
     """MAE's loss: mean squared error of predicted pixels ``pred [B, N, P]`` against ``patches [B, N, P]``,
     averaged over the hidden patches only (``mask [B, N]``, True = hidden). With ``norm_pix`` each target
     patch is normalised by its own mean and (unbiased) variance first. Local: every process hides as many

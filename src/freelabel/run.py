@@ -66,7 +66,9 @@ def _size(n: float) -> str:
 def _check_space(folder: Path, needed: int, what: str, advice: str) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise DiskFullError(f"no space for {what} in {folder}: it needs {_size(needed)}, {_size(free)} are free; {advice}")
+        raise DiskFullError(
+            f"no space for {what} in {folder}: it needs {_size(needed)}, {_size(free)} are free; {advice}"
+        )
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -282,8 +284,10 @@ def load_state(path: Path) -> dict:
             return torch.load(path, weights_only=True)
         except pickle.UnpicklingError as e:
             culprit = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), "")
-            raise UnsafeCheckpoint(f"refused to load {path}: it is not plain tensors and numbers but a pickle that could run "
-                           f"code{f' ({culprit})' if culprit else ''}; only load checkpoints you made") from None
+            raise UnsafeCheckpoint(
+                f"refused to load {path}: it is not plain tensors and numbers but a pickle that could run "
+                f"code{f' ({culprit})' if culprit else ''}; only load checkpoints you made"
+            ) from None
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -291,7 +295,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     file = path / "model.safetensors" if path.is_dir() else path
     if not file.is_file():
-        raise RunError(f"no weights at {path}: give a .safetensors file or a checkpoint folder (RUN/checkpoints/step-N)")
+        raise RunError(
+            f"no weights at {path}: give a .safetensors file or a checkpoint folder (RUN/checkpoints/step-N)"
+        )
     return load_file(str(file))
 
 

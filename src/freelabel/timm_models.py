@@ -45,8 +45,17 @@ def rgb_stem(backbone: nn.Module) -> nn.Module:
         return ChannelMean(backbone)
     name, conv = next((n, m) for n, m in backbone.named_modules() if isinstance(m, nn.Conv2d))
     backbone = copy.deepcopy(backbone)
-    rgb = nn.Conv2d(3, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
-                    conv.bias is not None, conv.padding_mode)
+    rgb = nn.Conv2d(
+        3,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+        conv.padding_mode,
+    )
     with torch.no_grad():
         rgb.weight.copy_(conv.weight.expand(-1, 3, -1, -1) / 3)
         if conv.bias is not None:
@@ -59,9 +68,18 @@ def rgb_stem(backbone: nn.Module) -> nn.Module:
 class FreelabelCNN(nn.Module):
     """A freelabel run's CNN backbone with timm's model interface."""
 
-    def __init__(self, arch: str = "convnet", method: str = "simclr", image_size: int = 224,
-                 mean: tuple[float, ...] = (0.5,), std: tuple[float, ...] = (0.5,), grey: bool = False,
-                 in_chans: int = 3, num_classes: int = 0, **args):
+    def __init__(
+        self,
+        arch: str = "convnet",
+        method: str = "simclr",
+        image_size: int = 224,
+        mean: tuple[float, ...] = (0.5,),
+        std: tuple[float, ...] = (0.5,),
+        grey: bool = False,
+        in_chans: int = 3,
+        num_classes: int = 0,
+        **args,
+    ):
         super().__init__()
         from .methods import METHODS
 
@@ -93,8 +111,10 @@ class FreelabelCNN(nn.Module):
 
 
 default_cfgs = generate_default_cfgs(
-    {name: {"num_classes": 0, "classifier": "head", "first_conv": "", "mean": (0.5,) * 3, "std": (0.5,) * 3}
-     for name in ("freelabel_convnet", "freelabel_resnet")}
+    {
+        name: {"num_classes": 0, "classifier": "head", "first_conv": "", "mean": (0.5,) * 3, "std": (0.5,) * 3}
+        for name in ("freelabel_convnet", "freelabel_resnet")
+    }
 )
 
 

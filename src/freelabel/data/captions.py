@@ -37,8 +37,15 @@ class CaptionFiles(ImageFiles):
     """Captioned image files, decoded lazily like :class:`ImageFiles`; a captioned folder with one
     sub-folder per class is also labelled (for zero-shot evaluation by class names)."""
 
-    def __init__(self, paths: list[Path], texts: list[str], size: int, channels: int = 3,
-                 labels: list[int] | None = None, classes: list[str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        paths: list[Path],
+        texts: list[str],
+        size: int,
+        channels: int = 3,
+        labels: list[int] | None = None,
+        classes: list[str] | None = None,
+    ):
         super().__init__(paths, labels or [-1] * len(paths), classes or [], size, channels)
         self.texts = texts
 
@@ -103,8 +110,10 @@ def _listed_path(table: Path, value: str, where: str, allow_outside: bool) -> Pa
         try:
             path.resolve().relative_to(folder)
         except ValueError:
-            raise DataError(f"{where}: {value!r} is outside {folder}, the folder of the list; move the image there, "
-                            "or allow such paths explicitly (--allow-outside, data.allow_outside=true)") from None
+            raise DataError(
+                f"{where}: {value!r} is outside {folder}, the folder of the list; move the image there, "
+                "or allow such paths explicitly (--allow-outside, data.allow_outside=true)"
+            ) from None
     return path
 
 
@@ -129,7 +138,9 @@ def _read_table(path: Path, allow_outside: bool = False) -> list[tuple[Path, str
     bad = next((w for w, r in rows if not isinstance(r, dict)), None)
     if bad:
         raise DataError(f"{bad} is not a JSON object with an image and a caption")
-    pairs = [(_listed_path(path, _pick(r, IMAGE_KEYS, w), w, allow_outside), _pick(r, CAPTION_KEYS, w)) for w, r in rows]
+    pairs = [
+        (_listed_path(path, _pick(r, IMAGE_KEYS, w), w, allow_outside), _pick(r, CAPTION_KEYS, w)) for w, r in rows
+    ]
     if not pairs:
         raise DataError(f"{path} holds no image-caption pairs")
     return pairs
@@ -145,8 +156,10 @@ def _caption_files(root: Path) -> tuple[list[Path], list[Path]]:
 def _read_folder(root: Path) -> list[tuple[Path, str]]:
     found, missing = _caption_files(root)
     if missing:
-        raise DataError(f"{len(missing)} images under {root} have no caption beside them, e.g. {missing[0]} needs "
-                        f"{missing[0].with_suffix('.txt').name}")  # fmt: skip
+        raise DataError(
+            f"{len(missing)} images under {root} have no caption beside them, e.g. {missing[0]} needs "
+            f"{missing[0].with_suffix('.txt').name}"
+        )
     return [(p, p.with_suffix(".txt").read_text(encoding="utf-8", errors="replace").strip()) for p in found]
 
 
@@ -158,8 +171,10 @@ def read_pairs(spec: str, allow_outside: bool = False) -> list[tuple[Path, str]]
         return _read_table(path, allow_outside)
     if path.is_dir():
         return _read_folder(path)
-    raise DataError(f"{spec} is not caption data: give a .csv or .jsonl file, a folder with a .txt beside each "
-                    "image, WebDataset .tar shards, or emoji-captions")  # fmt: skip
+    raise DataError(
+        f"{spec} is not caption data: give a .csv or .jsonl file, a folder with a .txt beside each "
+        "image, WebDataset .tar shards, or emoji-captions"
+    )
 
 
 def emoji_captions(split: str) -> CaptionImages:
@@ -172,8 +187,9 @@ def emoji_captions(split: str) -> CaptionImages:
         names = sorted({getattr(r, attr) for r in every})
         labels = torch.tensor([names.index(getattr(r, attr)) for r in ds.records])
         sets[attr] = ([n.replace("-", " ") for n in names], labels)
-    return CaptionImages(ds.images, ds.labels, ds.classes, texts=[f"an emoji of {r.name}" for r in ds.records],
-                         label_sets=sets)  # fmt: skip
+    return CaptionImages(
+        ds.images, ds.labels, ds.classes, texts=[f"an emoji of {r.name}" for r in ds.records], label_sets=sets
+    )
 
 
 def open_captions(spec: str, split: str, size: int | None, channels: int = 3, allow_outside: bool = False):

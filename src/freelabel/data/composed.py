@@ -52,8 +52,9 @@ def background(rng: np.random.Generator, size: int) -> np.ndarray:
     return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[0, 0].numpy()
 
 
-def compose(split: str = "train", n: int = 1000, size: int = 56, objects: tuple[int, int] = (2, 4),
-            seed: int = 0) -> MaskedImages:  # fmt: skip
+def compose(
+    split: str = "train", n: int = 1000, size: int = 56, objects: tuple[int, int] = (2, 4), seed: int = 0
+) -> MaskedImages:
     """``n`` canvases of ``size`` pixels with ``objects[0]`` to ``objects[1]`` garments of the Fashion-MNIST
     ``split`` each."""
     garments = fashion_mnist(split)
@@ -77,7 +78,9 @@ def compose(split: str = "train", n: int = 1000, size: int = 56, objects: tuple[
             masks[i][window][cover] = 1 + int(garments.labels[g])
             scene.append({"garment": g, "class": int(garments.labels[g]), "top": top, "left": left})
         images[i, 0], placed = canvas, placed + [scene]
-    return MaskedImages(torch.from_numpy(images), torch.from_numpy(masks), ["background", *FASHION_MNIST_CLASSES], placed)
+    return MaskedImages(
+        torch.from_numpy(images), torch.from_numpy(masks), ["background", *FASHION_MNIST_CLASSES], placed
+    )
 
 
 def mask_folder(root: str | Path, split: str, size: int, channels: int = 3) -> MaskedImages:
@@ -87,13 +90,18 @@ def mask_folder(root: str | Path, split: str, size: int, channels: int = 3) -> M
     root = Path(root).expanduser()
     base = root / split if (root / split / "images").is_dir() else root
     if not (base / "images").is_dir() or not (base / "masks").is_dir():
-        raise DataError(f"{root} needs images/ and masks/ folders (or train/ and test/ with both); masks are PNGs of "
-                        "class ids with the images' names")  # fmt: skip
+        raise DataError(
+            f"{root} needs images/ and masks/ folders (or train/ and test/ with both); masks are PNGs of "
+            "class ids with the images' names"
+        )
     pairs = [(p, base / "masks" / f"{p.stem}.png") for p in sorted((base / "images").iterdir()) if p.is_file()]
     missing = [p.name for p, m in pairs if not m.is_file()]
     if missing or not pairs:
-        raise DataError(f"{base / 'masks'} lacks the masks of {len(missing)} images (first: {missing[0]})" if missing
-                        else f"no images in {base / 'images'}")  # fmt: skip
+        raise DataError(
+            f"{base / 'masks'} lacks the masks of {len(missing)} images (first: {missing[0]})"
+            if missing
+            else f"no images in {base / 'images'}"
+        )
     images = torch.stack([load_image(p, size, channels) for p, _ in pairs])
     masks = torch.stack([read_mask(m, size) for _, m in pairs])
     n_classes = int(masks[masks != IGNORE].max()) + 1
@@ -108,8 +116,9 @@ def read_mask(path: Path, size: int) -> torch.Tensor:
         return torch.from_numpy(np.asarray(mask.convert("L").resize((size, size), Image.NEAREST)).astype(np.int64))
 
 
-def open_masked(spec: str, split: str, size: int = 56, channels: int = 1, n: int | None = None,
-                seed: int = 0) -> MaskedImages:  # fmt: skip
+def open_masked(
+    spec: str, split: str, size: int = 56, channels: int = 1, n: int | None = None, seed: int = 0
+) -> MaskedImages:
     """``composed`` (``n`` scenes, default 1000 train / 500 test, of ``size`` pixels) or a mask folder."""
     if spec == "composed":
         count = n or (1000 if split == "train" else 500)

@@ -44,8 +44,9 @@ def crop_generator(seed: int, epoch: int, sample: int | str) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 4_294_967_311 + sample)
 
 
-def crop_box(g: torch.Generator, width: int, height: int, scale: tuple[float, float],
-             ratio: tuple[float, float]) -> tuple[float, float, float, float]:  # fmt: skip
+def crop_box(
+    g: torch.Generator, width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[float, float, float, float]:
     """A random box ``(left, top, width, height)`` in pixels of a ``width`` x ``height`` image: area a
     ``scale`` fraction of the image, aspect ratio (w/h) log-uniform in ``ratio``. Always draws the same
     count of random numbers, so the stream does not depend on the image."""

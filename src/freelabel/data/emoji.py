@@ -64,8 +64,10 @@ def install(dest: Path | None = None) -> Path:
     """Fetch the package with ``npm pack`` and unpack its 64 px images and metadata into ``dest``."""
     dest = dest or emoji_dir()
     if shutil.which("npm") is None:
-        raise DataError(f"the emoji set is not installed in {dest} and npm is missing to fetch it: install npm and "
-                        f"run scripts/setup.sh, or unpack `npm pack {PACKAGE}` there, or set FREELABEL_EMOJI")  # fmt: skip
+        raise DataError(
+            f"the emoji set is not installed in {dest} and npm is missing to fetch it: install npm and "
+            f"run scripts/setup.sh, or unpack `npm pack {PACKAGE}` there, or set FREELABEL_EMOJI"
+        )
     log.info("fetching the emoji set with `npm pack %s` into %s", PACKAGE, dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
@@ -99,8 +101,13 @@ def emoji_records(split: str = "all", skin_tones: bool = False) -> list[Emoji]:
     for e in json.loads((root / "emoji.json").read_text()):
         if not e.get("has_img_google") or split not in ("all", _split_of(e["unified"])):
             continue
-        common = {"name": (e["name"] or e["short_name"]).lower(), "short_name": e["short_name"],
-                  "category": e["category"], "subcategory": e["subcategory"], "code": e["unified"]}  # fmt: skip
+        common = {
+            "name": (e["name"] or e["short_name"]).lower(),
+            "short_name": e["short_name"],
+            "category": e["category"],
+            "subcategory": e["subcategory"],
+            "code": e["unified"],
+        }
         records.append(Emoji(image=e["image"], skin_tone="", **common))
         for tones, v in (e.get("skin_variations") or {}).items() if skin_tones else ():
             if v.get("has_img_google"):

@@ -51,7 +51,9 @@ def _open(src: str | os.PathLike | bytes | io.IOBase) -> Image.Image:
     else:
         size = 0
     if size > MAX_FILE_BYTES:
-        raise BadImage(f"{size / 2**20:.0f} MiB is over the limit of {MAX_FILE_BYTES / 2**20:.0f} MiB for one image file")
+        raise BadImage(
+            f"{size / 2**20:.0f} MiB is over the limit of {MAX_FILE_BYTES / 2**20:.0f} MiB for one image file"
+        )
     return Image.open(src, formats=FORMATS)
 
 
@@ -65,7 +67,9 @@ def _decoded(src, channels: int, max_pixels: int, max_aspect: float, draft_to: i
                 if min(w, h) < 1:
                     raise BadImage(f"empty image ({w}x{h})")
                 if max(w, h) / min(w, h) > max_aspect:
-                    raise BadImage(f"aspect ratio {max(w, h) / min(w, h):.0f}:1 ({w}x{h}) is over the limit of {max_aspect:g}:1")
+                    raise BadImage(
+                        f"aspect ratio {max(w, h) / min(w, h):.0f}:1 ({w}x{h}) is over the limit of {max_aspect:g}:1"
+                    )
                 if draft_to and img.format in ("JPEG", "MPO"):
                     scale = max(1, min(w, h) // draft_to)
                     img.draft("RGB" if channels == 3 else "L", (w // scale, h // scale))
@@ -98,8 +102,14 @@ def _tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
-def decode(src: str | os.PathLike | bytes | io.IOBase, *, channels: int = 3, max_pixels: int = MAX_PIXELS,
-           max_aspect: float = MAX_ASPECT, draft_to: int | None = None) -> torch.Tensor:
+def decode(
+    src: str | os.PathLike | bytes | io.IOBase,
+    *,
+    channels: int = 3,
+    max_pixels: int = MAX_PIXELS,
+    max_aspect: float = MAX_ASPECT,
+    draft_to: int | None = None,
+) -> torch.Tensor:
     """An image file (path, bytes or binary file object) as ``uint8 [channels, H, W]``.
 
     ``channels`` is 3 (RGB; transparency is composed on white) or 1 (grey). ``draft_to``: the
@@ -110,15 +120,27 @@ def decode(src: str | os.PathLike | bytes | io.IOBase, *, channels: int = 3, max
     return _tensor(_decoded(src, channels, max_pixels, max_aspect, draft_to))
 
 
-def open_image(src: str | os.PathLike | bytes | io.IOBase, channels: int = 3, min_side: int | None = None, *,
-               max_pixels: int = MAX_PIXELS, max_aspect: float = MAX_ASPECT) -> Image.Image:
+def open_image(
+    src: str | os.PathLike | bytes | io.IOBase,
+    channels: int = 3,
+    min_side: int | None = None,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    max_aspect: float = MAX_ASPECT,
+) -> Image.Image:
     """:func:`decode` as a PIL image in mode RGB or L (``min_side`` is ``draft_to``), for callers that crop
     and resize in PIL (:mod:`freelabel.data.crops`)."""
     return _decoded(src, channels, max_pixels, max_aspect, min_side)
 
 
-def load_image(src: str | os.PathLike | bytes | io.IOBase, size: int, channels: int = 3, *,
-               max_pixels: int = MAX_PIXELS, max_aspect: float = MAX_ASPECT) -> torch.Tensor:
+def load_image(
+    src: str | os.PathLike | bytes | io.IOBase,
+    size: int,
+    channels: int = 3,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    max_aspect: float = MAX_ASPECT,
+) -> torch.Tensor:
     """The centre square of an image file resized to ``uint8 [channels, size, size]`` (the shorter
     side to ``size``); decoded and checked as by :func:`decode`, raising :class:`BadImage`."""
     img = _decoded(src, channels, max_pixels, max_aspect, size)

@@ -51,7 +51,9 @@ def trim(batch: Batch, n: int) -> Batch:
         return batch
     labels = batch.labels[:n] if batch.labels is not None else None
     texts = batch.texts[:n] if batch.texts is not None else None
-    return replace(batch, images=batch.images[:n], labels=labels, texts=texts, masks={k: m[:n] for k, m in batch.masks.items()})
+    return replace(
+        batch, images=batch.images[:n], labels=labels, texts=texts, masks={k: m[:n] for k, m in batch.masks.items()}
+    )
 
 
 def collate(items: list) -> Batch:
@@ -80,8 +82,9 @@ def mask_generator(seed: int, epoch: int, step: int, rank: int) -> torch.Generat
     return torch.Generator().manual_seed((((seed * 1_000_003 + epoch) * 1_000_003 + step) * 1024 + rank) % 2**63)
 
 
-def global_masks(masks: MaskMaker, n: int, first: int, total: int, seed: int, epoch: int,
-                 step: int) -> dict[str, torch.Tensor]:  # fmt: skip
+def global_masks(
+    masks: MaskMaker, n: int, first: int, total: int, seed: int, epoch: int, step: int
+) -> dict[str, torch.Tensor]:
     """The masks of samples ``first ... first + n - 1`` of a global batch of ``total``: made for the whole
     global batch and this part taken (a maker may stack ``k`` per sample, view by view, as ``[k * total, ...]``),
     so each sample's masks are the same however the batch is split over processes."""
@@ -102,8 +105,9 @@ class _Collate:
     def __call__(self, items: list) -> Batch:
         batch = collate([it[:-1] for it in items])
         if self.masks and len(batch.images):  # masks for the images that decoded
-            batch.masks = global_masks(self.masks, len(batch.images), self.first, self.total, self.seed, self.epoch,
-                                       items[0][-1])  # fmt: skip
+            batch.masks = global_masks(
+                self.masks, len(batch.images), self.first, self.total, self.seed, self.epoch, items[0][-1]
+            )
         return batch
 
 
@@ -132,15 +136,34 @@ def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
     return n // (batch_size * world)
 
 
-def batches(ds: Dataset, batch_size: int, *, seed: int, epoch: int, start: int = 0, rank: int = 0,
-            world: int = 1, workers: int = 0, masks: MaskMaker | None = None,
-            views: Sequence[ViewConfig] | None = None) -> Iterator[Batch]:  # fmt: skip
+def batches(
+    ds: Dataset,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    start: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    workers: int = 0,
+    masks: MaskMaker | None = None,
+    views: Sequence[ViewConfig] | None = None,
+) -> Iterator[Batch]:
     """Yield this rank's batches of ``epoch`` from step ``start`` on (the last partial batch is dropped).
     ``views``: files are cropped for them from the whole image as they are decoded (``Batch.crops``);
     images held in memory come whole, for :class:`~.views.Views` to crop on the device."""
     if hasattr(ds, "stream"):  # image shards, read as a stream
-        yield from ds.stream(batch_size, seed=seed, epoch=epoch, start=start, rank=rank, world=world, workers=workers,
-                             masks=masks, views=views)  # fmt: skip
+        yield from ds.stream(
+            batch_size,
+            seed=seed,
+            epoch=epoch,
+            start=start,
+            rank=rank,
+            world=world,
+            workers=workers,
+            masks=masks,
+            views=views,
+        )
         return
     order = epoch_order(len(ds), seed, epoch)
     global_batch = batch_size * world
@@ -155,9 +178,14 @@ def batches(ds: Dataset, batch_size: int, *, seed: int, epoch: int, start: int =
         return
     crops = RandomCrops(views, ds.channels) if views and hasattr(ds, "item") else None
     sampler = [[(s, i) for i in idx.tolist()] for s, idx in zip(steps, index_lists)]
-    loader = DataLoader(_Keyed(ds, crops, seed, epoch), batch_sampler=sampler, num_workers=workers,
-                        collate_fn=_Collate(masks, seed, epoch, rank * batch_size, global_batch), persistent_workers=False,
-                        prefetch_factor=4 if workers else None)  # fmt: skip
+    loader = DataLoader(
+        _Keyed(ds, crops, seed, epoch),
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=_Collate(masks, seed, epoch, rank * batch_size, global_batch),
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
     yield from loader
 
 

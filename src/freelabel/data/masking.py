@@ -125,9 +125,15 @@ class BlockMasks:
         return {"mask": block_masks(self.views * batch, self.grid, self.ratio, self.probability, generator=g)}
 
 
-def block_masks(batch: int, grid: tuple[int, int], ratio: tuple[float, float] = (0.1, 0.5), probability: float = 0.5,
-                min_block: int = 4, aspect: tuple[float, float] = (0.3, 1 / 0.3),
-                generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+def block_masks(
+    batch: int,
+    grid: tuple[int, int],
+    ratio: tuple[float, float] = (0.1, 0.5),
+    probability: float = 0.5,
+    min_block: int = 4,
+    aspect: tuple[float, float] = (0.3, 1 / 0.3),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """iBOT's and DINOv2's block-wise masks (after BEiT): ``round(batch * probability)`` images (at
     least one while ``probability > 0``) are masked, the rest are not; the masked ones get ratios
     spread evenly over ``ratio`` (image ``i`` of ``n`` draws from the ``i``-th of ``n`` equal slices

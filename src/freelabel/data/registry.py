@@ -29,8 +29,9 @@ NAMED: dict[str, Callable[[str], Dataset]] = {
 }
 
 
-def open_dataset(spec: str, split: str = "train", size: int | None = None, channels: int = 3,
-                 allow_outside: bool = False) -> Dataset:
+def open_dataset(
+    spec: str, split: str = "train", size: int | None = None, channels: int = 3, allow_outside: bool = False
+) -> Dataset:
     """``spec`` is a named source or a path; ``split`` is ``train``, ``test`` or ``all`` (pretraining on
     a folder uses every image). In-memory sets are resized to ``size`` when it differs. ``allow_outside``
     lets a CSV/JSONL caption list name images outside its own folder."""
@@ -77,7 +78,9 @@ def file_list(path: str | Path, split: str, size: int | None, channels: int = 3)
         ds = open_dataset(name, list_split, size, channels)
         idx = torch.tensor([int(p[2]) for p in parts])
         if int(idx.max()) >= len(ds):
-            raise DataError(f"the file list {path} names item {int(idx.max())} of {name}/{list_split}, which has {len(ds)}")
+            raise DataError(
+                f"the file list {path} names item {int(idx.max())} of {name}/{list_split}, which has {len(ds)}"
+            )
         return TensorImages(ds.images[idx], ds.labels[idx], ds.classes)
     if split == "test":
         raise DataError(f"the file list {path} is a training set; evaluate on a folder or a named set")

@@ -69,7 +69,9 @@ def shard_urls(spec: str) -> list[str]:
     urls = sorted(map(str, path.glob("*.tar"))) if path.is_dir() else list(braceexpand.braceexpand(str(path)))
     missing = [u for u in urls if not Path(u).is_file()]
     if not urls or missing:
-        raise DataError(f"no WebDataset shards at {missing[0] if missing else spec}; make them with `freelabel shards make`")
+        raise DataError(
+            f"no WebDataset shards at {missing[0] if missing else spec}; make them with `freelabel shards make`"
+        )
     return urls
 
 
@@ -89,8 +91,13 @@ def _count(url: str) -> dict:
                 suffixes.add(member.name[len(key) + 1 :].lower())
                 if not keys or keys[-1] != key:
                     keys.append(key)
-    return {"name": Path(url).name, "samples": len(keys), "held_out": sum(map(held_out, keys)),
-            "captions": "txt" in suffixes, "labels": "cls" in suffixes}  # fmt: skip
+    return {
+        "name": Path(url).name,
+        "samples": len(keys),
+        "held_out": sum(map(held_out, keys)),
+        "captions": "txt" in suffixes,
+        "labels": "cls" in suffixes,
+    }
 
 
 @dataclass
@@ -112,8 +119,11 @@ class ImageShards(IterableDataset):
         index = json.loads(index_path.read_text()) if index_path.is_file() else {}
         known = {s["name"]: s for s in index.get("shards", [])}
         entries = [known.get(Path(u).name) or _count(u) for u in urls]
-        split_count = {"all": lambda e: e["samples"], "test": lambda e: e["held_out"],
-                       "train": lambda e: e["samples"] - e["held_out"]}[split]  # fmt: skip
+        split_count = {
+            "all": lambda e: e["samples"],
+            "test": lambda e: e["held_out"],
+            "train": lambda e: e["samples"] - e["held_out"],
+        }[split]
         self.shards = [_Shard(u, split_count(e)) for u, e in zip(urls, entries)]
         self.spec, self.split, self.size, self.channels, self.buffer = spec, split, size, channels, buffer
         self.classes: list[str] = index.get("classes", [])
@@ -161,16 +171,37 @@ class ImageShards(IterableDataset):
         for sample in self._samples(shards):
             yield self._item(sample)
 
-    def stream(self, batch_size: int, *, seed: int, epoch: int, start: int = 0, rank: int = 0, world: int = 1,
-               workers: int = 0, masks: MaskMaker | None = None,
-               views: Sequence[ViewConfig] | None = None) -> Iterator[Batch]:  # fmt: skip
+    def stream(
+        self,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        start: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        workers: int = 0,
+        masks: MaskMaker | None = None,
+        views: Sequence[ViewConfig] | None = None,
+    ) -> Iterator[Batch]:
         """This process's batches of ``epoch`` from step ``start`` on, as :func:`~.loader.batches` gives them."""
-        plan = _Plan(self, batch_size, seed, epoch, rank, world, max(1, workers), start, masks,
-                     RandomCrops(views, self.channels) if views else None)  # fmt: skip
+        plan = _Plan(
+            self,
+            batch_size,
+            seed,
+            epoch,
+            rank,
+            world,
+            max(1, workers),
+            start,
+            masks,
+            RandomCrops(views, self.channels) if views else None,
+        )
         if plan.steps <= start:
             return
-        loader = DataLoader(plan, batch_size=None, num_workers=min(workers, plan.roles),
-                            prefetch_factor=2 if workers else None)  # fmt: skip
+        loader = DataLoader(
+            plan, batch_size=None, num_workers=min(workers, plan.roles), prefetch_factor=2 if workers else None
+        )
         yield from loader
 
 
@@ -184,8 +215,19 @@ class _Plan(IterableDataset):
     seeded by its place. On resume from step ``start`` the workers swap runs so that the loader's
     round-robin still yields steps in order."""
 
-    def __init__(self, shards: ImageShards, batch_size: int, seed: int, epoch: int, rank: int, world: int,
-                 roles: int, start: int, masks: MaskMaker | None, crops: RandomCrops | None):  # fmt: skip
+    def __init__(
+        self,
+        shards: ImageShards,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        rank: int,
+        world: int,
+        roles: int,
+        start: int,
+        masks: MaskMaker | None,
+        crops: RandomCrops | None,
+    ):
         self.ds, self.b, self.seed, self.epoch, self.rank = shards, batch_size, seed, epoch, rank
         self.start, self.masks, self.crops = start, masks, crops
         self.steps = len(shards) // (batch_size * world)
@@ -215,13 +257,19 @@ class _Plan(IterableDataset):
                 size = min(window, len(steps) * self.b - pos)
                 raw = list(itertools.islice(samples, size))
                 if len(raw) < size:
-                    raise DataError(f"the shards at {self.ds.spec} hold fewer samples than {INDEX} counts; "
-                                    f"delete it to have them counted again")  # fmt: skip
+                    raise DataError(
+                        f"the shards at {self.ds.spec} hold fewer samples than {INDEX} counts; "
+                        f"delete it to have them counted again"
+                    )
                 g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + begin + pos)
                 pending = [raw[i] for i in torch.randperm(size, generator=g).tolist()]
             picked = pending[at - pos : at - pos + self.b]
-            items = [self.ds._item(s, self.crops, crop_generator(self.seed, self.epoch, f"{Path(s['__url__']).name}/{s['__key__']}"))
-                     for s in picked]  # fmt: skip
+            items = [
+                self.ds._item(
+                    s, self.crops, crop_generator(self.seed, self.epoch, f"{Path(s['__url__']).name}/{s['__key__']}")
+                )
+                for s in picked
+            ]
             batch = collate(items)
             if self.masks and len(batch.images):
                 batch.masks = self.masks(len(batch.images), mask_generator(self.seed, self.epoch, step, self.rank))
@@ -270,12 +318,23 @@ def _write_shard(job: tuple[str, list[tuple[str, str, int, str | None]]]) -> dic
             if text is not None:
                 sample["txt"] = text
             sink.write(sample)
-    return {"name": Path(path).name, "samples": len(samples), "held_out": sum(held_out(s[0]) for s in samples),
-            "captions": samples[0][3] is not None, "labels": samples[0][2] >= 0}  # fmt: skip
+    return {
+        "name": Path(path).name,
+        "samples": len(samples),
+        "held_out": sum(held_out(s[0]) for s in samples),
+        "captions": samples[0][3] is not None,
+        "labels": samples[0][2] >= 0,
+    }
 
 
-def make_shards(src: str, out: str | Path, per_shard: int = 1000, workers: int | None = None,
-                seed: int = 0, allow_outside: bool = False) -> list[Path]:  # fmt: skip
+def make_shards(
+    src: str,
+    out: str | Path,
+    per_shard: int = 1000,
+    workers: int | None = None,
+    seed: int = 0,
+    allow_outside: bool = False,
+) -> list[Path]:
     """Write the images of ``src`` (an image folder, or caption data) as WebDataset shards
     ``out/shard-000000.tar``, ... of ``per_shard`` samples in a seeded shuffled order, by ``workers``
     processes (default: the cores available), and ``out/shards.json``. Shards appear only once all
@@ -312,8 +371,10 @@ def make_shards(src: str, out: str | Path, per_shard: int = 1000, workers: int |
         samples.append((key, str(path), label, text))
     workers = workers or len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-") as tmp:
-        jobs = [(os.path.join(tmp, f"shard-{i // per_shard:06d}.tar"), samples[i : i + per_shard])
-                for i in range(0, len(samples), per_shard)]  # fmt: skip
+        jobs = [
+            (os.path.join(tmp, f"shard-{i // per_shard:06d}.tar"), samples[i : i + per_shard])
+            for i in range(0, len(samples), per_shard)
+        ]
         if workers > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
                 entries = list(pool.map(_write_shard, jobs))

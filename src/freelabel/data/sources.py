@@ -25,9 +25,17 @@ from .images import IMAGE_EXTENSIONS, BadImage, load_image
 log = logging.getLogger(__name__)
 
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 EMBEDDED = {
     "fashion-mnist": "Fashion-MNIST, 70k 28x28 grey images of clothes in 10 classes",
     "emoji": "Google's Noto emoji (npm emoji-datasource-google), 1.9k 64x64 colour images in 10 categories",
@@ -125,8 +133,9 @@ class ImageFiles(Dataset):
     count them.
     """
 
-    def __init__(self, paths: list[Path], labels: list[int], classes: list[str], size: int,
-                 channels: int = 3, ignored: int = 0):  # fmt: skip
+    def __init__(
+        self, paths: list[Path], labels: list[int], classes: list[str], size: int, channels: int = 3, ignored: int = 0
+    ):
         self.paths, self.labels, self.classes = paths, labels, classes
         self.size, self.channels, self.ignored = size, channels, ignored
 
@@ -150,7 +159,9 @@ class ImageFiles(Dataset):
 def scan_folder(root: Path) -> tuple[list[Path], list[int], list[str], int]:
     """Image paths, labels and class names under ``root``, plus the count of non-image files."""
     if not root.exists():
-        raise DataError(f"data folder {root} does not exist; give --data a folder of images or one of: {', '.join(EMBEDDED)}")
+        raise DataError(
+            f"data folder {root} does not exist; give --data a folder of images or one of: {', '.join(EMBEDDED)}"
+        )
     if not root.is_dir():
         raise DataError(f"--data {root} is a file; give a folder of images or one of: {', '.join(EMBEDDED)}")
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -166,8 +177,9 @@ def scan_folder(root: Path) -> tuple[list[Path], list[int], list[str], int]:
     return images, [-1] * len(images), [], len(files) - len(images)
 
 
-def image_folder(root: str | Path, split: str, size: int, channels: int = 3, holdout: float = 0.2,
-                 seed: int = 0) -> ImageFiles:  # fmt: skip
+def image_folder(
+    root: str | Path, split: str, size: int, channels: int = 3, holdout: float = 0.2, seed: int = 0
+) -> ImageFiles:
     """A folder as a split: ``root/train`` and ``root/val`` (or ``test``) when present, otherwise a
     seeded, per-class ``holdout`` fraction of ``root`` is the test split."""
     root = Path(root).expanduser()

@@ -67,8 +67,9 @@ def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.to(x.device, x.dtype).view(-1, 1, 1, 1)
 
 
-def colour_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
-                  saturation: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def colour_jitter(
+    x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor, hue: torch.Tensor
+) -> torch.Tensor:
     """Per-sample jitter of images in [0, 1]; factors of 1 (and hue 0) leave an image unchanged.
     Each blend ``a + (x - a) * f`` is computed in place as ``x * f + a * (1 - f)`` (one pass fewer)."""
     x = (x * _per_sample(brightness, x)).clamp_(0, 1)
@@ -108,25 +109,34 @@ class Views:
     def __init__(self, cfg: ViewConfig):
         self.cfg = cfg
 
-    def __call__(self, images: torch.Tensor, g: torch.Generator, cropped: bool = False,
-                 at: tuple[int, int] | None = None) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, g: torch.Generator, cropped: bool = False, at: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         """Views of ``images``; ``cropped``: they are this view's crops already (made from the whole
         image where it was decoded, :mod:`freelabel.data.crops`), so only the mirror is left to do.
         ``at=(first, total)``: ``images`` are samples ``first, first + 1, ...`` of a global batch of
         ``total`` split over processes; the random numbers are drawn for the whole global batch and this
         part's taken, so each sample gets the same view however the batch is split."""
         if images.ndim != 4 or not images.shape[0] or not images.shape[1]:
-            raise ValueError(f"views are made from a batch of images [B, C, H, W] with B >= 1, got {tuple(images.shape)}")
+            raise ValueError(
+                f"views are made from a batch of images [B, C, H, W] with B >= 1, got {tuple(images.shape)}"
+            )
         c, n = self.cfg, images.shape[0]
         first, total = at or (0, n)
         # Every random number is drawn whether or not it is used, so the stream never depends on data.
-        drawn = {"boxes": crop_boxes(g, total, c.scale, c.ratio), "flip": _coin(g, total, c.hflip),
-                 "on": _coin(g, total, c.jitter),
-                 "factors": torch.stack([_uniform(g, total, 1 - s, 1 + s)
-                                         for s in (c.brightness, c.contrast, c.saturation)]).T,
-                 "hue": _uniform(g, total, -c.hue, c.hue), "grey": _coin(g, total, c.grayscale),
-                 "blur_on": _coin(g, total, c.blur), "sigma": _uniform(g, total, *c.blur_sigma) * (c.size / 224),
-                 "sol": _coin(g, total, c.solarize)}  # fmt: skip
+        drawn = {
+            "boxes": crop_boxes(g, total, c.scale, c.ratio),
+            "flip": _coin(g, total, c.hflip),
+            "on": _coin(g, total, c.jitter),
+            "factors": torch.stack(
+                [_uniform(g, total, 1 - s, 1 + s) for s in (c.brightness, c.contrast, c.saturation)]
+            ).T,
+            "hue": _uniform(g, total, -c.hue, c.hue),
+            "grey": _coin(g, total, c.grayscale),
+            "blur_on": _coin(g, total, c.blur),
+            "sigma": _uniform(g, total, *c.blur_sigma) * (c.size / 224),
+            "sol": _coin(g, total, c.solarize),
+        }
         p = {k: v[first : first + n] for k, v in drawn.items()}
         x = images.float().div_(255) if images.dtype == torch.uint8 else images.to(torch.float32, copy=True)
         if cropped:

@@ -34,8 +34,10 @@ def check_vit(model: Model) -> None:
         return
     if vit is None and _hf_vit(model) is not None:
         return
-    raise RunError(f"attention maps need a ViT with a CLS token; {model.spec} is not one. They work for ViT runs "
-                   "(e.g. `freelabel pretrain dinov2 --data fashion-mnist`) and pretrained ViTs (facebook/dinov2-small)")  # fmt: skip
+    raise RunError(
+        f"attention maps need a ViT with a CLS token; {model.spec} is not one. They work for ViT runs "
+        "(e.g. `freelabel pretrain dinov2 --data fashion-mnist`) and pretrained ViTs (facebook/dinov2-small)"
+    )
 
 
 @torch.no_grad()
@@ -50,7 +52,9 @@ def cls_attention(model: Model, images: torch.Tensor) -> tuple[torch.Tensor, int
         hf.set_attn_implementation("eager")
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
         rows = hf(pixel_values=x, output_attentions=True).attentions[-1][:, :, 0]
-        return rows.float(), rows.shape[-1] - (x.shape[-2] // hf.config.patch_size) * (x.shape[-1] // hf.config.patch_size)
+        return rows.float(), rows.shape[-1] - (x.shape[-2] // hf.config.patch_size) * (
+            x.shape[-1] // hf.config.patch_size
+        )
     attn = vit.blocks[-1].attn
     seen: list[torch.Tensor] = []
     hook = attn.attn_drop.register_forward_hook(lambda _m, _i, out: seen.append(out))  # the softmax of q k^T
@@ -99,8 +103,15 @@ def draw(image: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor, path: Pat
     Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST).save(path)
 
 
-def evaluate_attention(spec: str | Path, data: str = "composed", out: str | Path | None = None, images: int = 8,
-                       baselines: bool = False, mass: float = 0.6, batch_size: int = 64) -> dict:  # fmt: skip
+def evaluate_attention(
+    spec: str | Path,
+    data: str = "composed",
+    out: str | Path | None = None,
+    images: int = 8,
+    baselines: bool = False,
+    mass: float = 0.6,
+    batch_size: int = 64,
+) -> dict:
     """Jaccard of the DINO-paper attention masks with the objects of the test images of ``data`` (mean over
     heads, and of the best head), written to ``metrics.json`` under ``attention``; the first ``images``
     drawn into ``out`` (default ``RUN/attention``). ``baselines`` adds the random-init backbone."""
@@ -122,11 +133,20 @@ def evaluate_attention(spec: str | Path, data: str = "composed", out: str | Path
             for i in range(s, min(s + batch_size, images)):
                 draw(test.images[i], maps[i - s], masks[i - s], folder / f"{name}-{i:03d}.png")
         j = 100 * torch.cat(per_image)  # [images, heads]
-        return {"jaccard_mean_head": float(j.mean()), "jaccard_best_head": float(j.mean(0).max()),
-                "jaccard_per_head": [round(float(v), 2) for v in j.mean(0)], "grid": list(maps.shape[-2:])}  # fmt: skip
+        return {
+            "jaccard_mean_head": float(j.mean()),
+            "jaccard_best_head": float(j.mean(0).max()),
+            "jaccard_per_head": [round(float(v), 2) for v in j.mean(0)],
+            "grid": list(maps.shape[-2:]),
+        }
 
-    results: dict = {"data": data, "test_images": len(test), "mass": mass, "images": str(folder),
-                     "trained": score(model, "trained")}  # fmt: skip
+    results: dict = {
+        "data": data,
+        "test_images": len(test),
+        "mass": mass,
+        "images": str(folder),
+        "trained": score(model, "trained"),
+    }
     if baselines:
         results["random_init"] = score(load_model(spec, trained=False), "random_init")
     record(model, "attention", results)

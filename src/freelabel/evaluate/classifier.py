@@ -60,8 +60,14 @@ def save_classifier(clf: Classifier, out: str | Path, about: dict, texts: dict[s
     save_file({k: v.detach().contiguous().cpu() for k, v in clf.head.state_dict().items()}, str(tmp / HEAD))
     if m.run_dir is not None:
         shutil.copy(m.run_dir / CONFIG, tmp / CONFIG)
-    info = {"classes": clf.classes, "source": m.spec if m.run_dir is None else None, "channels": m.channels,
-            "image_size": m.image_size, "view": asdict(m.view), **about}  # fmt: skip
+    info = {
+        "classes": clf.classes,
+        "source": m.spec if m.run_dir is None else None,
+        "channels": m.channels,
+        "image_size": m.image_size,
+        "view": asdict(m.view),
+        **about,
+    }
     (tmp / INFO).write_text(json.dumps(info, indent=2))
     for name, text in (texts or {}).items():
         (tmp / name).write_text(text)
@@ -77,8 +83,10 @@ def load_classifier(folder: str | Path, device: torch.device | str | None = None
 
     folder = Path(folder)
     if not (folder / INFO).is_file():
-        raise RunError(f"{folder} is not a classifier folder (no {INFO}); make one with `freelabel eval finetune` "
-                       "or `freelabel eval linear`")  # fmt: skip
+        raise RunError(
+            f"{folder} is not a classifier folder (no {INFO}); make one with `freelabel eval finetune` "
+            "or `freelabel eval linear`"
+        )
     info = json.loads((folder / INFO).read_text())
     model = load_model(folder if (folder / CONFIG).is_file() else info["source"], device=device)
     if info["source"] is not None:  # a pretrained architecture, fine-tuned weights
@@ -91,8 +99,9 @@ def load_classifier(folder: str | Path, device: torch.device | str | None = None
     return Classifier(model, head.to(device), info["classes"]).eval()
 
 
-def predict_folder(classifier: str | Path, folder: str | Path, out: str | Path | None = None, k: int = 5,
-                   batch_size: int = 64) -> tuple[list[list], list[str]]:  # fmt: skip
+def predict_folder(
+    classifier: str | Path, folder: str | Path, out: str | Path | None = None, k: int = 5, batch_size: int = 64
+) -> tuple[list[list], list[str]]:
     """Top-``k`` labels and scores of every image under ``folder``: rows ``[image, label_1, score_1, ...]``
     (paths relative to ``folder``) and the paths that could not be decoded; written as CSV to ``out``."""
     from ..data.loader import sequential

@@ -96,8 +96,13 @@ def progress_bar(description: str, total: float) -> Iterator[Callable[[float], N
     """A rich progress bar (as the engine's); yields ``update(completed)``."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-               TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda completed: bar.update(task, completed=completed)
@@ -112,8 +117,9 @@ def progress(items: Iterable, total: int, description: str) -> Iterator:
 
 
 @torch.no_grad()
-def extract(model: Model | None, ds: Dataset, tokens: bool = False, batch_size: int = 256,
-            size: int = 28) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def extract(
+    model: Model | None, ds: Dataset, tokens: bool = False, batch_size: int = 256, size: int = 28
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features (``tokens``: patch tokens ``[N, T, D]``) of every image of ``ds`` and their labels;
     ``model=None`` gives the raw pixels in [0, 1] at ``size``."""
     from ..data.loader import sequential
@@ -141,8 +147,9 @@ def cache_root(model: Model | None) -> Path:
     return model.run_dir / "features" if model is not None and model.run_dir else cache_dir() / "features"
 
 
-def cached_features(model: Model | None, data: str, split: str, ds: Dataset, size: int = 28,
-                    tokens: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def cached_features(
+    model: Model | None, data: str, split: str, ds: Dataset, size: int = 28, tokens: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`extract`, kept on disk keyed by the model's fingerprint, the data and the split, so that a
     second protocol (or a second run of one) reads instead of recomputing."""
     key = model.fingerprint if model is not None else f"pixels{size}"

@@ -47,13 +47,25 @@ def miou(conf: torch.Tensor) -> dict:
     union = conf.sum(0) + conf.sum(1) - conf.diag()
     iou = tp / union.clamp(min=1)
     present = union > 0
-    return {"miou": 100 * float(iou[present].mean()), "pixel_accuracy": 100 * float(tp.sum() / conf.sum().clamp(min=1)),
-            "iou": [round(100 * float(v), 2) if p else None for v, p in zip(iou, present)]}  # fmt: skip
+    return {
+        "miou": 100 * float(iou[present].mean()),
+        "pixel_accuracy": 100 * float(tp.sum() / conf.sum().clamp(min=1)),
+        "iou": [round(100 * float(v), 2) if p else None for v, p in zip(iou, present)],
+    }
 
 
-def fit_dense(train_f: torch.Tensor, train_m: torch.Tensor, test_f: torch.Tensor, test_m: torch.Tensor, classes: int,
-              epochs: int = 20, lr: float = 1e-2, batch_size: int = 64, seed: int = 0,
-              device: torch.device | str = "cpu") -> dict:  # fmt: skip
+def fit_dense(
+    train_f: torch.Tensor,
+    train_m: torch.Tensor,
+    test_f: torch.Tensor,
+    test_m: torch.Tensor,
+    classes: int,
+    epochs: int = 20,
+    lr: float = 1e-2,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict:
     """Train a 1x1 convolution on ``[N, D, h, w]`` features against ``[N, S, S]`` masks (on ``device``, the
     features staying where they are); mIoU on the test set."""
     mean = train_f.mean((0, 2, 3), keepdim=True).to(device)
@@ -109,11 +121,18 @@ def evaluate_dense(spec: str | Path, data: str = "composed", baselines: bool = F
     def score(m: Model) -> dict:
         m = dense_model(m, train.images.shape[-1])
         f_train, f_test = token_grid(m, train.images), token_grid(m, test.images)
-        r = fit_dense(f_train, train.masks, f_test, test.masks, classes, epochs, device=next(m.backbone.parameters()).device)
+        r = fit_dense(
+            f_train, train.masks, f_test, test.masks, classes, epochs, device=next(m.backbone.parameters()).device
+        )
         return {**r, "grid": list(f_train.shape[-2:])}
 
-    results: dict = {"data": data, "classes": train.classes, "train_images": len(train), "test_images": len(test),
-                     "trained": score(model)}  # fmt: skip
+    results: dict = {
+        "data": data,
+        "classes": train.classes,
+        "train_images": len(train),
+        "test_images": len(test),
+        "trained": score(model),
+    }
     if baselines:
         results["random_init"] = score(load_model(spec, trained=False))
     record(model, "dense", results)

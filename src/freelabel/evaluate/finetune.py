@@ -49,8 +49,10 @@ def parse_labels(spec: str) -> float | int:
     except ValueError:
         value = -1
     if (isinstance(value, float) and not 0 < value <= 1) or (isinstance(value, int) and value < 1):
-        raise ConfigError(f"--labels takes a percentage in (0, 100] such as 1% or 10%, or a number of images per "
-                          f"class such as 10; got {spec!r}")  # fmt: skip
+        raise ConfigError(
+            f"--labels takes a percentage in (0, 100] such as 1% or 10%, or a number of images per "
+            f"class such as 10; got {spec!r}"
+        )
     return value
 
 
@@ -84,8 +86,10 @@ def read_subset(path: str | Path, ds: Dataset) -> torch.Tensor:
     wanted = [_row_or_path(w, path.parent) for w in lines if w and not w.startswith("#")]
     missing = [w for w in wanted if w not in index]
     if missing or not wanted:
-        raise DataError(f"{path}: {len(missing)} of {len(wanted)} lines name no image of the training data "
-                        f"(first: {missing[0] if missing else 'none listed'})")  # fmt: skip
+        raise DataError(
+            f"{path}: {len(missing)} of {len(wanted)} lines name no image of the training data "
+            f"(first: {missing[0] if missing else 'none listed'})"
+        )
     return torch.tensor(sorted({index[w] for w in wanted}))
 
 
@@ -109,12 +113,14 @@ def subset(ds: Dataset, idx: torch.Tensor) -> Dataset:
 
 def train_view(view: ViewConfig) -> ViewConfig:
     """The usual fine-tuning augmentation: random-resized crop and flip, at the model's size and normalisation."""
-    return ViewConfig(size=view.size, scale=(0.35, 1.0), hflip=0.5, jitter=0.0, grayscale=0.0, blur=0.0,
-                      mean=view.mean, std=view.std)  # fmt: skip
+    return ViewConfig(
+        size=view.size, scale=(0.35, 1.0), hflip=0.5, jitter=0.0, grayscale=0.0, blur=0.0, mean=view.mean, std=view.std
+    )
 
 
-def param_groups(model: nn.Module, backbone: nn.Module, lr: float, weight_decay: float,
-                 layer_decay: float) -> list[dict]:  # fmt: skip
+def param_groups(
+    model: nn.Module, backbone: nn.Module, lr: float, weight_decay: float, layer_decay: float
+) -> list[dict]:
     """AdamW groups: no decay on biases and norms; for a timm ViT, block ``i`` of ``L`` gets ``lr *
     layer_decay ** (L - i)`` (embeddings ``L + 1`` levels down), the head the full ``lr``."""
     vit = timm_vit(backbone)
@@ -126,7 +132,11 @@ def param_groups(model: nn.Module, backbone: nn.Module, lr: float, weight_decay:
         layer = depth + 1
         if vit is not None and name.startswith("backbone.model."):
             rest = name.removeprefix("backbone.model.")
-            layer = int(rest.split(".")[1]) + 1 if rest.startswith("blocks.") else (0 if not rest.startswith(("norm", "fc_norm")) else depth + 1)  # fmt: skip
+            layer = (
+                int(rest.split(".")[1]) + 1
+                if rest.startswith("blocks.")
+                else (0 if not rest.startswith(("norm", "fc_norm")) else depth + 1)
+            )
         scale = layer_decay ** (depth + 1 - layer)
         decay = 0.0 if p.ndim <= 1 or name.endswith((".cls_token", ".pos_embed", ".reg_token")) else weight_decay
         groups.setdefault((scale, decay), []).append(p)
@@ -148,9 +158,21 @@ def accuracy(clf: Classifier, ds: Dataset, batch_size: int = 256) -> float:
     return 100.0 * correct / max(1, total)
 
 
-def train(model: Model, train: Dataset, classes: list[str], *, epochs: float | None = None, minutes: float | None = None,
-          lr: float = 1e-3, weight_decay: float = 0.05, layer_decay: float = 0.75, batch_size: int = 256,
-          warmup: float = 0.05, label_smoothing: float = 0.1, seed: int = 0) -> tuple[nn.Module, int]:  # fmt: skip
+def train(
+    model: Model,
+    train: Dataset,
+    classes: list[str],
+    *,
+    epochs: float | None = None,
+    minutes: float | None = None,
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    layer_decay: float = 0.75,
+    batch_size: int = 256,
+    warmup: float = 0.05,
+    label_smoothing: float = 0.1,
+    seed: int = 0,
+) -> tuple[nn.Module, int]:
     """Fine-tune ``model.backbone`` with a new linear head for ``classes`` on labelled ``train``; a budget of ``epochs`` or
     ``minutes`` of training (default: 10 epochs and at least 500 steps); ``lr`` for a batch of 256, scaled
     linearly. Returns the classifier and the number of steps trained."""
@@ -159,8 +181,10 @@ def train(model: Model, train: Dataset, classes: list[str], *, epochs: float | N
     if epochs is not None and minutes is not None:
         raise ConfigError("give fine-tuning one budget: epochs or minutes")
     if any(v is not None and v <= 0 for v in (epochs, minutes)) or batch_size < 1 or lr <= 0:
-        raise ConfigError(f"fine-tuning needs a positive budget, batch size and learning rate; got epochs={epochs}, "
-                          f"minutes={minutes}, batch size {batch_size}, lr {lr}")  # fmt: skip
+        raise ConfigError(
+            f"fine-tuning needs a positive budget, batch size and learning rate; got epochs={epochs}, "
+            f"minutes={minutes}, batch size {batch_size}, lr {lr}"
+        )
     device = next(model.backbone.parameters()).device
     torch.manual_seed(seed)
     head = nn.Linear(model.embed_dim, len(classes))
@@ -193,7 +217,9 @@ def train(model: Model, train: Dataset, classes: list[str], *, epochs: float | N
                 if images.shape[1] == 1 and model.channels == 3:  # grey data, colour model
                     images = images.expand(-1, 3, -1, -1)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    loss = F.cross_entropy(net(views(images, g)), batch.labels.to(device), label_smoothing=label_smoothing)
+                    loss = F.cross_entropy(
+                        net(views(images, g)), batch.labels.to(device), label_smoothing=label_smoothing
+                    )
                 if not torch.isfinite(loss):
                     raise ConfigError(f"fine-tuning diverged (loss {loss.item()}) at step {step}; lower --lr")
                 opt.zero_grad(set_to_none=True)
@@ -206,10 +232,22 @@ def train(model: Model, train: Dataset, classes: list[str], *, epochs: float | N
     return net.eval(), step
 
 
-def finetune(spec: str | Path, data: str | None = None, labels: str = "100%", *, subset_file: str | Path | None = None,
-             init: str = "trained", epochs: float | None = None, minutes: float | None = None, lr: float = 1e-3,
-             weight_decay: float = 0.05, layer_decay: float = 0.75, batch_size: int = 256, seed: int = 0,
-             out: str | Path | None = None) -> dict:  # fmt: skip
+def finetune(
+    spec: str | Path,
+    data: str | None = None,
+    labels: str = "100%",
+    *,
+    subset_file: str | Path | None = None,
+    init: str = "trained",
+    epochs: float | None = None,
+    minutes: float | None = None,
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    layer_decay: float = 0.75,
+    batch_size: int = 256,
+    seed: int = 0,
+    out: str | Path | None = None,
+) -> dict:
     """Fine-tune a run's backbone (``init="random"``: its random initialisation, the supervised-from-scratch
     reference) or a pretrained model on ``labels`` of ``data``'s training set (or the images ``subset_file``
     lists), score it on the test set, keep it as a classifier folder at ``out`` (default
@@ -227,17 +265,38 @@ def finetune(spec: str | Path, data: str | None = None, labels: str = "100%", *,
     names = item_names(train_ds)
     n_classes = int(train_labels.max()) + 1
     start = time.perf_counter()
-    clf, steps = train(model, subset(train_ds, idx), class_names(train_ds, n_classes), epochs=epochs, minutes=minutes, lr=lr,
-                weight_decay=weight_decay, layer_decay=layer_decay, batch_size=batch_size, seed=seed)  # fmt: skip
+    clf, steps = train(
+        model,
+        subset(train_ds, idx),
+        class_names(train_ds, n_classes),
+        epochs=epochs,
+        minutes=minutes,
+        lr=lr,
+        weight_decay=weight_decay,
+        layer_decay=layer_decay,
+        batch_size=batch_size,
+        seed=seed,
+    )
     minutes_used = (time.perf_counter() - start) / 60
     key = f"{'subset' if subset_file else labels}/{init}/seed{seed}"
-    results = {"data": data, "labels": labels if not subset_file else str(subset_file), "init": init, "seed": seed,
-               "train_images": len(idx), "test_images": len(test_ds), "top1": accuracy(clf, test_ds),
-               "steps": steps, "minutes": round(minutes_used, 2), "budget": {"epochs": epochs, "minutes": minutes}}  # fmt: skip
+    results = {
+        "data": data,
+        "labels": labels if not subset_file else str(subset_file),
+        "init": init,
+        "seed": seed,
+        "train_images": len(idx),
+        "test_images": len(test_ds),
+        "top1": accuracy(clf, test_ds),
+        "steps": steps,
+        "minutes": round(minutes_used, 2),
+        "budget": {"epochs": epochs, "minutes": minutes},
+    }
     default = model.run_dir / f"finetune-{key.replace('/', '-').replace('%', 'pc')}" if model.run_dir else None
     out = out or default
     if out is not None:
         listing = "".join(f"{names[i]}\n" for i in idx.tolist())
-        results["classifier"] = str(save_classifier(clf, out, {"protocol": "finetune", **results}, {SUBSET_FILE: listing}))
+        results["classifier"] = str(
+            save_classifier(clf, out, {"protocol": "finetune", **results}, {SUBSET_FILE: listing})
+        )
     record(model, "finetune", {key: results})
     return results

@@ -25,8 +25,14 @@ from ..run import update_metrics
 log = logging.getLogger("freelabel")
 
 
-def knn_predict(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, ks: tuple[int, ...] = (20, 200),
-                temperature: float = 0.07, chunk: int = 512) -> dict[int, torch.Tensor]:  # fmt: skip
+def knn_predict(
+    train: torch.Tensor,
+    train_labels: torch.Tensor,
+    test: torch.Tensor,
+    ks: tuple[int, ...] = (20, 200),
+    temperature: float = 0.07,
+    chunk: int = 512,
+) -> dict[int, torch.Tensor]:
     """Predicted class of every test row for each ``k``; features need not be normalised."""
     if not ks or min(ks) < 1:
         raise ValueError(f"k-NN needs every k >= 1, got {list(ks)}")
@@ -45,16 +51,28 @@ def knn_predict(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Ten
     return {k: torch.cat(p) for k, p in preds.items()}
 
 
-def knn_accuracy(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
-                 ks: tuple[int, ...] = (20, 200), temperature: float = 0.07) -> dict[str, float]:  # fmt: skip
+def knn_accuracy(
+    train: torch.Tensor,
+    train_labels: torch.Tensor,
+    test: torch.Tensor,
+    test_labels: torch.Tensor,
+    ks: tuple[int, ...] = (20, 200),
+    temperature: float = 0.07,
+) -> dict[str, float]:
     """Top-1 accuracy (%) for each ``k``, as ``{"top1_k20": ..., "top1_k200": ...}``."""
     preds = knn_predict(train, train_labels, test, ks, temperature)
     return {f"top1_k{k}": 100.0 * (p == test_labels).float().mean().item() for k, p in preds.items()}
 
 
 @torch.no_grad()
-def extract_features(encoder: Encoder | None, ds: Dataset, view: ViewConfig, batch_size: int = 512,
-                     autocast: bool = False, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def extract_features(
+    encoder: Encoder | None,
+    ds: Dataset,
+    view: ViewConfig,
+    batch_size: int = 512,
+    autocast: bool = False,
+    workers: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings of every image by ``encoder`` (``None``: the pixels in [0, 1] at ``view.size``) and their labels."""
     feats, labels = [], []
     for batch in sequential(ds, batch_size, workers):
@@ -68,8 +86,11 @@ def extract_features(encoder: Encoder | None, ds: Dataset, view: ViewConfig, bat
         feats.append(f.float().cpu())
         labels.append(batch.labels)
     if not feats:
-        raise DataError(f"none of the {len(ds)} images could be read" if len(ds) else
-                        "a split of the data holds no images (too few per class for a held-out fifth?); give more images")
+        raise DataError(
+            f"none of the {len(ds)} images could be read"
+            if len(ds)
+            else "a split of the data holds no images (too few per class for a held-out fifth?); give more images"
+        )
     feats, labels = torch.cat(feats), torch.cat(labels)
     if len(feats) < len(ds):
         log.warning("skipped %d unreadable images of %d", len(ds) - len(feats), len(ds))
@@ -84,16 +105,26 @@ def labelled(ds: Dataset) -> bool:
     return bool(len(labels)) and min(labels.tolist() if torch.is_tensor(labels) else labels) >= 0
 
 
-def knn_eval(model: nn.Module | Encoder | None, train_ds: Dataset, test_ds: Dataset, view: ViewConfig,
-             device: torch.device | str = "cpu", autocast: bool = False, ks: tuple[int, ...] = (20, 200),
-             temperature: float = 0.07, workers: int = 0) -> dict[str, float]:  # fmt: skip
+def knn_eval(
+    model: nn.Module | Encoder | None,
+    train_ds: Dataset,
+    test_ds: Dataset,
+    view: ViewConfig,
+    device: torch.device | str = "cpu",
+    autocast: bool = False,
+    ks: tuple[int, ...] = (20, 200),
+    temperature: float = 0.07,
+    workers: int = 0,
+) -> dict[str, float]:
     """k-NN top-1 of ``model`` (an :class:`Encoder`, a bare backbone taking ``view``, or raw pixels when
     ``None``): features of ``train_ds`` vote for the images of ``test_ds``. A backbone in training mode
     is put back in it afterwards."""
     for ds in (train_ds, test_ds):
         if not labelled(ds):
-            raise DataError("k-NN evaluation needs labels, and this data has none: give --data a labelled set "
-                            "(fashion-mnist, emoji, or a folder with one sub-folder per class)")
+            raise DataError(
+                "k-NN evaluation needs labels, and this data has none: give --data a labelled set "
+                "(fashion-mnist, emoji, or a folder with one sub-folder per class)"
+            )
     backbone = model.backbone if isinstance(model, Encoder) else model
     was_training = backbone is not None and backbone.training
     if isinstance(model, nn.Module):
@@ -111,9 +142,15 @@ def knn_eval(model: nn.Module | Encoder | None, train_ds: Dataset, test_ds: Data
     return knn_accuracy(train, train_labels, test, test_labels, ks, temperature)
 
 
-def evaluate_knn(spec: str | Path, data: str | None = None, baselines: bool = False, ks: tuple[int, ...] = (20, 200),
-                 temperature: float = 0.07, weights: str | Path | None = None,
-                 device: str | None = None) -> dict:  # fmt: skip
+def evaluate_knn(
+    spec: str | Path,
+    data: str | None = None,
+    baselines: bool = False,
+    ks: tuple[int, ...] = (20, 200),
+    temperature: float = 0.07,
+    weights: str | Path | None = None,
+    device: str | None = None,
+) -> dict:
     """k-NN top-1 of the encoder ``spec`` names (:func:`freelabel.encoder.load_encoder`) on ``data``
     (default: a run's own data, else fashion-mnist). A run's result is ``trained`` and is written to its
     ``metrics.json`` under ``knn``; a pretrained model's is ``pretrained``. ``baselines`` adds raw pixels

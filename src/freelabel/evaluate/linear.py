@@ -39,11 +39,19 @@ class LinearHeads(nn.Module):
         return lin
 
 
-def train_heads(x: torch.Tensor, y: torch.Tensor, grid: list[tuple[float, float]], epochs: int = 25,
-                batch_size: int = 1024, seed: int = 0) -> LinearHeads:  # fmt: skip
+def train_heads(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    grid: list[tuple[float, float]],
+    epochs: int = 25,
+    batch_size: int = 1024,
+    seed: int = 0,
+) -> LinearHeads:
     """One head per ``(lr, weight_decay)`` of ``grid``, trained on features ``x`` and labels ``y``."""
     heads = LinearHeads(len(grid), x.shape[1], int(y.max()) + 1).to(x.device)
-    groups = [{"params": [w, b], "lr": lr, "weight_decay": wd} for (lr, wd), w, b in zip(grid, heads.weight, heads.bias)]
+    groups = [
+        {"params": [w, b], "lr": lr, "weight_decay": wd} for (lr, wd), w, b in zip(grid, heads.weight, heads.bias)
+    ]
     opt = torch.optim.SGD(groups, momentum=0.9)
     steps = epochs * max(1, len(x) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -71,9 +79,17 @@ def head_accuracy(heads: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     return 100.0 * (heads(x).argmax(-1) == y).float().mean(-1)
 
 
-def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-               lrs: tuple[float, ...] = LRS, weight_decays: tuple[float, ...] = WEIGHT_DECAYS, epochs: int = 25,
-               val_fraction: float = 0.1, seed: int = 0) -> tuple[dict, nn.Linear]:  # fmt: skip
+def fit_linear(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    lrs: tuple[float, ...] = LRS,
+    weight_decays: tuple[float, ...] = WEIGHT_DECAYS,
+    epochs: int = 25,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> tuple[dict, nn.Linear]:
     """Train the grid's heads on the training set less a seeded validation split, pick the best on the
     validation split, score it on the test set. Returns the results and that head, standardisation
     folded in, as a linear layer on the raw features."""
@@ -90,15 +106,27 @@ def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tenso
     head = heads.head(best)
     head.bias.data -= (mean / std) @ head.weight.data.T
     head.weight.data /= std
-    results = {"top1": float(head_accuracy(heads, test_x, test_y)[best]), "lr": grid[best][0],
-               "weight_decay": grid[best][1], "val_top1": float(val_acc[best]), "val_images": n_val,
-               "grid_val_top1": {f"lr={lr:g},wd={wd:g}": round(float(a), 2) for (lr, wd), a in zip(grid, val_acc)},
-               "seconds": round(time.perf_counter() - start, 1), "cpu_seconds": round(time.process_time() - cpu, 1)}  # fmt: skip
+    results = {
+        "top1": float(head_accuracy(heads, test_x, test_y)[best]),
+        "lr": grid[best][0],
+        "weight_decay": grid[best][1],
+        "val_top1": float(val_acc[best]),
+        "val_images": n_val,
+        "grid_val_top1": {f"lr={lr:g},wd={wd:g}": round(float(a), 2) for (lr, wd), a in zip(grid, val_acc)},
+        "seconds": round(time.perf_counter() - start, 1),
+        "cpu_seconds": round(time.process_time() - cpu, 1),
+    }
     return results, head
 
 
-def evaluate_linear(spec: str | Path, data: str | None = None, baselines: bool = False, out: str | Path | None = None,
-                    epochs: int = 25, seed: int = 0) -> dict:  # fmt: skip
+def evaluate_linear(
+    spec: str | Path,
+    data: str | None = None,
+    baselines: bool = False,
+    out: str | Path | None = None,
+    epochs: int = 25,
+    seed: int = 0,
+) -> dict:
     """Linear-probe top-1 of a run's backbone or a pretrained model on ``data`` (default: the run's data),
     written to ``metrics.json`` under ``linear``; ``baselines`` adds the random-init backbone and raw
     pixels. The trained probe is kept as a classifier folder at ``out`` (default: ``RUN/classifier-linear``)."""
@@ -123,7 +151,9 @@ def evaluate_linear(spec: str | Path, data: str | None = None, baselines: bool =
     if out is not None:
         classes = class_names(train, head.out_features)
         clf = Classifier(model, head.to(next(model.backbone.parameters()).device), classes)
-        results["classifier"] = str(save_classifier(clf, out, {"protocol": "linear", "data": data, "test_top1": trained["top1"]}))  # fmt: skip
+        results["classifier"] = str(
+            save_classifier(clf, out, {"protocol": "linear", "data": data, "test_top1": trained["top1"]})
+        )
     if baselines:
         results["random_init"] = score(load_model(spec, trained=False))[0]
         results["raw_pixels"] = score(None)[0]

@@ -18,8 +18,9 @@ from ..errors import DataError
 from .zeroshot import embed_images, model_and_data, record_metrics
 
 
-def recall_at_k(images: torch.Tensor, texts: torch.Tensor, captions: Sequence[str],
-                ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:  # fmt: skip
+def recall_at_k(
+    images: torch.Tensor, texts: torch.Tensor, captions: Sequence[str], ks: tuple[int, ...] = (1, 5, 10)
+) -> dict[str, float]:
     """Recall@k (%) both ways for normalised embeddings ``images [N, D]`` and ``texts [N, D]`` of N
     pairs (row i of each is pair i), with chance (k / N) next to them."""
     first = {c: i for i, c in reversed(list(enumerate(captions)))}
@@ -42,18 +43,30 @@ def clip_score(images: torch.Tensor, texts: torch.Tensor, w: float = 2.5) -> tor
 
 
 @torch.no_grad()
-def evaluate_retrieval(spec: str | Path, data: str | None = None, ks: tuple[int, ...] = (1, 5, 10),
-                       batch_size: int = 256, weights: str | Path | None = None) -> dict:  # fmt: skip
+def evaluate_retrieval(
+    spec: str | Path,
+    data: str | None = None,
+    ks: tuple[int, ...] = (1, 5, 10),
+    batch_size: int = 256,
+    weights: str | Path | None = None,
+) -> dict:
     """Retrieval recall@k both ways and the mean CLIPScore of the true pairs on the test split of
     caption data ``data`` (default: a run's own data); written to a run's ``metrics.json`` under
     ``retrieval``."""
     model, name, ds = model_and_data(spec, data, "test", weights)
     images, _, captions = embed_images(model, ds, batch_size)
     if not captions:
-        raise DataError(f"retrieval needs captions, and {name} has none: give caption data (emoji-captions, CSV/JSONL, ...)")
-    texts = torch.cat([model.encode_text(captions[s : s + batch_size]).float().cpu()
-                       for s in range(0, len(captions), batch_size)])  # fmt: skip
-    results = {"data": name, "pairs": len(captions), **recall_at_k(images, texts, captions, ks),
-               "clip_score": clip_score(images, texts).mean().item()}  # fmt: skip
+        raise DataError(
+            f"retrieval needs captions, and {name} has none: give caption data (emoji-captions, CSV/JSONL, ...)"
+        )
+    texts = torch.cat(
+        [model.encode_text(captions[s : s + batch_size]).float().cpu() for s in range(0, len(captions), batch_size)]
+    )
+    results = {
+        "data": name,
+        "pairs": len(captions),
+        **recall_at_k(images, texts, captions, ks),
+        "clip_score": clip_score(images, texts).mean().item(),
+    }
     record_metrics(model, "retrieval", name, results)
     return results

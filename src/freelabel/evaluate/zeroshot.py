@@ -83,7 +83,9 @@ def load_image_text(spec: str | Path, weights: str | Path | None = None, device:
 
 
 @torch.no_grad()
-def embed_images(model: ImageTextModel, ds: Dataset, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def embed_images(
+    model: ImageTextModel, ds: Dataset, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Normalised image embeddings ``[N, D]`` of every decodable item of ``ds``, their labels, and the
     captions where ``ds`` has them (else empty). Unreadable images are left out (a batch may lose all)."""
     feats, labels, texts = [], [], []
@@ -111,16 +113,25 @@ def label_sets(ds: Dataset, labels: torch.Tensor) -> dict[str, tuple[list[str], 
     raise DataError("zero-shot evaluation needs class names: labelled data (class sub-folders, fashion-mnist, emoji)")
 
 
-def zeroshot_accuracy(model: ImageTextModel, images: torch.Tensor, names: Sequence[str], labels: torch.Tensor,
-                      templates: Sequence[str] = TEMPLATES) -> dict[str, float]:  # fmt: skip
+def zeroshot_accuracy(
+    model: ImageTextModel,
+    images: torch.Tensor,
+    names: Sequence[str],
+    labels: torch.Tensor,
+    templates: Sequence[str] = TEMPLATES,
+) -> dict[str, float]:
     """Top-1 and top-5 (%) of image embeddings ``[N, D]`` classified among ``names``, with chance (a
     uniform guess) and the share of the most common class next to them."""
     classes = class_embeddings(model, names, templates).cpu()
     top = (images @ classes.T).topk(min(5, len(names)), dim=1).indices
-    return {"top1": 100.0 * (top[:, 0] == labels).float().mean().item(),
-            "top5": 100.0 * (top == labels[:, None]).any(1).float().mean().item(),
-            "chance": 100.0 / len(names), "majority": 100.0 * labels.bincount().max().item() / len(labels),
-            "classes": len(names), "images": len(labels)}  # fmt: skip
+    return {
+        "top1": 100.0 * (top[:, 0] == labels).float().mean().item(),
+        "top5": 100.0 * (top == labels[:, None]).any(1).float().mean().item(),
+        "chance": 100.0 / len(names),
+        "majority": 100.0 * labels.bincount().max().item() / len(labels),
+        "classes": len(names),
+        "images": len(labels),
+    }
 
 
 def evaluate_zeroshot(
@@ -130,14 +141,24 @@ def evaluate_zeroshot(
     of its label sets; written to a run's ``metrics.json`` under ``zeroshot``."""
     model, name, ds = model_and_data(spec, data, "test", weights)
     images, labels, _ = embed_images(model, ds)
-    results = {"data": name, **{k: zeroshot_accuracy(model, images, names, y, templates)
-                                for k, (names, y) in label_sets(ds, labels).items()}}  # fmt: skip
+    results = {
+        "data": name,
+        **{
+            k: zeroshot_accuracy(model, images, names, y, templates) for k, (names, y) in label_sets(ds, labels).items()
+        },
+    }
     record_metrics(model, "zeroshot", name, results)
     return results
 
 
-def classify_folder(folder: str | Path, names: Sequence[str], spec: str | Path, out: str | Path | None = None,
-                    templates: Sequence[str] = TEMPLATES, weights: str | Path | None = None) -> list[tuple[str, str, float]]:  # fmt: skip
+def classify_folder(
+    folder: str | Path,
+    names: Sequence[str],
+    spec: str | Path,
+    out: str | Path | None = None,
+    templates: Sequence[str] = TEMPLATES,
+    weights: str | Path | None = None,
+) -> list[tuple[str, str, float]]:
     """Zero-shot classification of every image under ``folder`` among ``names``: rows of (path,
     predicted name, cosine similarity), also written as CSV to ``out``. Unreadable files are skipped."""
     names = [n.strip() for n in names if n.strip()]

@@ -19,8 +19,15 @@ from .base import Method
 
 
 class BarlowTwins(Method):
-    def __init__(self, backbone: nn.Module, views: ViewConfig, lambd: float = 0.0051, hidden_dim: int = 8192,
-                 proj_dim: int = 8192, proj_layers: int = 3):  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        views: ViewConfig,
+        lambd: float = 0.0051,
+        hidden_dim: int = 8192,
+        proj_dim: int = 8192,
+        proj_layers: int = 3,
+    ):
         super().__init__()
         self.backbone, self.views = backbone, [views, views]
         self.projector = mlp(backbone.embed_dim, hidden_dim, proj_dim, proj_layers)

@@ -23,8 +23,15 @@ from .base import Method
 
 
 class BYOL(Method):
-    def __init__(self, backbone: nn.Module, views: ViewConfig, momentum: float = 0.996, hidden_dim: int = 4096,
-                 proj_dim: int = 256, asymmetric: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        views: ViewConfig,
+        momentum: float = 0.996,
+        hidden_dim: int = 4096,
+        proj_dim: int = 256,
+        asymmetric: bool = True,
+    ):
         super().__init__()
         self.backbone = backbone
         # The paper's views differ: blur always in the first, rarely in the second, which solarizes.

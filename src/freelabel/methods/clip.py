@@ -37,9 +37,17 @@ from .base import Method
 class CLIP(Method):
     max_logit_scale: float | None = math.log(100)  # the temperature stays at least 1/100 (Radford et al.)
 
-    def __init__(self, backbone: nn.Module, views: ViewConfig, embed_dim: int = 512, text_tower: str = "transformer",
-                 text_args: dict | None = None, lock_image: bool = False, lock_text: bool = False,
-                 temperature: float = 0.07):  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        views: ViewConfig,
+        embed_dim: int = 512,
+        text_tower: str = "transformer",
+        text_args: dict | None = None,
+        lock_image: bool = False,
+        lock_text: bool = False,
+        temperature: float = 0.07,
+    ):
         super().__init__()
         self.backbone = backbone
         self.views = [views]
@@ -79,8 +87,10 @@ class CLIP(Method):
 
     def training_step(self, batch: Batch) -> dict:
         if batch.texts is None:
-            raise DataError(f"{type(self).__name__.lower()} learns from captions: give --data emoji-captions, a "
-                            "CSV/JSONL of image,caption, a folder with a .txt beside each image, or .tar shards")  # fmt: skip
+            raise DataError(
+                f"{type(self).__name__.lower()} learns from captions: give --data emoji-captions, a "
+                "CSV/JSONL of image,caption, a folder with a .txt beside each image, or .tar shards"
+            )
         return self.contrast(self.image_features(batch.views[0]), self.text_proj(self.text_features(batch.texts)))
 
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,12 +105,24 @@ class CLIP(Method):
 class SigLIP(CLIP):
     max_logit_scale = None  # the sigmoid loss needs no cap (Zhai et al. 2023)
 
-    def __init__(self, backbone: nn.Module, views: ViewConfig, embed_dim: int = 512, text_tower: str = "transformer",
-                 text_args: dict | None = None, lock_image: bool = False, lock_text: bool = False,
-                 temperature: float = 0.1, bias: float = -10.0):  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        views: ViewConfig,
+        embed_dim: int = 512,
+        text_tower: str = "transformer",
+        text_args: dict | None = None,
+        lock_image: bool = False,
+        lock_text: bool = False,
+        temperature: float = 0.1,
+        bias: float = -10.0,
+    ):
         super().__init__(backbone, views, embed_dim, text_tower, text_args, lock_image, lock_text, temperature)
         self.logit_bias = nn.Parameter(torch.tensor(bias))
 
     def contrast(self, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"loss": siglip_loss(image, text, self.logit_scale, self.logit_bias),
-                "temperature": self.logit_scale.detach().neg().exp(), "bias": self.logit_bias.detach()}  # fmt: skip
+        return {
+            "loss": siglip_loss(image, text, self.logit_scale, self.logit_bias),
+            "temperature": self.logit_scale.detach().neg().exp(),
+            "bias": self.logit_bias.detach(),
+        }

@@ -57,13 +57,22 @@ class Colorization(Method):
     @classmethod
     def make_backbone(cls, name: str, in_chans: int, views: ViewConfig, **args) -> nn.Module:
         if in_chans != 3:
-            raise DataError("colorization needs colour images and this data is grey (1 channel): use --data emoji "
-                            "(scripts/setup.sh installs it) or a folder of colour images")  # fmt: skip
+            raise DataError(
+                "colorization needs colour images and this data is grey (1 channel): use --data emoji "
+                "(scripts/setup.sh installs it) or a folder of colour images"
+            )
         return LightnessInput(build_backbone(name, 1, views.size, **args), views.mean, views.std)
 
-    def __init__(self, backbone: LightnessInput, views: ViewConfig, loss: str = "classification",
-                 bin_spacing: float = 10.0, rebalance: float = 0.5, temperature: float = 0.38,
-                 hidden_dim: int = 256):  # fmt: skip
+    def __init__(
+        self,
+        backbone: LightnessInput,
+        views: ViewConfig,
+        loss: str = "classification",
+        bin_spacing: float = 10.0,
+        rebalance: float = 0.5,
+        temperature: float = 0.38,
+        hidden_dim: int = 256,
+    ):
         super().__init__()
         if loss not in ("classification", "regression"):
             raise ConfigError(f"colorization's loss is 'classification' or 'regression', not {loss!r}")

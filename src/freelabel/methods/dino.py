@@ -24,7 +24,9 @@ from ..losses import dino_loss, update_center
 from .base import Method
 
 
-def multi_crop(views: ViewConfig, local_crops: int, local_size: int, local_scale: tuple[float, float]) -> list[ViewConfig]:
+def multi_crop(
+    views: ViewConfig, local_crops: int, local_size: int, local_scale: tuple[float, float]
+) -> list[ViewConfig]:
     """DINO's views: two global ones (blurred always / rarely and solarized) and ``local_crops`` small ones."""
     blur = views.blur > 0
     return [
@@ -47,12 +49,25 @@ def drop_last_layer_grads(head: DINOHead, progress: float, until: float) -> None
 
 
 class DINO(Method):
-    def __init__(self, backbone: nn.Module, views: ViewConfig, out_dim: int = 65536, hidden_dim: int = 2048,
-                 bottleneck_dim: int = 256, student_temp: float = 0.1, teacher_temp: float = 0.04,
-                 warmup_teacher_temp: float = 0.04, teacher_temp_warmup: float = 0.1, momentum: float = 0.996,
-                 center_momentum: float = 0.9, local_crops: int = 8, local_size: int = 96,
-                 local_scale: tuple[float, float] = (0.05, 0.4), freeze_last_layer: float = 0.01,
-                 norm_last_layer: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        views: ViewConfig,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.04,
+        warmup_teacher_temp: float = 0.04,
+        teacher_temp_warmup: float = 0.1,
+        momentum: float = 0.996,
+        center_momentum: float = 0.9,
+        local_crops: int = 8,
+        local_size: int = 96,
+        local_scale: tuple[float, float] = (0.05, 0.4),
+        freeze_last_layer: float = 0.01,
+        norm_last_layer: bool = True,
+    ):
         super().__init__()
         self.backbone = backbone
         self.views = multi_crop(views, local_crops, local_size, local_scale)
@@ -76,8 +91,11 @@ class DINO(Method):
             student += self.head(self.backbone(torch.cat(views[2:]))).chunk(len(views) - 2)
         loss = dino_loss(student, list(teacher), self.center, self.temps[0], self.teacher_temp)
         self.center.copy_(update_center(self.center, torch.cat(teacher), self.center_momentum))
-        return {"loss": loss, "teacher_temp": torch.tensor(self.teacher_temp),
-                "momentum": torch.tensor(self.teacher.momentum)}
+        return {
+            "loss": loss,
+            "teacher_temp": torch.tensor(self.teacher_temp),
+            "momentum": torch.tensor(self.teacher.momentum),
+        }
 
     def after_backward(self, progress: float) -> None:
         drop_last_layer_grads(self.head, progress, self.freeze_last_layer)

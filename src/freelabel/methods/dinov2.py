@@ -37,15 +37,35 @@ from .dino import drop_last_layer_grads, multi_crop, teacher_temperature
 
 
 class DINOv2(Method):
-    def __init__(self, backbone: nn.Module, views: ViewConfig, out_dim: int = 65536, hidden_dim: int = 2048,
-                 bottleneck_dim: int = 256, student_temp: float = 0.1, teacher_temp: float = 0.07,
-                 warmup_teacher_temp: float = 0.04, teacher_temp_warmup: float = 0.3, momentum: float = 0.992,
-                 center_momentum: float = 0.9, local_crops: int = 8, local_size: int = 96,
-                 local_scale: tuple[float, float] = (0.05, 0.32), freeze_last_layer: float = 0.01,
-                 norm_last_layer: bool = True, centering: str = "center", ibot_weight: float = 1.0,
-                 separate_ibot_head: bool = False, ibot_out_dim: int = 65536, mask_probability: float = 0.5,
-                 mask_ratio: tuple[float, float] = (0.1, 0.5), koleo_weight: float = 0.1, gram_weight: float = 0.0,
-                 gram_start: float = 0.0, gram_checkpoint: str = ""):  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        views: ViewConfig,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp: float = 0.04,
+        teacher_temp_warmup: float = 0.3,
+        momentum: float = 0.992,
+        center_momentum: float = 0.9,
+        local_crops: int = 8,
+        local_size: int = 96,
+        local_scale: tuple[float, float] = (0.05, 0.32),
+        freeze_last_layer: float = 0.01,
+        norm_last_layer: bool = True,
+        centering: str = "center",
+        ibot_weight: float = 1.0,
+        separate_ibot_head: bool = False,
+        ibot_out_dim: int = 65536,
+        mask_probability: float = 0.5,
+        mask_ratio: tuple[float, float] = (0.1, 0.5),
+        koleo_weight: float = 0.1,
+        gram_weight: float = 0.0,
+        gram_start: float = 0.0,
+        gram_checkpoint: str = "",
+    ):
         super().__init__()
         if backbone.grid is None:
             raise BackboneError("dinov2 masks patch tokens: use a ViT backbone (vit_tiny, vit_small, ...)")
@@ -58,7 +78,9 @@ class DINOv2(Method):
         self.head = DINOHead(backbone.embed_dim, out_dim, **shape)
         self.mask_token = nn.Parameter(torch.zeros(backbone.embed_dim))
         self.ibot_head = DINOHead(backbone.embed_dim, ibot_out_dim, **shape) if separate_ibot_head else None
-        student = {"backbone": backbone, "head": self.head} | ({"ibot_head": self.ibot_head} if separate_ibot_head else {})
+        student = {"backbone": backbone, "head": self.head} | (
+            {"ibot_head": self.ibot_head} if separate_ibot_head else {}
+        )
         self.teacher = MomentumTeacher(student, momentum)  # the one teacher, with the iBOT head where there is one
         self.register_buffer("center", torch.zeros(out_dim))
         self.register_buffer("patch_center", torch.zeros(ibot_out_dim if separate_ibot_head else out_dim))
@@ -74,8 +96,9 @@ class DINOv2(Method):
                 try:
                     self.gram_teacher.load_state_dict(teacher_backbone_state(gram_checkpoint))
                 except RuntimeError as e:
-                    raise ConfigError(f"gram_checkpoint {gram_checkpoint} does not fit this backbone: "
-                                      f"{str(e).splitlines()[0]}") from None  # fmt: skip
+                    raise ConfigError(
+                        f"gram_checkpoint {gram_checkpoint} does not fit this backbone: {str(e).splitlines()[0]}"
+                    ) from None
         self.train()
 
     def train(self, mode: bool = True) -> DINOv2:
@@ -128,8 +151,12 @@ class DINOv2(Method):
             with torch.no_grad():
                 anchor = self.gram_teacher.forward_tokens(glob)
             out["gram"] = gram_loss(s_patch, anchor)
-        out["loss"] = out["dino"] + self.ibot_weight * out["ibot"] + self.koleo_weight * out["koleo"] + \
-            self.gram_weight * out["gram"]  # fmt: skip
+        out["loss"] = (
+            out["dino"]
+            + self.ibot_weight * out["ibot"]
+            + self.koleo_weight * out["koleo"]
+            + self.gram_weight * out["gram"]
+        )
         return {**out, "teacher_temp": torch.tensor(self.teacher_temp), "momentum": torch.tensor(self.teacher.momentum)}
 
     def after_backward(self, progress: float) -> None:

@@ -28,10 +28,20 @@ from .mae import vit_grid
 
 
 class IJEPA(Method):
-    def __init__(self, backbone: nn.Module, views: ViewConfig, targets: int = 4,
-                 target_scale: tuple[float, float] = (0.15, 0.2), target_aspect: tuple[float, float] = (0.75, 1.5),
-                 context_scale: tuple[float, float] = (0.85, 1.0), predictor_dim: int = 384, predictor_depth: int = 12,
-                 predictor_heads: int = 12, momentum: float = 0.996, loss: str = "smooth_l1"):  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        views: ViewConfig,
+        targets: int = 4,
+        target_scale: tuple[float, float] = (0.15, 0.2),
+        target_aspect: tuple[float, float] = (0.75, 1.5),
+        context_scale: tuple[float, float] = (0.85, 1.0),
+        predictor_dim: int = 384,
+        predictor_depth: int = 12,
+        predictor_heads: int = 12,
+        momentum: float = 0.996,
+        loss: str = "smooth_l1",
+    ):
         super().__init__()
         if loss not in ("smooth_l1", "l2"):
             raise ConfigError(f"ijepa's loss is 'smooth_l1' or 'l2', not {loss!r}")

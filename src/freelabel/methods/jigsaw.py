@@ -38,8 +38,9 @@ def hamming(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a[:, None] != b[None]).sum(-1)
 
 
-def maximal_hamming_permutations(n: int, tiles: int = 9, min_distance: int = 1,
-                                 generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+def maximal_hamming_permutations(
+    n: int, tiles: int = 9, min_distance: int = 1, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Noroozi & Favaro's permutation set, chosen greedily: start from a random permutation, then
     add the one farthest from those chosen so far (largest Hamming distance to the nearest; ties
     by the largest total distance, then at random). Up to 9 tiles the candidates are every
@@ -61,8 +62,10 @@ def maximal_hamming_permutations(n: int, tiles: int = 9, min_distance: int = 1,
         nearest, total = torch.minimum(nearest, d), total + d
         pick = int((nearest * (tiles * n + 1) + total).argmax())
         if nearest[pick] < min_distance:
-            raise ConfigError(f"only {len(chosen)} permutations of {tiles} tiles were found at Hamming distance "
-                              f">= {min_distance} from each other, not {n}; ask for fewer or a smaller distance")  # fmt: skip
+            raise ConfigError(
+                f"only {len(chosen)} permutations of {tiles} tiles were found at Hamming distance "
+                f">= {min_distance} from each other, not {n}; ask for fewer or a smaller distance"
+            )
         chosen.append(pick)
     return every[chosen].long()
 
@@ -106,9 +109,18 @@ class Jigsaw(Method):
     def make_backbone(cls, name: str, in_chans: int, views: ViewConfig, **args) -> nn.Module:
         return Standardised(build_backbone(name, in_chans, views.size, **args))
 
-    def __init__(self, backbone: nn.Module, views: ViewConfig, permutations: int = 100, min_distance: int = 1,
-                 grid: int = 3, tile: float = 64 / 75, channel_jitter: int = 2, tile_dim: int = 512,
-                 hidden_dim: int = 4096):  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        views: ViewConfig,
+        permutations: int = 100,
+        min_distance: int = 1,
+        grid: int = 3,
+        tile: float = 64 / 75,
+        channel_jitter: int = 2,
+        tile_dim: int = 512,
+        hidden_dim: int = 4096,
+    ):
         super().__init__()
         self.backbone = backbone
         self.views = [views]

@@ -1,10 +1,10 @@
 """MAE (He et al., 2022): hide most patches of an image and reconstruct their pixels.
 
-    mask = random 75% of the patches per image                  # made by the loader (RandomMasks)
-    z = f(x, mask)                                              # the encoder sees the visible patches only
-    p = decoder(z at visible places, mask tokens at hidden ones) # narrow ViT, its own sin-cos positions
-    t = patches(x), each normalised by its own mean and variance # norm_pix
-    loss = mean over hidden patches of mse(p, t)
+mask = random 75% of the patches per image                  # made by the loader (RandomMasks)
+z = f(x, mask)                                              # the encoder sees the visible patches only
+p = decoder(z at visible places, mask tokens at hidden ones) # narrow ViT, its own sin-cos positions
+t = patches(x), each normalised by its own mean and variance # norm_pix
+loss = mean over hidden patches of mse(p, t)
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from .base import Method
 def vit_grid(backbone: nn.Module, method: str) -> tuple[int, int]:
     """The patch grid of a ViT backbone, or a message that names the fix."""
     if backbone.grid is None:
-        raise ConfigError(f"{method} hides patches and needs a ViT backbone, e.g. --backbone vit_tiny "
-                          "--set backbone.args.patch_size=4 at 28 px")
+        raise ConfigError(
+            f"{method} hides patches and needs a ViT backbone, e.g. --backbone vit_tiny "
+            "--set backbone.args.patch_size=4 at 28 px"
+        )
     return backbone.grid
 
 
@@ -47,8 +49,16 @@ def unpatchify(patches: torch.Tensor, p: int, c: int, grid: tuple[int, int]) -> 
 class MAE(Method):
     transformers_class = "ViTMAEModel"  # what `freelabel export --format transformers` writes, where it fits
 
-    def __init__(self, backbone: nn.Module, views: ViewConfig, mask_ratio: float = 0.75, decoder_dim: int = 512,
-                 decoder_depth: int = 8, decoder_heads: int = 16, norm_pix: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        views: ViewConfig,
+        mask_ratio: float = 0.75,
+        decoder_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_heads: int = 16,
+        norm_pix: bool = True,
+    ):
         super().__init__()
         self.backbone = backbone
         self.views = [views]
@@ -56,8 +66,14 @@ class MAE(Method):
         self.masks = RandomMasks(self.grid, mask_ratio)
         self.patch, self.channels = backbone.patch_size, backbone.in_chans
         self.norm_pix = norm_pix
-        self.decoder = MaskedTokenDecoder(backbone.embed_dim, self.grid, decoder_dim, decoder_depth, decoder_heads,
-                                          out_dim=self.patch**2 * self.channels)  # fmt: skip
+        self.decoder = MaskedTokenDecoder(
+            backbone.embed_dim,
+            self.grid,
+            decoder_dim,
+            decoder_depth,
+            decoder_heads,
+            out_dim=self.patch**2 * self.channels,
+        )
 
     def reconstruct(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Predicted pixels ``[B, N_hidden, p*p*C]`` of the hidden patches (``mask`` True), in grid order."""
@@ -90,7 +106,9 @@ class MAE(Method):
         filled[mask] = pred.flatten(0, 1)
         mean = torch.tensor(view.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(view.std, device=x.device).view(1, -1, 1, 1)
-        shown[mask] = ((0.5 - mean) / std).expand(1, x.shape[1], 1, 1).flatten().repeat(self.patch**2)  # hidden: mid-grey
+        shown[mask] = (
+            ((0.5 - mean) / std).expand(1, x.shape[1], 1, 1).flatten().repeat(self.patch**2)
+        )  # hidden: mid-grey
         rows = [unpatchify(t, self.patch, self.channels, self.grid) * std + mean for t in (patches, shown, filled)]
         png = io.BytesIO()
         save_image(torch.cat(rows).clamp(0, 1), png, format="png", nrow=len(x), padding=1)

@@ -37,13 +37,23 @@ def in_splits(net: nn.Module, x: torch.Tensor, splits: int) -> torch.Tensor:
 
 
 class MoCoV2(Method):
-    def __init__(self, backbone: nn.Module, views: ViewConfig, temperature: float = 0.2, queue_size: int = 65536,
-                 momentum: float = 0.999, hidden_dim: int = 2048, proj_dim: int = 128, bn_splits: int = 8):  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        views: ViewConfig,
+        temperature: float = 0.2,
+        queue_size: int = 65536,
+        momentum: float = 0.999,
+        hidden_dim: int = 2048,
+        proj_dim: int = 128,
+        bn_splits: int = 8,
+    ):
         super().__init__()
         self.backbone, self.views = backbone, [views, views]
         self.projector = mlp(backbone.embed_dim, hidden_dim, proj_dim, 2, norm=False)
-        self.key_encoder = MomentumTeacher({"backbone": backbone, "projector": self.projector}, momentum,
-                                           schedule="constant")
+        self.key_encoder = MomentumTeacher(
+            {"backbone": backbone, "projector": self.projector}, momentum, schedule="constant"
+        )
         self.queue = Queue(queue_size, proj_dim)
         self.temperature, self.bn_splits = temperature, bn_splits
 
@@ -67,8 +77,17 @@ class MoCoV2(Method):
 
 
 class MoCoV3(Method):
-    def __init__(self, backbone: nn.Module, views: ViewConfig, temperature: float = 0.2, momentum: float = 0.99,
-                 hidden_dim: int = 4096, proj_dim: int = 256, proj_layers: int = 3, predictor_bn: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        views: ViewConfig,
+        temperature: float = 0.2,
+        momentum: float = 0.99,
+        hidden_dim: int = 4096,
+        proj_dim: int = 256,
+        proj_layers: int = 3,
+        predictor_bn: bool = True,
+    ):
         """The heads default to the paper's ViT form; its ResNet form is ``proj_layers=2,
         predictor_bn=False`` (no BatchNorm on the predictor's output)."""
         super().__init__()

@@ -19,8 +19,15 @@ from .base import Method
 
 
 class SimCLR(Method):
-    def __init__(self, backbone: nn.Module, views: ViewConfig, temperature: float = 0.5,
-                 hidden_dim: int = 2048, proj_dim: int = 128, proj_layers: int = 2):  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        views: ViewConfig,
+        temperature: float = 0.5,
+        hidden_dim: int = 2048,
+        proj_dim: int = 128,
+        proj_layers: int = 2,
+    ):
         super().__init__()
         self.backbone = backbone
         self.views = [views, views]

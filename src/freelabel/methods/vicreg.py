@@ -1,9 +1,9 @@
 """VICReg (Bardes, Ponce & LeCun, 2022): variance, invariance, covariance.
 
-    z1, z2 = g(f(x1)), g(f(x2))
-    loss = 25 * mse(z1, z2)                          # invariance
-         + 25 * mean(relu(1 - std(z)))               # variance: every dimension keeps spreading
-         + 1  * sum(offdiag(cov(z))^2) / d           # covariance: dimensions decorrelate
+z1, z2 = g(f(x1)), g(f(x2))
+loss = 25 * mse(z1, z2)                          # invariance
+     + 25 * mean(relu(1 - std(z)))               # variance: every dimension keeps spreading
+     + 1  * sum(offdiag(cov(z))^2) / d           # covariance: dimensions decorrelate
 """
 
 from __future__ import annotations
@@ -19,8 +19,17 @@ from .base import Method
 
 
 class VICReg(Method):
-    def __init__(self, backbone: nn.Module, views: ViewConfig, sim_weight: float = 25.0, var_weight: float = 25.0,
-                 cov_weight: float = 1.0, hidden_dim: int = 8192, proj_dim: int = 8192, proj_layers: int = 3):  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        views: ViewConfig,
+        sim_weight: float = 25.0,
+        var_weight: float = 25.0,
+        cov_weight: float = 1.0,
+        hidden_dim: int = 8192,
+        proj_dim: int = 8192,
+        proj_layers: int = 3,
+    ):
         super().__init__()
         self.backbone, self.views = backbone, [views, views]
         self.projector = mlp(backbone.embed_dim, hidden_dim, proj_dim, proj_layers)

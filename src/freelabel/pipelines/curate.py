@@ -69,8 +69,9 @@ def kmeans(embeddings: torch.Tensor, k: int, seed: int = 0) -> tuple[torch.Tenso
     import faiss
 
     x = np.ascontiguousarray(embeddings.float().numpy())
-    km = faiss.Kmeans(x.shape[1], k, niter=25, seed=seed, spherical=True, min_points_per_centroid=1,
-                      max_points_per_centroid=1_000_000)
+    km = faiss.Kmeans(
+        x.shape[1], k, niter=25, seed=seed, spherical=True, min_points_per_centroid=1, max_points_per_centroid=1_000_000
+    )
     km.train(x, init_centroids=embeddings[kmeans_plus_plus(embeddings, k, seed)].numpy())
     _, assign = km.index.search(x, 1)
     return torch.from_numpy(km.centroids), torch.from_numpy(assign[:, 0]).long()
@@ -90,8 +91,9 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
     return torch.tensor(chosen)
 
 
-def balance(embeddings: torch.Tensor, clusters: int, per_cluster: int | None = None,
-            seed: int = 0) -> tuple[torch.Tensor, list[dict]]:
+def balance(
+    embeddings: torch.Tensor, clusters: int, per_cluster: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor, list[dict]]:
     """Rows kept (sorted) after capping every k-means cluster at ``per_cluster`` random members (default:
     the median cluster size), and per cluster ``{"cluster", "size", "kept", "dropped": [rows]}``."""
     _, assign = kmeans(embeddings, clusters, seed)
@@ -103,8 +105,14 @@ def balance(embeddings: torch.Tensor, clusters: int, per_cluster: int | None = N
         members = (assign == c).nonzero()[:, 0]
         members = members[torch.randperm(len(members), generator=g)]
         kept.append(members[:cap])
-        report.append({"cluster": c, "size": len(members), "kept": min(cap, len(members)),
-                       "dropped": sorted(members[cap:].tolist())})
+        report.append(
+            {
+                "cluster": c,
+                "size": len(members),
+                "kept": min(cap, len(members)),
+                "dropped": sorted(members[cap:].tolist()),
+            }
+        )
     return torch.cat(kept).sort().values, report
 
 
@@ -121,10 +129,22 @@ def select(embeddings: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     return torch.tensor(sorted(chosen))
 
 
-def curate(source: str | Path, model: str | Path | None, out: str | Path, *, split: str = "train",
-           threshold: float = 0.95, clusters: int = 0, per_cluster: int | None = None, n_select: int | None = None,
-           seed: int = 0, examples: int = 5, batch_size: int = 64, device: str | None = None,
-           weights: str | Path | None = None) -> dict:
+def curate(
+    source: str | Path,
+    model: str | Path | None,
+    out: str | Path,
+    *,
+    split: str = "train",
+    threshold: float = 0.95,
+    clusters: int = 0,
+    per_cluster: int | None = None,
+    n_select: int | None = None,
+    seed: int = 0,
+    examples: int = 5,
+    batch_size: int = 64,
+    device: str | None = None,
+    weights: str | Path | None = None,
+) -> dict:
     """Embed ``source`` (a folder, or an embedded set's ``split``) with ``model`` (and its ``weights``), or
     take the embeddings of ``source`` when it is an index (``freelabel index build``; no ``model``), drop
     near-duplicates, optionally balance clusters and select ``n_select`` images; write the kept images to
@@ -140,8 +160,9 @@ def curate(source: str | Path, model: str | Path | None, out: str | Path, *, spl
         raise SearchError(f"give --model to embed {source} with (or an index folder as SOURCE)")
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            unreadable = build_index(source, model, Path(tmp) / "index", split, batch_size, device,
-                                     weights=weights)["failed"]
+            unreadable = build_index(source, model, Path(tmp) / "index", split, batch_size, device, weights=weights)[
+                "failed"
+            ]
             idx = open_index(Path(tmp) / "index")
     base = Path(idx.meta["source"])
     entries = [str(base / r["path"]) if base.is_dir() else r["path"] for r in idx.rows]
@@ -155,23 +176,41 @@ def curate(source: str | Path, model: str | Path | None, out: str | Path, *, spl
     groups = duplicate_groups(emb, threshold)
     dropped = {i for g in groups for i, _ in g[1:]}
     keep = torch.tensor([i for i in range(n) if i not in dropped], dtype=torch.long)
-    report = {"source": str(source), "model": idx.meta["model"], "images": n, "unreadable": unreadable,
-              "duplicates": {"threshold": threshold, "groups": len(groups), "dropped": len(dropped),
-                             "examples": [{"kept": entries[g[0][0]], "dropped": [{"image": entries[i], "similarity": s}
-                                                                                  for i, s in g[1:]]}
-                                          for g in sorted(groups, key=len, reverse=True)[:examples]]}}
+    report = {
+        "source": str(source),
+        "model": idx.meta["model"],
+        "images": n,
+        "unreadable": unreadable,
+        "duplicates": {
+            "threshold": threshold,
+            "groups": len(groups),
+            "dropped": len(dropped),
+            "examples": [
+                {"kept": entries[g[0][0]], "dropped": [{"image": entries[i], "similarity": s} for i, s in g[1:]]}
+                for g in sorted(groups, key=len, reverse=True)[:examples]
+            ],
+        },
+    }
     if clusters:
         rows, per = balance(emb[keep], clusters, per_cluster, seed)
-        report["balance"] = {"clusters": clusters, "per_cluster": max(c["kept"] for c in per),
-                             "dropped": len(keep) - len(rows),
-                             "examples": [{**c, "dropped": [entries[keep[i]] for i in c["dropped"][:examples]]}
-                                          for c in sorted(per, key=lambda c: -len(c["dropped"]))[:examples]]}
+        report["balance"] = {
+            "clusters": clusters,
+            "per_cluster": max(c["kept"] for c in per),
+            "dropped": len(keep) - len(rows),
+            "examples": [
+                {**c, "dropped": [entries[keep[i]] for i in c["dropped"][:examples]]}
+                for c in sorted(per, key=lambda c: -len(c["dropped"]))[:examples]
+            ],
+        }
         keep = keep[rows]
     if n_select:
         if n_select > len(keep):
             raise SearchError(f"--select {n_select}: only {len(keep)} images are left after curation")
         keep = keep[select(emb[keep], n_select, seed)]
-        report["select"] = {"n": n_select, "how": "the image nearest to each of the centres of a k-means with N centres"}
+        report["select"] = {
+            "n": n_select,
+            "how": "the image nearest to each of the centres of a k-means with N centres",
+        }
     report |= {"kept": len(keep), "list": str(out)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(lines[i] + "\n" for i in keep.tolist()), encoding="utf-8")

@@ -74,8 +74,9 @@ def rle_decode(rle: dict) -> np.ndarray:
     return np.repeat(values, counts).reshape((h, w), order="F")
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, labels: Sequence[str] | None = None,
-        iou_threshold: float = 0.5) -> torch.Tensor:  # fmt: skip
+def nms(
+    boxes: torch.Tensor, scores: torch.Tensor, labels: Sequence[str] | None = None, iou_threshold: float = 0.5
+) -> torch.Tensor:
     """Indices of the boxes kept by greedy non-maximum suppression, best score first. With ``labels``,
     boxes only suppress boxes of the same label (torchvision's ``batched_nms``); without, any box."""
     if labels is None:
@@ -85,9 +86,14 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, labels: Sequence[str] | None 
     return torchvision.ops.batched_nms(boxes.float(), scores.float(), idxs, iou_threshold)
 
 
-def overlay(image: torch.Tensor, masks: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
-            captions: Sequence[str] | None = None, points: torch.Tensor | None = None,
-            point_labels: torch.Tensor | None = None) -> Image.Image:  # fmt: skip
+def overlay(
+    image: torch.Tensor,
+    masks: torch.Tensor | None = None,
+    boxes: torch.Tensor | None = None,
+    captions: Sequence[str] | None = None,
+    points: torch.Tensor | None = None,
+    point_labels: torch.Tensor | None = None,
+) -> Image.Image:
     """The image ``uint8 [3, H, W]`` with each mask tinted in its own colour, the boxes drawn with
     their captions, and prompt points marked (foreground green, background red)."""
     n = len(masks) if masks is not None else len(boxes) if boxes is not None else 0
@@ -96,8 +102,13 @@ def overlay(image: torch.Tensor, masks: torch.Tensor | None = None, boxes: torch
     if masks is not None and len(masks):
         out = torchvision.utils.draw_segmentation_masks(out, masks.cpu().bool(), alpha=0.45, colors=colours)
     if boxes is not None and len(boxes):
-        out = torchvision.utils.draw_bounding_boxes(out, boxes.cpu().float(), list(captions) if captions else None,
-                                                    colors=colours, width=max(1, min(out.shape[1:]) // 200))  # fmt: skip
+        out = torchvision.utils.draw_bounding_boxes(
+            out,
+            boxes.cpu().float(),
+            list(captions) if captions else None,
+            colors=colours,
+            width=max(1, min(out.shape[1:]) // 200),
+        )
     if points is not None and len(points):
         r = max(2, min(out.shape[1:]) // 100)
         fg = torch.ones(len(points), dtype=torch.bool) if point_labels is None else point_labels.cpu() == 1

@@ -60,12 +60,16 @@ def open_index(path: str | Path) -> Index:
             names = list(f.keys())
             embeddings = f.get_tensor("embeddings") if names == ["embeddings"] else None
     except (OSError, UnicodeDecodeError, ValueError, SafetensorError) as e:
-        raise SearchError(f"{broken} ({type(e).__name__}: {e}); build it again with `freelabel index build`".splitlines()[0]) from None
+        raise SearchError(
+            f"{broken} ({type(e).__name__}: {e}); build it again with `freelabel index build`".splitlines()[0]
+        ) from None
     if not isinstance(meta, dict):
         raise SearchError(f"{broken}: {MANIFEST} is not a JSON object; build it again with `freelabel index build`")
     if build != meta.get("build"):
-        raise SearchError(f"{path}: {EMBEDDINGS} and {MANIFEST} are from different builds (an interrupted update); "
-                          "run the same `freelabel index build` again")  # fmt: skip
+        raise SearchError(
+            f"{path}: {EMBEDDINGS} and {MANIFEST} are from different builds (an interrupted update); "
+            "run the same `freelabel index build` again"
+        )
     _check_index(meta, embeddings, broken)
     return Index(meta, embeddings)
 
@@ -80,8 +84,12 @@ def _check_index(meta: dict, embeddings: torch.Tensor | None, broken: str) -> No
         problem = f"{MANIFEST} needs a model, a source and a list of rows"
     elif len(rows) != len(embeddings) or meta.get("dim") != embeddings.shape[1]:
         problem = f"{MANIFEST} lists {len(rows)} rows of dimension {meta.get('dim')!r}, {EMBEDDINGS} holds {tuple(embeddings.shape)}"
-    elif not all(isinstance(r, dict) and isinstance(r.get("path"), str) and (r.get("label") is None or isinstance(r.get("label"), str))
-                 for r in rows):
+    elif not all(
+        isinstance(r, dict)
+        and isinstance(r.get("path"), str)
+        and (r.get("label") is None or isinstance(r.get("label"), str))
+        for r in rows
+    ):
         problem = f"every row of {MANIFEST} needs a path and a label (a string or null)"
     elif any(Path(r["path"]).is_absolute() or ".." in Path(r["path"]).parts for r in rows):
         problem = f"a row of {MANIFEST} names a path outside the indexed folder"
@@ -109,8 +117,16 @@ def _save(path: Path, meta: dict, embeddings: torch.Tensor) -> None:
     _atomic(path / MANIFEST, lambda t: Path(t).write_text(json.dumps(meta, indent=1)))
 
 
-def build_index(source: str | Path, model: str | Path, out: str | Path, split: str = "test", batch_size: int = 64,
-                device: str | None = None, workers: int = 0, weights: str | Path | None = None) -> dict:  # fmt: skip
+def build_index(
+    source: str | Path,
+    model: str | Path,
+    out: str | Path,
+    split: str = "test",
+    batch_size: int = 64,
+    device: str | None = None,
+    workers: int = 0,
+    weights: str | Path | None = None,
+) -> dict:
     """Create or update the index at ``out`` over ``source`` (a folder, or an embedded data set name
     whose ``split`` is indexed) with ``model`` (and its ``weights``, see :func:`freelabel.encoder.load_encoder`). Returns counts
     (``embedded``: new or changed files, ``kept``, ``removed``: deleted files, ``failed``: unreadable
@@ -124,22 +140,32 @@ def build_index(source: str | Path, model: str | Path, out: str | Path, split: s
     source_id = f"{source}:{split}" if embedded else str(Path(source).expanduser().resolve())
     old = open_index(out) if (out / MANIFEST).exists() else None
     if old is not None and (old.meta["model"], old.meta["source"]) != (model_id, source_id):
-        raise SearchError(f"{out} indexes {old.meta['source']} with {old.meta['model']}; give another --out for "
-                          f"{source_id} with {model_id}")  # fmt: skip
+        raise SearchError(
+            f"{out} indexes {old.meta['source']} with {old.meta['model']}; give another --out for "
+            f"{source_id} with {model_id}"
+        )
     start = time.perf_counter()
     if embedded:
         ds = open_dataset(str(source), split)
         names = list(getattr(ds, "classes", []))
-        current = [{"path": f"{source}/{split}/{i:06d}", "label": names[int(y)] if names else None}
-                   for i, y in enumerate(ds.labels.tolist())]  # fmt: skip
+        current = [
+            {"path": f"{source}/{split}/{i:06d}", "label": names[int(y)] if names else None}
+            for i, y in enumerate(ds.labels.tolist())
+        ]
     else:
         paths, labels, names, _ = scan_folder(Path(source).expanduser())
         root = Path(source).expanduser().resolve()
         current = []
         for p, y in zip(paths, labels):
             st = p.stat()
-            current.append({"path": str(p.relative_to(Path(source).expanduser())), "size": st.st_size, "mtime": st.st_mtime_ns,
-                            "label": names[y] if y >= 0 else None})  # fmt: skip
+            current.append(
+                {
+                    "path": str(p.relative_to(Path(source).expanduser())),
+                    "size": st.st_size,
+                    "mtime": st.st_mtime_ns,
+                    "label": names[y] if y >= 0 else None,
+                }
+            )
     weights = str(Path(weights).expanduser().resolve()) if weights is not None else None
     encoder = load_encoder(model, weights=weights, device=device)
     fingerprint = encoder.fingerprint
@@ -147,15 +173,19 @@ def build_index(source: str | Path, model: str | Path, out: str | Path, split: s
     if model_changed:
         old = None  # the model's weights changed (a run trained further): every vector is stale, embed all again
     previous = {r["path"]: (i, r) for i, r in enumerate(old.rows)} if old else {}
-    keep = sorted((c for c in current if c["path"] in previous and previous[c["path"]][1] == c),
-                  key=lambda c: previous[c["path"]][0])  # in the old order: new rows only extend the ANN graph
+    keep = sorted(
+        (c for c in current if c["path"] in previous and previous[c["path"]][1] == c),
+        key=lambda c: previous[c["path"]][0],
+    )  # in the old order: new rows only extend the ANN graph
     todo = [i for i, c in enumerate(current) if not (c["path"] in previous and previous[c["path"]][1] == c)]
     new_rows, new_vecs, failed = [], [], []
     embed_start = time.perf_counter()
     if todo:
         if embedded:
-            batches = ((ds.images[todo[s : s + batch_size]], todo[s : s + batch_size], [])
-                       for s in range(0, len(todo), batch_size))  # fmt: skip
+            batches = (
+                (ds.images[todo[s : s + batch_size]], todo[s : s + batch_size], [])
+                for s in range(0, len(todo), batch_size)
+            )
         else:
             files = ImageFiles([root / current[i]["path"] for i in todo], todo, [], encoder.view.size, encoder.in_chans)
             batches = ((b.images, b.labels.tolist(), b.skipped) for b in sequential(files, batch_size, workers))
@@ -167,25 +197,45 @@ def build_index(source: str | Path, model: str | Path, out: str | Path, split: s
     embed_seconds = time.perf_counter() - embed_start
     vecs = ([old.embeddings[[previous[r["path"]][0] for r in keep]]] if keep else []) + new_vecs
     embeddings = torch.cat(vecs) if vecs else torch.empty(0, old.embeddings.shape[1] if old else 0)
-    meta = {"model": model_id, "weights": weights, "fingerprint": fingerprint, "source": source_id,
-            "dim": int(embeddings.shape[1]),
-            "view": {"size": encoder.view.size, "mean": list(encoder.view.mean), "std": list(encoder.view.std)},
-            "classes": names, "rows": keep + new_rows}  # fmt: skip
+    meta = {
+        "model": model_id,
+        "weights": weights,
+        "fingerprint": fingerprint,
+        "source": source_id,
+        "dim": int(embeddings.shape[1]),
+        "view": {"size": encoder.view.size, "mean": list(encoder.view.mean), "std": list(encoder.view.std)},
+        "classes": names,
+        "rows": keep + new_rows,
+    }
     present = {c["path"] for c in current}
     removed = sum(r["path"] not in present for r in old.rows) if old else 0
     if old is None or new_rows or len(keep) != len(old.rows):
         _save(out, meta, embeddings)
-        update_graph(out, meta["build"], embeddings, old.meta["build"] if old else None,
-                     appended=old is not None and len(keep) == len(old.rows))
+        update_graph(
+            out,
+            meta["build"],
+            embeddings,
+            old.meta["build"] if old else None,
+            appended=old is not None and len(keep) == len(old.rows),
+        )
     seconds = time.perf_counter() - start
-    return {"index": str(out), "rows": len(meta["rows"]), "embedded": len(new_rows), "kept": len(keep),
-            "removed": removed, "failed": failed, "seconds": seconds, "fingerprint": fingerprint,
-            "model_changed": model_changed,
-            "images_per_s": len(new_rows) / embed_seconds if new_rows else 0.0}  # fmt: skip
+    return {
+        "index": str(out),
+        "rows": len(meta["rows"]),
+        "embedded": len(new_rows),
+        "kept": len(keep),
+        "removed": removed,
+        "failed": failed,
+        "seconds": seconds,
+        "fingerprint": fingerprint,
+        "model_changed": model_changed,
+        "images_per_s": len(new_rows) / embed_seconds if new_rows else 0.0,
+    }
 
 
-def search(index: str | Path, image: str | Path | None = None, text: str | None = None, k: int = 10,
-           device: str | None = None) -> list[dict]:  # fmt: skip
+def search(
+    index: str | Path, image: str | Path | None = None, text: str | None = None, k: int = 10, device: str | None = None
+) -> list[dict]:
     """The ``k`` rows most similar to ``image`` (a file) or ``text`` (image-text models only), best
     first: ``{"rank", "path", "score", "label"}`` with ``score`` the cosine similarity."""
     if (image is None) == (text is None):
@@ -195,9 +245,11 @@ def search(index: str | Path, image: str | Path | None = None, text: str | None 
     idx = open_index(index)
     encoder = load_encoder(idx.meta["model"], weights=idx.meta.get("weights"), device=device)
     if idx.meta.get("fingerprint") not in (None, encoder.fingerprint):
-        raise SearchError(f"{index} is stale: {idx.meta['model']} has changed since it was built (trained further?); "
-                          f"bring it up to date with `freelabel index build {idx.meta['source']} --model "
-                          f"{idx.meta['model']} --out {index}`")
+        raise SearchError(
+            f"{index} is stale: {idx.meta['model']} has changed since it was built (trained further?); "
+            f"bring it up to date with `freelabel index build {idx.meta['source']} --model "
+            f"{idx.meta['model']} --out {index}`"
+        )
     if image is not None:
         try:
             query = encoder.encode_image(load_image(image, encoder.view.size, encoder.in_chans)[None]).cpu()
@@ -207,13 +259,20 @@ def search(index: str | Path, image: str | Path | None = None, text: str | None 
         query = encoder.encode_text([text]).cpu()
     scores, order = (t[0] for t in search_rows(Path(index), idx.meta["build"], idx.embeddings, query, k))
     base = Path(idx.meta["source"])
-    return [{"rank": r + 1, "path": str(base / idx.rows[i]["path"]) if base.is_dir() else idx.rows[i]["path"],
-             "score": round(float(s), 4), "label": idx.rows[i]["label"]}
-            for r, (s, i) in enumerate(zip(scores.tolist(), order.tolist()))]  # fmt: skip
+    return [
+        {
+            "rank": r + 1,
+            "path": str(base / idx.rows[i]["path"]) if base.is_dir() else idx.rows[i]["path"],
+            "score": round(float(s), 4),
+            "label": idx.rows[i]["label"],
+        }
+        for r, (s, i) in enumerate(zip(scores.tolist(), order.tolist()))
+    ]
 
 
-def precision_at_k(embeddings: torch.Tensor, labels: list, k: int = 10, classes: list | None = None,
-                   chunk: int = 1024) -> dict:  # fmt: skip
+def precision_at_k(
+    embeddings: torch.Tensor, labels: list, k: int = 10, classes: list | None = None, chunk: int = 1024
+) -> dict:
     """Image-to-image precision@k: each row queries all others (itself excluded); the share of its
     ``k`` nearest rows with its class, averaged per class (``by_class``, in the order of ``classes``)
     and over all labelled rows (``mean``)."""

@@ -44,12 +44,23 @@ def read_image(path: str | Path) -> torch.Tensor:
         raise DataError(f"cannot read {path} as an image ({e}); give a PNG, JPEG, WebP or BMP file") from None
 
 
-def segment(images: Sequence[str | Path], out: str | Path, *, segmenter: str | Segmenter,
-            text: Sequence[str] | None = None, detector: str | Detector | None = None,
-            points: Sequence[Sequence[float]] | None = None, boxes: Sequence[Sequence[float]] | None = None,
-            box_threshold: float = 0.3, text_threshold: float = 0.25, nms_threshold: float = 0.5,
-            mask_threshold: float = 0.5, batch_size: int = 4, device: str | None = None,
-            dtype: str | None = None) -> list[dict]:  # fmt: skip
+def segment(
+    images: Sequence[str | Path],
+    out: str | Path,
+    *,
+    segmenter: str | Segmenter,
+    text: Sequence[str] | None = None,
+    detector: str | Detector | None = None,
+    points: Sequence[Sequence[float]] | None = None,
+    boxes: Sequence[Sequence[float]] | None = None,
+    box_threshold: float = 0.3,
+    text_threshold: float = 0.25,
+    nms_threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    batch_size: int = 4,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> list[dict]:
     """Segment ``images`` by text (with a ``detector``, or a SAM3 ``segmenter`` alone) or by ``points``
     (``[x, y]`` or ``[x, y, label]``, label 1 foreground / 0 background) and ``boxes`` (``[x0, y0, x1,
     y1]``, one object each), writing one JSON and one overlay PNG per image into ``out``. Models may be
@@ -70,7 +81,11 @@ def segment(images: Sequence[str | Path], out: str | Path, *, segmenter: str | S
         except DataError as e:
             unreadable.append(str(e))
     if not pictures:
-        raise DataError(unreadable[0] if len(unreadable) == 1 else f"none of the {len(images)} images could be read: {unreadable[0]}")
+        raise DataError(
+            unreadable[0]
+            if len(unreadable) == 1
+            else f"none of the {len(images)} images could be read: {unreadable[0]}"
+        )
     if unreadable:
         log.warning("skipped %d unreadable images of %d, e.g. %s", len(unreadable), len(images), unreadable[0])
     _check_segmenter(segmenter, detector, bool(text))
@@ -78,10 +93,22 @@ def segment(images: Sequence[str | Path], out: str | Path, *, segmenter: str | S
     models = {"segmenter": segmenter.name, **({"detector": detector.name} if detector else {})}
     settings = {"box_threshold": box_threshold, "text_threshold": text_threshold, "nms_threshold": nms_threshold}
     if text:
-        objects = _by_text(pictures, text, detector, segmenter, box_threshold, text_threshold, nms_threshold,
-                           mask_threshold, batch_size)  # fmt: skip
-        prompts = ({"text": list(text), **settings} if detector else
-                   {"text": list(text), "score_threshold": box_threshold, "nms_threshold": nms_threshold})  # fmt: skip
+        objects = _by_text(
+            pictures,
+            text,
+            detector,
+            segmenter,
+            box_threshold,
+            text_threshold,
+            nms_threshold,
+            mask_threshold,
+            batch_size,
+        )
+        prompts = (
+            {"text": list(text), **settings}
+            if detector
+            else {"text": list(text), "score_threshold": box_threshold, "nms_threshold": nms_threshold}
+        )
     else:
         box_t = torch.tensor(boxes, dtype=torch.float32).view(-1, 4) if boxes else None
         objects = []
@@ -89,17 +116,31 @@ def segment(images: Sequence[str | Path], out: str | Path, *, segmenter: str | S
             masks, mask_scores = segmenter.segment(picture, pts, point_labels, box_t)
             b = box_t if box_t is not None else _mask_boxes(masks)
             objects.append((masks, b, mask_scores, ["object"] * len(masks), None))
-        prompts = {"points": [list(map(float, p)) for p in points or []],
-                   "boxes": [list(map(float, b)) for b in boxes or []]}  # fmt: skip
+        prompts = {
+            "points": [list(map(float, p)) for p in points or []],
+            "boxes": [list(map(float, b)) for b in boxes or []],
+        }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for path, picture, (masks, b, s, labels, mask_scores) in zip(paths, pictures, objects):
-        objs = [{"label": labels[i], "score": round(float(s[i]), 4), "box": [round(float(x), 2) for x in b[i]],
-                 **({"mask_score": round(float(mask_scores[i]), 4)} if mask_scores is not None else {}),
-                 "mask": rle_encode(masks[i])} for i in range(len(labels))]  # fmt: skip
-        record = {"image": str(path), "size": list(picture.shape[1:]), "models": models, "prompts": prompts,
-                  "objects": objs}  # fmt: skip
+        objs = [
+            {
+                "label": labels[i],
+                "score": round(float(s[i]), 4),
+                "box": [round(float(x), 2) for x in b[i]],
+                **({"mask_score": round(float(mask_scores[i]), 4)} if mask_scores is not None else {}),
+                "mask": rle_encode(masks[i]),
+            }
+            for i in range(len(labels))
+        ]
+        record = {
+            "image": str(path),
+            "size": list(picture.shape[1:]),
+            "models": models,
+            "prompts": prompts,
+            "objects": objs,
+        }
         stem = _unique_stem(path, paths)
         captions = [f"{label} {float(score):.2f}" for label, score in zip(labels, s)]
         _atomic_write(out / f"{stem}.json", json.dumps(record, indent=1).encode())
@@ -112,16 +153,23 @@ def segment(images: Sequence[str | Path], out: str | Path, *, segmenter: str | S
 
 def _check_segmenter(segmenter: str | Segmenter, detector: str | Detector | None, by_text: bool) -> None:
     """Refuse a segmenter that cannot take the prompts given, before any model is loaded."""
-    name, kind = (segmenter.name, segmenter.kind) if isinstance(segmenter, Segmenter) else (segmenter, read_config(segmenter).model_type)  # fmt: skip
+    name, kind = (
+        (segmenter.name, segmenter.kind)
+        if isinstance(segmenter, Segmenter)
+        else (segmenter, read_config(segmenter).model_type)
+    )
     if by_text and detector is None and kind not in CONCEPT:
-        raise PretrainedError(f"{name} is a {kind} model, which cannot read text: pass --detector NAME "
-                         "(Grounding DINO or OWLv2) to turn the phrases into boxes, or use a SAM3 segmenter")  # fmt: skip
+        raise PretrainedError(
+            f"{name} is a {kind} model, which cannot read text: pass --detector NAME "
+            "(Grounding DINO or OWLv2) to turn the phrases into boxes, or use a SAM3 segmenter"
+        )
     if not by_text and kind in CONCEPT:
         raise PretrainedError(f"{name} is SAM3, prompted by text; for points and boxes use a SAM or SAM2 model")
 
 
-def _load(segmenter: str | Segmenter, detector: str | Detector | None, device: str | None,
-          dtype: str | None) -> tuple[Detector | None, Segmenter]:  # fmt: skip
+def _load(
+    segmenter: str | Segmenter, detector: str | Detector | None, device: str | None, dtype: str | None
+) -> tuple[Detector | None, Segmenter]:
     if isinstance(detector, str):
         detector = load_detector(detector, device, dtype)
     if not isinstance(segmenter, Segmenter):
@@ -129,9 +177,17 @@ def _load(segmenter: str | Segmenter, detector: str | Detector | None, device: s
     return detector, segmenter
 
 
-def _by_text(pictures: Sequence[torch.Tensor], text: Sequence[str], detector: Detector | None, segmenter: Segmenter,
-             box_threshold: float, text_threshold: float, nms_threshold: float, mask_threshold: float,
-             batch_size: int) -> list[tuple]:  # fmt: skip
+def _by_text(
+    pictures: Sequence[torch.Tensor],
+    text: Sequence[str],
+    detector: Detector | None,
+    segmenter: Segmenter,
+    box_threshold: float,
+    text_threshold: float,
+    nms_threshold: float,
+    mask_threshold: float,
+    batch_size: int,
+) -> list[tuple]:
     """Per picture ``(masks, boxes, scores, labels, mask scores or None)`` of the objects the phrases
     name: detector boxes (batched) prompting the segmenter, or a SAM3 segmenter alone; NMS per label."""
     objects = []
@@ -152,10 +208,21 @@ def _by_text(pictures: Sequence[torch.Tensor], text: Sequence[str], detector: De
     return objects
 
 
-def label_folder(images: Sequence[str | Path], coco: str | Path, *, segmenter: str | Segmenter,
-                 text: Sequence[str], detector: str | Detector | None = None, box_threshold: float = 0.3,
-                 text_threshold: float = 0.25, nms_threshold: float = 0.5, mask_threshold: float = 0.5,
-                 batch_size: int = 4, device: str | None = None, dtype: str | None = None) -> dict:  # fmt: skip
+def label_folder(
+    images: Sequence[str | Path],
+    coco: str | Path,
+    *,
+    segmenter: str | Segmenter,
+    text: Sequence[str],
+    detector: str | Detector | None = None,
+    box_threshold: float = 0.3,
+    text_threshold: float = 0.25,
+    nms_threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    batch_size: int = 4,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> dict:
     """Label every image of ``images`` (files, or folders searched for images) by the text phrases and
     write one COCO instances file ``coco``: the images, one category per phrase, and per object its
     box, mask (RLE), area and score. Resumable: each batch's results are appended to ``coco.partial``
@@ -170,7 +237,9 @@ def label_folder(images: Sequence[str | Path], coco: str | Path, *, segmenter: s
     files: list[tuple[Path, str]] = []  # (path, file_name in the COCO file)
     for item in map(Path, images):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+            found = sorted(
+                p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+            )
             files += [(p, p.relative_to(item).as_posix()) for p in found]
         elif item.is_file():
             files.append((item, item.name))
@@ -180,8 +249,12 @@ def label_folder(images: Sequence[str | Path], coco: str | Path, *, segmenter: s
         raise DataError(f"no images ({'/'.join(IMAGE_EXTENSIONS)}) found in {', '.join(map(str, images))}")
     coco, partial = Path(coco), Path(f"{coco}.partial")
     coco.parent.mkdir(parents=True, exist_ok=True)
-    settings = {"text": list(text), "box_threshold": box_threshold, "text_threshold": text_threshold,
-                "nms_threshold": nms_threshold}  # fmt: skip
+    settings = {
+        "text": list(text),
+        "box_threshold": box_threshold,
+        "text_threshold": text_threshold,
+        "nms_threshold": nms_threshold,
+    }
     done = _read_partial(partial, settings)
     todo = [(p, name) for p, name in files if name not in done]
     if todo:
@@ -199,23 +272,54 @@ def label_folder(images: Sequence[str | Path], coco: str | Path, *, segmenter: s
                     except DataError:
                         lines.append({"file_name": name, "unreadable": True})
                 readable = [name for (path, name) in chunk if name not in {x["file_name"] for x in lines}]
-                found = _by_text(pictures, text, detector, segmenter, box_threshold, text_threshold, nms_threshold,
-                                 mask_threshold, batch_size) if pictures else []  # fmt: skip
+                found = (
+                    _by_text(
+                        pictures,
+                        text,
+                        detector,
+                        segmenter,
+                        box_threshold,
+                        text_threshold,
+                        nms_threshold,
+                        mask_threshold,
+                        batch_size,
+                    )
+                    if pictures
+                    else []
+                )
                 for name, picture, (masks, b, sc, labels, _) in zip(readable, pictures, found):
-                    objs = [{"label": labels[i], "score": round(float(sc[i]), 4), "box": [round(float(x), 2) for x in b[i]],
-                             "mask": rle_encode(masks[i]), "area": int(masks[i].sum())} for i in range(len(labels))]  # fmt: skip
-                    lines.append({"file_name": name, "height": picture.shape[1], "width": picture.shape[2], "objects": objs})
+                    objs = [
+                        {
+                            "label": labels[i],
+                            "score": round(float(sc[i]), 4),
+                            "box": [round(float(x), 2) for x in b[i]],
+                            "mask": rle_encode(masks[i]),
+                            "area": int(masks[i].sum()),
+                        }
+                        for i in range(len(labels))
+                    ]
+                    lines.append(
+                        {"file_name": name, "height": picture.shape[1], "width": picture.shape[2], "objects": objs}
+                    )
                 log.write("".join(json.dumps(x) + "\n" for x in lines))
                 log.flush()
                 os.fsync(log.fileno())
                 done.update({x["file_name"]: x for x in lines})
-    models = {"segmenter": getattr(segmenter, "name", segmenter), **({"detector": getattr(detector, "name", detector)} if detector else {})}  # fmt: skip
+    models = {
+        "segmenter": getattr(segmenter, "name", segmenter),
+        **({"detector": getattr(detector, "name", detector)} if detector else {}),
+    }
     result = _coco(files, done, list(text), models, settings)
     _atomic_write(coco, json.dumps(result).encode())
     partial.unlink(missing_ok=True)
     unreadable = [name for _, name in files if done[name].get("unreadable")]
-    return {"images": len(result["images"]), "annotations": len(result["annotations"]), "unreadable": unreadable,
-            "resumed": len(files) - len(todo), "coco": str(coco)}  # fmt: skip
+    return {
+        "images": len(result["images"]),
+        "annotations": len(result["annotations"]),
+        "unreadable": unreadable,
+        "resumed": len(files) - len(todo),
+        "coco": str(coco),
+    }
 
 
 def _read_partial(partial: Path, settings: dict) -> dict[str, dict]:
@@ -229,13 +333,17 @@ def _read_partial(partial: Path, settings: dict) -> dict[str, dict]:
         except json.JSONDecodeError:
             continue  # the line being written when the run stopped
         if i == 0 and x.get("settings") != settings:
-            raise PretrainedError(f"{partial} holds a run with other settings ({x.get('settings')}); delete it to start again")
+            raise PretrainedError(
+                f"{partial} holds a run with other settings ({x.get('settings')}); delete it to start again"
+            )
         if "file_name" in x:
             done[x["file_name"]] = x
     return done
 
 
-def _coco(files: list[tuple[Path, str]], done: dict[str, dict], phrases: list[str], models: dict, settings: dict) -> dict:
+def _coco(
+    files: list[tuple[Path, str]], done: dict[str, dict], phrases: list[str], models: dict, settings: dict
+) -> dict:
     """The COCO instances dictionary: images in file order, ids from 1, boxes as ``[x, y, w, h]``."""
     category = {p: i + 1 for i, p in enumerate(phrases)}
     images, annotations = [], []
@@ -247,12 +355,24 @@ def _coco(files: list[tuple[Path, str]], done: dict[str, dict], phrases: list[st
         images.append({"id": image_id, "file_name": name, "height": x["height"], "width": x["width"]})
         for o in x["objects"]:
             x0, y0, x1, y1 = o["box"]
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category[o["label"]],
-                                "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)], "area": o["area"],
-                                "segmentation": o["mask"], "score": o["score"], "iscrowd": 0})  # fmt: skip
-    return {"info": {"description": "labelled by freelabel segment", "models": models, "prompts": settings},
-            "images": images, "annotations": annotations,
-            "categories": [{"id": i, "name": p, "supercategory": "object"} for p, i in category.items()]}  # fmt: skip
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category[o["label"]],
+                    "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
+                    "area": o["area"],
+                    "segmentation": o["mask"],
+                    "score": o["score"],
+                    "iscrowd": 0,
+                }
+            )
+    return {
+        "info": {"description": "labelled by freelabel segment", "models": models, "prompts": settings},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i, "name": p, "supercategory": "object"} for p, i in category.items()],
+    }
 
 
 def _points(points: Sequence[Sequence[float]] | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:

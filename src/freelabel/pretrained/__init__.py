@@ -36,8 +36,12 @@ from .hub import (
 )
 
 
-def load(name_or_folder: str | Path, device: str | torch.device | None = None,
-         dtype: torch.dtype | str | None = None, **kwargs):  # fmt: skip
+def load(
+    name_or_folder: str | Path,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    **kwargs,
+):
     """Load a pretrained model by hub name or local folder (see the module docstring for what comes
     back), in eval mode on ``device`` (default: the GPU if any) in ``dtype`` (default: bf16 on a GPU,
     fp32 on the CPU). ``kwargs`` go to the detector/segmenter loaders, or ``weights=`` for torchvision."""
@@ -64,9 +68,16 @@ def load(name_or_folder: str | Path, device: str | torch.device | None = None,
 
     if kind in VISION_TYPES:
         return load_vision(name_or_folder, config, *resolve_device_dtype(device, dtype))
-    raise PretrainedError(f"unknown model type {kind!r} of {name}; freelabel loads vision backbones (DINOv2, DINOv3, "
-                          "ViT, ...), image-text models (" + ", ".join(IMAGE_TEXT) + "), detectors ("
-                          + ", ".join(DETECTORS) + ") and segmenters (" + ", ".join(SEGMENTERS) + ")")  # fmt: skip
+    raise PretrainedError(
+        f"unknown model type {kind!r} of {name}; freelabel loads vision backbones (DINOv2, DINOv3, "
+        "ViT, ...), image-text models ("
+        + ", ".join(IMAGE_TEXT)
+        + "), detectors ("
+        + ", ".join(DETECTORS)
+        + ") and segmenters ("
+        + ", ".join(SEGMENTERS)
+        + ")"
+    )
 
 
 __all__ = [

@@ -37,8 +37,10 @@ def load_parts(name_or_folder: str, model_class, device, dtype, processor_class=
         processor = (processor_class or AutoProcessor).from_pretrained(name_or_folder)
         model = model_class.from_pretrained(name_or_folder, dtype=dtype)
     except OSError as e:
-        raise PretrainedError(f"cannot load {name_or_folder!r} ({str(e).splitlines()[0]}); give a folder written by "
-                         "save_pretrained (config, weights and processor files) or a hub name") from None  # fmt: skip
+        raise PretrainedError(
+            f"cannot load {name_or_folder!r} ({str(e).splitlines()[0]}); give a folder written by "
+            "save_pretrained (config, weights and processor files) or a hub name"
+        ) from None
     return model.to(device).eval(), processor
 
 
@@ -48,15 +50,17 @@ class Detector:
     def __init__(self, model, processor, kind: str, name: str):
         self.model, self.processor, self.kind, self.name = model, processor, kind, name
 
-    def detect(self, image, phrases: Sequence[str], box_threshold: float = 0.3,
-               text_threshold: float = 0.25) -> tuple[torch.Tensor, torch.Tensor, list[str]]:  # fmt: skip
+    def detect(
+        self, image, phrases: Sequence[str], box_threshold: float = 0.3, text_threshold: float = 0.25
+    ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """One image (``uint8 [3, H, W]`` or PIL) -> boxes ``[N, 4]`` (xyxy pixels, clipped to the image),
         scores ``[N]``, labels (one of ``phrases`` each)."""
         return self.detect_batch([image], phrases, box_threshold, text_threshold)[0]
 
     @torch.no_grad()
-    def detect_batch(self, images: Sequence, phrases: Sequence[str], box_threshold: float = 0.3,
-                     text_threshold: float = 0.25) -> list[tuple[torch.Tensor, torch.Tensor, list[str]]]:  # fmt: skip
+    def detect_batch(
+        self, images: Sequence, phrases: Sequence[str], box_threshold: float = 0.3, text_threshold: float = 0.25
+    ) -> list[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         """:meth:`detect` for several images in one forward pass.
 
         Each box takes the phrase that scores highest on it, and that score is the box's. Grounding DINO
@@ -71,9 +75,12 @@ class Detector:
             inputs = self.processor(images=pils, text=[list(phrases)] * len(pils), padding=True, return_tensors="pt")
             out = self.model(**self._to_model(inputs))
             results = self.processor.post_process_grounded_object_detection(
-                out, threshold=box_threshold, target_sizes=sizes, text_labels=[list(phrases)] * len(pils))  # fmt: skip
-            return [(clip_boxes_to_image(r["boxes"].float().cpu(), size), r["scores"].float().cpu(), list(r["text_labels"]))
-                    for r, size in zip(results, sizes)]  # fmt: skip
+                out, threshold=box_threshold, target_sizes=sizes, text_labels=[list(phrases)] * len(pils)
+            )
+            return [
+                (clip_boxes_to_image(r["boxes"].float().cpu(), size), r["scores"].float().cpu(), list(r["text_labels"]))
+                for r, size in zip(results, sizes)
+            ]
         text, spans = _grounding_text(phrases)
         inputs = self.processor(images=pils, text=[text] * len(pils), return_tensors="pt")
         out = self.model(**self._to_model(inputs))
@@ -109,15 +116,17 @@ def _token_phrases(tokenizer, text: str, spans: list[tuple[int, int]]) -> torch.
     return torch.tensor([[a < e and s < b and b > a for s, e in spans] for a, b in offsets], dtype=torch.bool)
 
 
-def load_detector(name_or_folder: str, device: str | torch.device | None = None,
-                  dtype: str | torch.dtype | None = None) -> Detector:  # fmt: skip
+def load_detector(
+    name_or_folder: str, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> Detector:
     """A :class:`Detector` for a Grounding DINO or OWLv2 checkpoint (a local folder or a hub name)."""
     from transformers import AutoModelForZeroShotObjectDetection
 
     kind = read_config(name_or_folder).model_type
     if kind not in DETECTORS:
-        raise PretrainedError(f"{name_or_folder!r} is a {kind} model, not a text-prompted detector; "
-                         f"detectors: {', '.join(DETECTORS)}")  # fmt: skip
+        raise PretrainedError(
+            f"{name_or_folder!r} is a {kind} model, not a text-prompted detector; detectors: {', '.join(DETECTORS)}"
+        )
     device, dtype = resolve_device_dtype(device, dtype)
     model, processor = load_parts(name_or_folder, AutoModelForZeroShotObjectDetection, device, dtype)
     return Detector(model, processor, kind, str(name_or_folder))

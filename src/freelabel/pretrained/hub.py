@@ -23,14 +23,22 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if bf16 else torch.float32
 
 
-def resolve_device_dtype(device: str | torch.device | None, dtype: torch.dtype | str | None) -> tuple[torch.device, torch.dtype]:  # fmt: skip
+def resolve_device_dtype(
+    device: str | torch.device | None, dtype: torch.dtype | str | None
+) -> tuple[torch.device, torch.dtype]:
     """The device (default: the GPU if any) and dtype (default: :func:`default_dtype`) to load a model in."""
     from ..hardware import default_device
 
     device = torch.device(device) if device is not None else default_device()
     if isinstance(dtype, str):
-        names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-                 "fp32": torch.float32, "float32": torch.float32}  # fmt: skip
+        names = {
+            "bf16": torch.bfloat16,
+            "bfloat16": torch.bfloat16,
+            "fp16": torch.float16,
+            "float16": torch.float16,
+            "fp32": torch.float32,
+            "float32": torch.float32,
+        }
         if dtype not in names:
             raise PretrainedError(f"dtype must be one of {', '.join(names)}, not {dtype!r}")
         dtype = names[dtype]
@@ -50,8 +58,10 @@ def read_config(name_or_folder: str | Path):
         return AutoConfig.from_pretrained(str(path) if path.is_dir() else str(name_or_folder))
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PretrainedError(f"cannot load {name_or_folder!r} ({first}); give a local folder, or a hub name "
-                              "with network access or in the Hugging Face cache") from e  # fmt: skip
+        raise PretrainedError(
+            f"cannot load {name_or_folder!r} ({first}); give a local folder, or a hub name "
+            "with network access or in the Hugging Face cache"
+        ) from e
 
 
 def processor_view(

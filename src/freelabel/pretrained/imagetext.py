@@ -68,8 +68,13 @@ class ImageTextBackbone(nn.Module):
         for s in range(0, len(texts), TEXT_BATCH):
             # SigLIP was trained on text padded to a fixed length without an attention mask
             padding = "max_length" if self.kind != "clip" else True
-            tok = self.tokenizer(list(texts[s : s + TEXT_BATCH]), padding=padding, truncation=True,
-                                 max_length=max_len, return_tensors="pt")  # fmt: skip
+            tok = self.tokenizer(
+                list(texts[s : s + TEXT_BATCH]),
+                padding=padding,
+                truncation=True,
+                max_length=max_len,
+                return_tensors="pt",
+            )
             inputs = {"input_ids": tok["input_ids"].to(device)}
             if self.kind == "clip":
                 inputs["attention_mask"] = tok["attention_mask"].to(device)

@@ -29,15 +29,22 @@ class Segmenter:
         return self.kind in CONCEPT
 
     @torch.no_grad()
-    def segment(self, image, points: torch.Tensor | None = None, point_labels: torch.Tensor | None = None,
-                boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def segment(
+        self,
+        image,
+        points: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks ``[N, H, W]`` (bool) and predicted-IoU scores ``[N]`` for one image: one object per box
         (``boxes [N, 4]``, xyxy pixels), or one object for the points alone. ``points [P, 2]`` (x, y
         pixels) with ``point_labels [P]`` (1 foreground, 0 background; default all 1) join every box's
         prompt. A single point is ambiguous, so SAM proposes three masks and the best-scored one is kept."""
         if self.reads_text:
-            raise PretrainedError(f"{self.name} is SAM3, which segments concepts named in text (segment_text); "
-                             "for point or box prompts use a SAM or SAM2 model")  # fmt: skip
+            raise PretrainedError(
+                f"{self.name} is SAM3, which segments concepts named in text (segment_text); "
+                "for point or box prompts use a SAM or SAM2 model"
+            )
         if points is None and boxes is None:
             raise PretrainedError("segment needs points or boxes to prompt with")
         pil = to_pil(image)
@@ -63,14 +70,17 @@ class Segmenter:
         return masks[torch.arange(n), best].bool(), scores[torch.arange(n), best]
 
     @torch.no_grad()
-    def segment_text(self, image, phrases: Sequence[str], threshold: float = 0.3,
-                     mask_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:  # fmt: skip
+    def segment_text(
+        self, image, phrases: Sequence[str], threshold: float = 0.3, mask_threshold: float = 0.5
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
         """SAM3 concept prompts: every instance of each phrase -> masks ``[N, H, W]`` (bool), boxes
         ``[N, 4]`` (xyxy pixels), scores ``[N]`` and phrase labels. The image is encoded once and each
         phrase decoded against it, all phrases in one batch."""
         if not self.reads_text:
-            raise PretrainedError(f"{self.name} is a {self.kind} model, which cannot read text; pass a detector "
-                             "(Grounding DINO or OWLv2) to turn phrases into boxes, or use a SAM3 model")  # fmt: skip
+            raise PretrainedError(
+                f"{self.name} is a {self.kind} model, which cannot read text; pass a detector "
+                "(Grounding DINO or OWLv2) to turn phrases into boxes, or use a SAM3 model"
+            )
         phrases = [p.strip() for p in phrases if p.strip()]
         if not phrases:
             raise PretrainedError("segment_text needs at least one text phrase")
@@ -83,7 +93,11 @@ class Segmenter:
         out = self.model(vision_embeds=vision, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         out = type(out)(**{k: v.float() if isinstance(v, torch.Tensor) else v for k, v in out.items()})
         results = self.processor.post_process_instance_segmentation(
-            out, threshold=threshold, mask_threshold=mask_threshold, target_sizes=[(pil.height, pil.width)] * len(phrases))  # fmt: skip
+            out,
+            threshold=threshold,
+            mask_threshold=mask_threshold,
+            target_sizes=[(pil.height, pil.width)] * len(phrases),
+        )
         labels = [p for p, r in zip(phrases, results) for _ in range(len(r["scores"]))]
         cat = lambda key: torch.cat([r[key].cpu() for r in results])  # noqa: E731
         return cat("masks").bool(), cat("boxes").float(), cat("scores").float(), labels
@@ -91,8 +105,10 @@ class Segmenter:
 
 def _to(inputs, model) -> dict:
     dtype = next(model.parameters()).dtype
-    return {k: v.to(model.device, dtype if v.is_floating_point() else v.dtype) if isinstance(v, torch.Tensor) else v
-            for k, v in inputs.items()}  # fmt: skip
+    return {
+        k: v.to(model.device, dtype if v.is_floating_point() else v.dtype) if isinstance(v, torch.Tensor) else v
+        for k, v in inputs.items()
+    }
 
 
 def _expand(value, n: int):
@@ -103,16 +119,18 @@ def _expand(value, n: int):
     return value
 
 
-def load_segmenter(name_or_folder: str, device: str | torch.device | None = None,
-                   dtype: str | torch.dtype | None = None) -> Segmenter:  # fmt: skip
+def load_segmenter(
+    name_or_folder: str, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> Segmenter:
     """A :class:`Segmenter` for a SAM, SAM2 or SAM3 checkpoint (a local folder or a hub name)."""
     from transformers import Sam2Model, Sam3Model, Sam3Processor, SamModel
 
     kind = read_config(name_or_folder).model_type
     classes = {"sam": SamModel, "sam2": Sam2Model, "sam3": Sam3Model, "sam3_video": Sam3Model}
     if kind not in classes:
-        raise PretrainedError(f"{name_or_folder!r} is a {kind} model, not a segmenter; "
-                         f"segmenters: {', '.join(classes)}")  # fmt: skip
+        raise PretrainedError(
+            f"{name_or_folder!r} is a {kind} model, not a segmenter; segmenters: {', '.join(classes)}"
+        )
     device, dtype = resolve_device_dtype(device, dtype)
     processor_class = Sam3Processor if kind in CONCEPT else None  # a sam3_video folder's own is for video
     model, processor = load_parts(name_or_folder, classes[kind], device, dtype, processor_class)

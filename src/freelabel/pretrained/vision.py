@@ -87,8 +87,9 @@ def load_vision(name_or_folder: str | Path, config, device: torch.device, dtype:
     return HFBackbone(model, processor_view(name_or_folder, config), str(name_or_folder))
 
 
-def load_torchvision(name: str, device: torch.device, dtype: torch.dtype,
-                     weights: str | Path | None = None) -> TorchvisionClassifier:  # fmt: skip
+def load_torchvision(
+    name: str, device: torch.device, dtype: torch.dtype, weights: str | Path | None = None
+) -> TorchvisionClassifier:
     """torchvision model ``name`` with the state dict at ``weights`` (``None``: torchvision's default
     ImageNet weights, downloaded to or read from the torch hub cache)."""
     builder = getattr(torchvision.models, name, None)

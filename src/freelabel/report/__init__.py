@@ -60,8 +60,14 @@ def images(ds: Dataset, idx) -> np.ndarray:
     return np.stack([ds[int(i)][0].numpy() for i in idx.ravel()]).reshape(*idx.shape, *ds[0][0].shape)
 
 
-def sample_features(encoder: Encoder, train: Dataset, test: Dataset, train_images: int = 10_000, test_images: int = 2000,
-                    autocast: bool = False) -> Sample:  # fmt: skip
+def sample_features(
+    encoder: Encoder,
+    train: Dataset,
+    test: Dataset,
+    train_images: int = 10_000,
+    test_images: int = 2000,
+    autocast: bool = False,
+) -> Sample:
     """Embeddings of ``test_images`` test and ``train_images`` training images (seeded samples)."""
     from ..evaluate.knn import extract_features
 
@@ -97,8 +103,14 @@ def nearest(sample: Sample, queries: int = 12, k: int = 8) -> tuple[bytes, float
     top, idx = sim.topk(min(k, sim.shape[1]), dim=1)
     idx = idx.numpy()
     found_labels = sample.train_labels[idx]
-    picture = figures.neighbours(images(sample.test_set, picked), labels[picked], images(sample.train_set, idx),
-                                 found_labels, top.numpy(), sample.classes)  # fmt: skip
+    picture = figures.neighbours(
+        images(sample.test_set, picked),
+        labels[picked],
+        images(sample.train_set, idx),
+        found_labels,
+        top.numpy(),
+        sample.classes,
+    )
     return picture, float((found_labels == labels[picked, None]).mean() * 100)
 
 
@@ -125,7 +137,9 @@ def environment(precision: str | None = None, devices: int | None = None) -> dic
             env[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             env[name] = "not installed"
-    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), platform.processor()
+    )
     env["cpu"] = f"{cpu} ({torch.get_num_threads()} threads{', bf16 units' if cpu_has_bf16() else ''})"
     env["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     if precision:
@@ -181,8 +195,11 @@ def training_curves(run: Path, metrics: dict, data: str) -> bytes | None:
         if points:
             name = f"k-NN top-1 (%), k={k}"
             panels[name] = (np.array(sorted(points)), np.array([points[s] for s in sorted(points)]))
-            baselines[name] = {b.replace("_", " "): knn[b][f"top1_k{k}"] for b in ("random_init", "raw_pixels")
-                               if f"top1_k{k}" in knn.get(b, {})}  # fmt: skip
+            baselines[name] = {
+                b.replace("_", " "): knn[b][f"top1_k{k}"]
+                for b in ("random_init", "raw_pixels")
+                if f"top1_k{k}" in knn.get(b, {})
+            }
     steps = sorted(clock)
     return figures.curves(panels, (np.array(steps, float), np.array([clock[s] for s in steps])), baselines)
 
@@ -197,18 +214,35 @@ def metric_tables(metrics: dict) -> list[dict]:
         if section == "pretrain":
             rows = {"run": {k: v for k, v in values.items() if not isinstance(v, (list, dict))}}
             last = values.get("knn_curve", [{}])[-1]  # the last online k-NN
-            rows["run"] |= {f"online k-NN {k} (step {last['step']})": v for k, v in last.items() if k.startswith("top1")}
+            rows["run"] |= {
+                f"online k-NN {k} (step {last['step']})": v for k, v in last.items() if k.startswith("top1")
+            }
         else:
-            rows = {k: {c: x for c, x in v.items() if not isinstance(x, (list, dict))}
-                    for k, v in values.items() if isinstance(v, dict)}  # fmt: skip
+            rows = {
+                k: {c: x for c, x in v.items() if not isinstance(x, (list, dict))}
+                for k, v in values.items()
+                if isinstance(v, dict)
+            }
         note = {k: v for k, v in values.items() if not isinstance(v, (list, dict))} if section != "pretrain" else {}
         columns = list(dict.fromkeys(c for r in rows.values() for c in r))
         if section == "pretrain":  # one row, many columns: show it turned
-            tables.append({"name": section, "columns": ["value"], "note": note,
-                           "rows": [(k, [_fmt(v)]) for k, v in rows["run"].items()]})  # fmt: skip
+            tables.append(
+                {
+                    "name": section,
+                    "columns": ["value"],
+                    "note": note,
+                    "rows": [(k, [_fmt(v)]) for k, v in rows["run"].items()],
+                }
+            )
         elif rows:
-            tables.append({"name": section, "columns": columns, "note": note,
-                           "rows": [(name.replace("_", " "), [_fmt(r.get(c)) for c in columns]) for name, r in rows.items()]})  # fmt: skip
+            tables.append(
+                {
+                    "name": section,
+                    "columns": columns,
+                    "note": note,
+                    "rows": [(name.replace("_", " "), [_fmt(r.get(c)) for c in columns]) for name, r in rows.items()],
+                }
+            )
     return tables
 
 
@@ -236,7 +270,12 @@ def artefacts(run: Path, per_folder: int = 16) -> list[dict]:
             found.append({"title": f"{folder.name}/{shown}", "gallery": gallery})
     perms = run / "permutations.json"
     if perms.is_file():
-        found.append({"title": "permutations.json", "src": data_uri(figures.permutations(np.array(json.loads(perms.read_text()))))})
+        found.append(
+            {
+                "title": "permutations.json",
+                "src": data_uri(figures.permutations(np.array(json.loads(perms.read_text())))),
+            }
+        )
     return found
 
 
@@ -245,8 +284,9 @@ def _feature_sections(sample: Sample) -> dict:
     grid, agree = nearest(sample)
     spread = figures.spread(xy, 24)
     return {
-        "map": data_uri(figures.embedding_map(xy, sample.test_labels, spread, images(sample.test_set, spread),
-                                              sample.classes)),  # fmt: skip
+        "map": data_uri(
+            figures.embedding_map(xy, sample.test_labels, spread, images(sample.test_set, spread), sample.classes)
+        ),
         "map_images": len(sample.test),
         "neighbours": data_uri(grid),
         "neighbours_agree": agree,
@@ -257,8 +297,12 @@ def _feature_sections(sample: Sample) -> dict:
 def render(context: dict, template: str = "report.html.j2") -> str:
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("freelabel.report", "templates"), autoescape=True,
-                             trim_blocks=True, lstrip_blocks=True)  # fmt: skip
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("freelabel.report", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     return env.get_template(template).render(**context)
 
 
@@ -285,12 +329,23 @@ def make_report(run: str | Path, train_images: int = 10_000, test_images: int = 
     return _write(context, run / "report.html")
 
 
-def report_pretrained(model: str, data: str = "fashion-mnist", out: str | Path = "report", train_images: int = 10_000,
-                      test_images: int = 2000) -> Path:  # fmt: skip
+def report_pretrained(
+    model: str,
+    data: str = "fashion-mnist",
+    out: str | Path = "report",
+    train_images: int = 10_000,
+    test_images: int = 2000,
+) -> Path:
     """Write ``OUT/report.html`` for a pretrained model (hub name, local folder or ``torchvision:NAME``)
     on labelled ``data``: k-NN top-1 on the samples next to raw pixels, the map and the neighbours."""
-    context = {"title": f"{model} · {data}", "subtitle": "pretrained model", "environment": environment(),
-               "artefacts": [], "curves": None, "log_every": None}  # fmt: skip
+    context = {
+        "title": f"{model} · {data}",
+        "subtitle": "pretrained model",
+        "environment": environment(),
+        "artefacts": [],
+        "curves": None,
+        "log_every": None,
+    }
     context |= _features(model, data, train_images, test_images, knn=True)
     if context["features"] is None:
         raise DataError(context["features_note"])
@@ -306,12 +361,17 @@ def _features(spec: str, data: str, train_images: int, test_images: int, knn: bo
 
     encoder = load_encoder(spec)
     cfg = encoder.config
-    size, channels = (cfg.data.image_size or cfg.views.size, cfg.data.channels or 3) if cfg else (None if data in NAMED else encoder.view.size, 3)
+    size, channels = (
+        (cfg.data.image_size or cfg.views.size, cfg.data.channels or 3)
+        if cfg
+        else (None if data in NAMED else encoder.view.size, 3)
+    )
     context: dict = {"features": None, "features_note": None}
     if knn:
         view = encoder.view
-        context["config"] = json.dumps({"model": spec, "data": data, "view": {"size": view.size, "mean": view.mean,
-                                                                              "std": view.std}}, indent=2)  # fmt: skip
+        context["config"] = json.dumps(
+            {"model": spec, "data": data, "view": {"size": view.size, "mean": view.mean, "std": view.std}}, indent=2
+        )
     try:
         train, test = open_dataset(data, "train", size, channels), open_dataset(data, "test", size, channels)
     except DataError as e:  # the rest of a run's report needs no images
@@ -324,8 +384,13 @@ def _features(spec: str, data: str, train_images: int, test_images: int, knn: bo
     sample = sample_features(encoder, train, test, train_images, test_images, autocast)
     context["features"] = _feature_sections(sample)
     if knn:
-        scores = {"data": data, "train_images": len(sample.train), "test_images": len(sample.test),
-                  "pretrained": sample_knn(sample), "raw_pixels": sample_knn(sample, pixels=True)}  # fmt: skip
+        scores = {
+            "data": data,
+            "train_images": len(sample.train),
+            "test_images": len(sample.test),
+            "pretrained": sample_knn(sample),
+            "raw_pixels": sample_knn(sample, pixels=True),
+        }
         context["tables"] = metric_tables({"knn (sample)": scores})
     return context
 

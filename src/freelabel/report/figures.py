@@ -33,8 +33,11 @@ def _smooth(values: np.ndarray, weight: float = 0.9) -> np.ndarray:
     return out
 
 
-def curves(scalars: dict[str, tuple[np.ndarray, np.ndarray]], clock: tuple[np.ndarray, np.ndarray],
-           baselines: dict[str, dict[str, float]]) -> bytes:  # fmt: skip
+def curves(
+    scalars: dict[str, tuple[np.ndarray, np.ndarray]],
+    clock: tuple[np.ndarray, np.ndarray],
+    baselines: dict[str, dict[str, float]],
+) -> bytes:
     """One panel per scalar against the step (bottom axis) and training minutes (top axis; ``clock`` maps
     steps to minutes); ``baselines[panel]`` are dashed lines on that panel."""
     names = list(scalars)
@@ -60,8 +63,10 @@ def curves(scalars: dict[str, tuple[np.ndarray, np.ndarray]], clock: tuple[np.nd
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
-        top = ax.secondary_xaxis("top", functions=(lambda s: np.interp(s, steps_at, minutes_at),
-                                                   lambda m: np.interp(m, minutes_at, steps_at)))  # fmt: skip
+        top = ax.secondary_xaxis(
+            "top",
+            functions=(lambda s: np.interp(s, steps_at, minutes_at), lambda m: np.interp(m, minutes_at, steps_at)),
+        )
         top.set_xticks(_minute_ticks(steps_at, minutes_at))
         top.set_xlabel("training minutes", fontsize=8)
         top.tick_params(labelsize=8)
@@ -73,12 +78,16 @@ def _minute_ticks(steps_at: np.ndarray, minutes_at: np.ndarray, gap: float = 0.0
     kept: list[float] = []
     for m in MaxNLocator(6).tick_values(0, minutes_at[-1]):
         at = np.interp(m, minutes_at, steps_at) / steps_at[-1]
-        if 0 <= m <= minutes_at[-1] and (not kept or at - np.interp(kept[-1], minutes_at, steps_at) / steps_at[-1] >= gap):
+        if 0 <= m <= minutes_at[-1] and (
+            not kept or at - np.interp(kept[-1], minutes_at, steps_at) / steps_at[-1] >= gap
+        ):
             kept.append(float(m))
     return kept
 
 
-def embedding_map(xy: np.ndarray, labels: np.ndarray, shown: list[int], images: np.ndarray, classes: list[str]) -> bytes:
+def embedding_map(
+    xy: np.ndarray, labels: np.ndarray, shown: list[int], images: np.ndarray, classes: list[str]
+) -> bytes:
     """The 2-D map coloured by class, with the pictures ``images`` of the points ``shown``."""
     fig = Figure(figsize=(9, 7.5), layout="constrained")
     ax = fig.add_subplot()
@@ -108,8 +117,14 @@ def spread(xy: np.ndarray, n: int) -> list[int]:
     return chosen
 
 
-def neighbours(queries: np.ndarray, query_labels: np.ndarray, found: np.ndarray, found_labels: np.ndarray,
-               similarity: np.ndarray, classes: list[str]) -> bytes:  # fmt: skip
+def neighbours(
+    queries: np.ndarray,
+    query_labels: np.ndarray,
+    found: np.ndarray,
+    found_labels: np.ndarray,
+    similarity: np.ndarray,
+    classes: list[str],
+) -> bytes:
     """One row per query: the test image, then its nearest training images framed green when they share
     its class and red when not, with their cosine similarity."""
     rows, k = found.shape[:2]
@@ -167,5 +182,5 @@ def leaderboard_curves(runs: dict[str, list[tuple[float, float]]], raw_pixels: f
     ax.set_ylabel("k-NN top-1 (%), k=20")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return png(fig)

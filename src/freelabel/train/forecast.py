@@ -13,11 +13,18 @@ AFTER, OVER = 3, 10  # steps of warm-up, then the steps whose speed the forecast
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 120
+        else f"{seconds / 60:.1f} min"
+        if seconds < 7200
+        else f"{seconds / 3600:.1f} h"
+    )
 
 
-def forecast(images_per_s: float, images_per_step: int, budget: BudgetConfig, steps_left: int | None,
-             epoch_images: int) -> str:  # fmt: skip
+def forecast(
+    images_per_s: float, images_per_step: int, budget: BudgetConfig, steps_left: int | None, epoch_images: int
+) -> str:
     """What the measured speed means for the budget: the time a budget of steps or epochs takes, or
     the images and epochs a budget of minutes covers."""
     speed = f"expected speed {images_per_s:,.0f} images/s"
@@ -32,8 +39,9 @@ class Forecast:
     """Measures the training rate over steps ``AFTER`` to ``AFTER + OVER`` of this session (resumed
     or not) and logs :func:`forecast` once, where ``enabled`` (the first process)."""
 
-    def __init__(self, budget: BudgetConfig, total_steps: int | None, images_per_step: int, epoch_images: int,
-                 enabled: bool):  # fmt: skip
+    def __init__(
+        self, budget: BudgetConfig, total_steps: int | None, images_per_step: int, epoch_images: int, enabled: bool
+    ):
         self.budget, self.total_steps, self.images_per_step = budget, total_steps, images_per_step
         self.epoch_images, self.enabled = epoch_images, enabled
         self.steps, self.start = 0, (0.0, 0)

@@ -27,14 +27,27 @@ class Monitor:
     last report, to TensorBoard (``out/tb``), the bar and the log. Only an ``enabled`` process (the
     first) writes or shows anything. ``metrics`` holds the last report."""
 
-    def __init__(self, out: Path, run: Seen, log_every: int, enabled: bool,
-                 reduce: Callable[[torch.Tensor], torch.Tensor], forecast: Forecast | None = None):
+    def __init__(
+        self,
+        out: Path,
+        run: Seen,
+        log_every: int,
+        enabled: bool,
+        reduce: Callable[[torch.Tensor], torch.Tensor],
+        forecast: Forecast | None = None,
+    ):
         self.run, self.log_every, self.enabled, self.reduce = run, log_every, enabled, reduce
         self.forecast = forecast
         self.writer = _tensorboard(out, purge_step=run.step + 1) if enabled else None
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                            TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=Console(stderr=True),
-                            disable=not enabled)
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=Console(stderr=True),
+            disable=not enabled,
+        )
         self.task = self.bar.add_task("pretrain", total=1000, info="")
         self.metrics: dict[str, float] = {}
         self._window = (run.images_seen, run.train_seconds)  # where the rate's window starts

@@ -21,8 +21,16 @@ class OnlineKNN:
     already has, which are extended in place). Off where ``enabled`` is false (all processes but the
     first), without the option, or on data without labels."""
 
-    def __init__(self, cfg: RunConfig, backbone: torch.nn.Module, device: torch.device, precision: str,
-                 train_seconds: float, enabled: bool, curve: list[dict] | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        backbone: torch.nn.Module,
+        device: torch.device,
+        precision: str,
+        train_seconds: float,
+        enabled: bool,
+        curve: list[dict] | None = None,
+    ):
         self.cfg, self.backbone, self.device, self.precision = cfg, backbone, device, precision
         self.curve: list[dict] = [] if curve is None else curve
         self.interval = (cfg.eval_every_minutes or 0) * 60
@@ -42,8 +50,14 @@ class OnlineKNN:
 
     def __call__(self, run: Position) -> dict:
         """Evaluate now; the result joins ``curve``."""
-        acc = knn_eval(self.backbone, *self.data, self.cfg.views, self.device,
-                       autocast=self.precision.startswith("bf16"), workers=self.cfg.data.workers)
+        acc = knn_eval(
+            self.backbone,
+            *self.data,
+            self.cfg.views,
+            self.device,
+            autocast=self.precision.startswith("bf16"),
+            workers=self.cfg.data.workers,
+        )
         log.info("k-NN at %.1f min (step %d): %s", run.train_seconds / 60, run.step, acc)
         self.curve.append({"minutes": run.train_seconds / 60, "step": run.step, **acc})
         self.next += self.interval

@@ -44,8 +44,12 @@ def strategy(name: str, activation_checkpointing: bool) -> str | Strategy:
     if name == "ddp":
         return "auto"  # DDP on more than one device, nothing on one
     blocks = vit_blocks()
-    return FSDPStrategy(auto_wrap_policy=blocks, activation_checkpointing_policy=blocks if activation_checkpointing
-                        else None, state_dict_type="full", use_orig_params=True)  # fmt: skip
+    return FSDPStrategy(
+        auto_wrap_policy=blocks,
+        activation_checkpointing_policy=blocks if activation_checkpointing else None,
+        state_dict_type="full",
+        use_orig_params=True,
+    )
 
 
 def checkpoint_blocks(module: nn.Module) -> None:
@@ -57,7 +61,9 @@ def checkpoint_blocks(module: nn.Module) -> None:
     )
 
     blocks = tuple(vit_blocks())
-    apply_activation_checkpointing(module, checkpoint_wrapper_fn=checkpoint_wrapper, check_fn=lambda m: isinstance(m, blocks))
+    apply_activation_checkpointing(
+        module, checkpoint_wrapper_fn=checkpoint_wrapper, check_fn=lambda m: isinstance(m, blocks)
+    )
 
 
 def _wrapped(model: nn.Module) -> nn.Module:
@@ -98,5 +104,10 @@ def full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict, optim: dict) -> None:
     """Load what :func:`full_state` made into ``model`` and ``optimizer``, whatever their strategy now
     (every process passes the whole state; under FSDP each keeps its shard)."""
-    set_state_dict(_wrapped(model), _plain(optimizer), model_state_dict=weights, optim_state_dict=optim,
-                   options=StateDictOptions(full_state_dict=True))  # fmt: skip
+    set_state_dict(
+        _wrapped(model),
+        _plain(optimizer),
+        model_state_dict=weights,
+        optim_state_dict=optim,
+        options=StateDictOptions(full_state_dict=True),
+    )
