@@ -15,6 +15,8 @@ demo: setup
 	$(BIN)/freelabel eval knn runs/demo --baselines
 
 test: setup
+	$(BIN)/ruff format --check -q src tests benchmarks
+	$(BIN)/ruff check -q src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 bench: setup
