@@ -655,12 +655,15 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
     from .config import ConfigError, check_writable
 
-    check_writable(args.out)
-    text = [t.strip() for t in args.text.split(",") if t.strip()] if args.text else None
     if (args.out is None) == (args.coco is None):
         raise ConfigError(
             "give --out FOLDER (a JSON and an overlay per image) or --coco FILE (one COCO file), not both"
         )
+    if args.out:
+        check_writable(args.out)
+    else:
+        check_writable(args.coco, "--coco", folder=False)
+    text = [t.strip() for t in args.text.split(",") if t.strip()] if args.text else None
     if args.coco:
         if args.points or args.boxes:
             raise ConfigError(

@@ -1,0 +1,55 @@
+"""Which 1% of the labels to ask for: `freelabel curate --select N` (the image nearest each centre of an
+N-centre k-means over the run's embeddings) against a seeded random 1% per class, each fine-tuned from
+the same SSL run with the same budget, over 3 seeds; the mean and spread of test top-1.
+
+    freelabel pretrain simclr --data fashion-mnist --minutes 10 --out runs/simclr
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/select_vs_random.py runs/simclr --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+from pathlib import Path
+
+from freelabel.evaluate.finetune import finetune
+from freelabel.pipelines.curate import curate
+
+
+def cpu() -> str:
+    info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("Model name")), "?")
+    return f"{model}, {'avx512_bf16' if 'avx512_bf16' in info else 'no avx512_bf16'}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="an SSL run directory trained on --data")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--fraction", type=float, default=0.01)
+    p.add_argument("--train-size", type=int, default=60_000)
+    p.add_argument("--epochs", type=float, default=10)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", default="/tmp/select_vs_random")
+    args = p.parse_args()
+    out = Path(args.out)
+    n = round(args.fraction * args.train_size)
+    acc: dict[str, list[float]] = {"select": [], "random": []}
+    for seed in args.seeds:
+        chosen = out / f"select-{seed}.txt"
+        curate(args.data, args.run, chosen, n_select=n, threshold=1.0, seed=seed)  # no duplicate removal
+        for how, kw in (("select", {"subset_file": chosen}), ("random", {"labels": f"{100 * args.fraction:g}%"})):
+            r = finetune(args.run, args.data, epochs=args.epochs, seed=seed, out=out / f"{how}-{seed}", **kw)
+            acc[how].append(r["top1"])
+            print(f"seed {seed} {how}: {r['train_images']} labelled images, top-1 {r['top1']:.2f}", flush=True)
+    print(f"\nfine-tuning {args.run} on {n} labelled images of {args.data}, {args.epochs:g} epochs; CPU: {cpu()}")
+    print("| labels chosen by | top-1 (mean ± std over seeds " + ", ".join(map(str, args.seeds)) + ") |")
+    print("| --- | --- |")
+    for how, values in acc.items():
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"| {how} | {statistics.mean(values):.2f} ± {spread:.2f} ({', '.join(f'{v:.2f}' for v in values)}) |")
+
+
+if __name__ == "__main__":
+    main()
