@@ -129,6 +129,18 @@ def _output_replaced(module: nn.Module, change: Callable[[torch.Tensor], torch.T
         handle.remove()
 
 
+def vit_args(name: str, **overrides) -> dict:
+    """timm ``VisionTransformer`` arguments of a named ViT (``vit_tiny`` ...): 16-pixel patches, any image size."""
+    dim, depth, heads = VITS[name]
+    return {
+        "embed_dim": dim,
+        "depth": depth,
+        "num_heads": heads,
+        "patch_size": 16,
+        "dynamic_img_size": True,
+    } | overrides
+
+
 class TimmBackbone(nn.Module):
     """Any timm model, headless. A ViT's entry points run timm's public ``forward_features``; hiding
     patches changes the output of its ``patch_embed`` (mask token) or ``patch_drop`` (visible only)."""
@@ -138,15 +150,7 @@ class TimmBackbone(nn.Module):
         import timm
 
         if name in VITS:
-            dim, depth, heads = VITS[name]
-            kwargs = {
-                "embed_dim": dim,
-                "depth": depth,
-                "num_heads": heads,
-                "patch_size": 16,
-                "dynamic_img_size": True,
-                **kwargs,
-            }
+            kwargs = vit_args(name, **kwargs)
             self.model = timm.models.vision_transformer.VisionTransformer(
                 img_size=image_size, in_chans=in_chans, num_classes=0, **kwargs
             )

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .backbones import TORCHVISION_RESNETS, VITS, ConvBackbone, TimmBackbone
+from .backbones import TORCHVISION_RESNETS, VITS, ConvBackbone, TimmBackbone, vit_args
 from .config import RunConfig
 from .encoder import is_run, load_encoder
 from .errors import RunError
@@ -388,16 +388,7 @@ def _timm_call(backbone: TimmBackbone, cfg: RunConfig, file: Path) -> tuple[str,
             kwargs["arch"] = name
         name = "freelabel_convnet" if name == "convnet" else "freelabel_resnet"
     elif name in VITS:
-        dim, depth, heads = VITS[name]
-        kwargs = {
-            "embed_dim": dim,
-            "depth": depth,
-            "num_heads": heads,
-            "patch_size": 16,
-            "dynamic_img_size": True,
-            **cfg.backbone.args,
-            "img_size": size,
-        }
+        kwargs = vit_args(name, **cfg.backbone.args, img_size=size)
         name = f"{name}_patch16_224"
     else:
         kwargs = {**({"img_size": size} if "vit" in name or "deit" in name else {}), **cfg.backbone.args}
