@@ -3,7 +3,7 @@ N-centre k-means over the run's embeddings) against a seeded random 1% per class
 the same SSL run with the same budget, over 3 seeds; the mean and spread of test top-1.
 
     freelabel pretrain simclr --data fashion-mnist --minutes 10 --out runs/simclr
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/select_vs_random.py runs/simclr --epochs 10
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/select_vs_random.py runs/simclr
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ def main() -> None:
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--fraction", type=float, default=0.01)
     p.add_argument("--train-size", type=int, default=60_000)
-    p.add_argument("--epochs", type=float, default=10)
+    p.add_argument(
+        "--epochs", type=float, help="fine-tuning epochs (default: fine-tuning's own, 10 and at least 500 steps)"
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default="/tmp/select_vs_random")
     args = p.parse_args()
@@ -43,7 +45,8 @@ def main() -> None:
             r = finetune(args.run, args.data, epochs=args.epochs, seed=seed, out=out / f"{how}-{seed}", **kw)
             acc[how].append(r["top1"])
             print(f"seed {seed} {how}: {r['train_images']} labelled images, top-1 {r['top1']:.2f}", flush=True)
-    print(f"\nfine-tuning {args.run} on {n} labelled images of {args.data}, {args.epochs:g} epochs; CPU: {cpu()}")
+    budget = f"{args.epochs:g} epochs" if args.epochs else "fine-tuning's default budget"
+    print(f"\nfine-tuning {args.run} on {n} labelled images of {args.data}, {budget}; CPU: {cpu()}")
     print("| labels chosen by | top-1 (mean ± std over seeds " + ", ".join(map(str, args.seeds)) + ") |")
     print("| --- | --- |")
     for how, values in acc.items():
