@@ -260,7 +260,8 @@ def finetune(
     model = load_model(spec, trained=init == "trained")
     data = data or model.data
     train_ds, test_ds = open_split(model, data, "train"), open_split(model, data, "test")
-    train_labels, _ = labels_of(train_ds), labels_of(test_ds)
+    train_labels = labels_of(train_ds)
+    labels_of(test_ds)  # an unlabelled test split fails now, not after training
     idx = read_subset(subset_file, train_ds) if subset_file else choose_subset(train_labels, labels, seed)
     names = item_names(train_ds)
     n_classes = int(train_labels.max()) + 1
