@@ -54,6 +54,19 @@ def test_a_box_that_cannot_fit_falls_back_to_the_centre_at_an_allowed_aspect():
     assert (w, h) == pytest.approx((400 / 3, 100)) and left == pytest.approx((1000 - w) / 2) and top == 0
 
 
+@pytest.mark.parametrize("scale", [(0.08, 1.0), (0.5, 1.0), (1.0, 1.0)])
+def test_every_box_lies_inside_its_image_whatever_the_size(scale):
+    """Odd sizes whose own aspect is allowed once made the centre fallback a hair taller than the image
+    (``width / (width / height)`` rounds above ``height``), which Pillow refuses mid-run."""
+    g = torch.Generator().manual_seed(0)
+    for width in range(1, 400, 3):
+        for height in range(1, 400, 7):
+            left, top, w, h = crop_box(g, width, height, scale, (3 / 4, 4 / 3))
+            assert 0 <= left and 0 <= top and left + w <= width and top + h <= height, (width, height)
+    box = crop_box(g, 25, 29, (1.0, 1.0), (3 / 4, 4 / 3))  # 25 / (25 / 29) > 29 in floating point
+    assert box[1] == 0 and resized_crop(Image.new("L", (25, 29)), box, 8).shape == (1, 8, 8)
+
+
 def test_shrinking_crops_are_antialiased():
     stripes = np.zeros((512, 512), np.uint8)
     stripes[:, ::2] = 255  # one-pixel stripes: their mean, not an alias, must survive shrinking

@@ -1,5 +1,7 @@
+import io
 import json
 
+import numpy as np
 import pytest
 import skimage.data
 import torch
@@ -13,7 +15,15 @@ from freelabel.data.registry import open_dataset
 from freelabel.errors import DataError
 from freelabel.methods import METHODS
 from freelabel.pipelines import ann
-from freelabel.pipelines.curate import balance, curate, duplicate_groups, select
+from freelabel.pipelines.curate import (
+    aligned_correlation,
+    balance,
+    curate,
+    duplicate_groups,
+    pixel_similarity,
+    select,
+    thumbnails,
+)
 from freelabel.pipelines.search import SearchError, build_index
 from freelabel.run import save_backbone, save_config
 
@@ -29,9 +39,9 @@ def test_near_duplicates_are_grouped_behind_their_first_row(monkeypatch, graph):
     x = spread(60)
     x[[50, 51, 52, 55]] = F.normalize(x[[3, 7, 3, 20]] + 0.03 * spread(4, seed=1), dim=1)  # copies, lightly changed
     groups = duplicate_groups(x, 0.95)
-    assert sorted([i for i, _ in g] for g in groups) == [[3, 50, 52], [7, 51], [20, 55]]
+    assert sorted([i for i, *_ in g] for g in groups) == [[3, 50, 52], [7, 51], [20, 55]]
     for g in groups:
-        assert g[0][1] == pytest.approx(1) and all(0.95 <= s < 1 for _, s in g[1:])
+        assert g[0][1] == pytest.approx(1) and all(0.95 <= s < 1 and px is None for _, s, px in g[1:])
     assert duplicate_groups(x, 0.9999) == []
 
 
@@ -40,7 +50,65 @@ def test_similar_images_do_not_chain_into_one_group():
     chain = F.normalize(torch.stack([a, a + 0.35 * b, a + 0.75 * b]), dim=1)  # each close to the next only
     sims = chain @ chain.T
     assert sims[0, 1] > 0.9 and sims[1, 2] > 0.9 and sims[0, 2] < 0.9
-    assert [[i for i, _ in g] for g in duplicate_groups(chain, 0.9)] == [[0, 1]]  # 2 stays: far from 0, 1 is gone
+    assert [[i for i, *_ in g] for g in duplicate_groups(chain, 0.9)] == [[0, 1]]  # 2 stays: far from 0, 1 is gone
+
+
+def photo(name: str) -> Image.Image:
+    return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+
+
+def altered(img: Image.Image, seed: int, crop: float = 0.0) -> Image.Image:
+    """A near-duplicate as the web makes them: shrunk, brighter, noisy, saved as a JPEG; optionally cropped."""
+    g = np.random.default_rng(seed)
+    w, h = img.size
+    img = img.crop((int(crop * w), int(crop * h), w, h)).resize((int(0.6 * w), int(0.6 * h)))
+    x = np.asarray(img, dtype=np.float32) * 1.1 + g.normal(0, 4, (img.height, img.width, 3))
+    out = io.BytesIO()
+    Image.fromarray(x.clip(0, 255).astype(np.uint8)).save(out, "JPEG", quality=70)
+    return Image.open(out)
+
+
+def test_thumbnail_correlation_tells_a_copy_from_another_picture(tmp_path):
+    names = ["coffee", "chelsea", "rocket", "camera"]
+    for n in names:
+        photo(n).save(tmp_path / f"{n}.png")
+        altered(photo(n), len(n)).save(tmp_path / f"{n}-copy.jpg")
+        altered(photo(n), len(n), crop=0.03).save(tmp_path / f"{n}-cropped.jpg")
+    Image.new("L", (50, 40), 200).save(tmp_path / "blank.png")
+    Image.new("L", (80, 60), 201).save(tmp_path / "blank-copy.png")
+    Image.new("L", (80, 60), 90).save(tmp_path / "dark.png")
+    files = [f"{n}{end}" for end in (".png", "-copy.jpg", "-cropped.jpg") for n in names]
+    t = thumbnails([str(tmp_path / f) for f in [*files, "blank.png", "blank-copy.png", "dark.png", "gone.png"]])
+
+    def against_originals(first: int) -> torch.Tensor:  # [copy, original]
+        return torch.stack([aligned_correlation(t[:4], t[first + i].expand(4, -1, -1)) for i in range(4)])
+
+    copies, cropped = against_originals(4), against_originals(8)
+    assert (copies.diagonal() >= 0.99).all()  # the default threshold keeps none of these copies
+    assert (cropped.diagonal() > 0.85).all()  # a 3% crop shifts and scales: found at a lower threshold
+    others = ~torch.eye(4, dtype=torch.bool)
+    assert (copies[others] < 0.5).all() and (cropped[others] < 0.5).all()  # unrelated photos
+    assert aligned_correlation(t[12:13], t[13:14]) > 0.99 and aligned_correlation(t[12:13], t[14:15]) < 0.6  # blank
+    assert aligned_correlation(t[12:13], t[:1]) == 0 and t[15].isnan().all()  # blank against a photo; a lost file
+
+
+def test_pixels_overrule_embeddings_that_call_siblings_copies(tmp_path):
+    """Forty Fashion-MNIST shirts and a shifted, darker, noisy copy of one, all close in the embedding (as
+    garments of one cut are in a trained one): the embeddings alone drop siblings; the thumbnails keep
+    them and drop the copy only."""
+    ds = sources.fashion_mnist("test")
+    shirts = (ds.labels == 0).nonzero()[:40, 0]
+    files = [tmp_path / f"{i:02d}.png" for i in range(40)] + [tmp_path / "99-copy.png"]
+    for f, j in zip(files, shirts.tolist()):
+        Image.fromarray(ds.images[j, 0].numpy()).save(f)
+    copy = torch.roll(ds.images[shirts[5], 0].float(), (1, -2), (0, 1)) * 0.9
+    copy += 6 * torch.randn(copy.shape, generator=torch.Generator().manual_seed(0))
+    Image.fromarray(copy.clamp(0, 255).to(torch.uint8).numpy()).save(files[-1])
+    x = F.normalize(spread(1).expand(41, -1) + 0.1 * spread(41, seed=4), dim=1)  # all within cosine ~0.99
+    x[40] = F.normalize(x[5] + 0.01 * spread(1, seed=5)[0], dim=0)  # and the copy nearest its original
+    assert len({i for g in duplicate_groups(x, 0.9) for i, *_ in g[1:]}) > 10
+    (group,) = duplicate_groups(x, 0.9, pixel_similarity([str(f) for f in files]))
+    assert [i for i, *_ in group] == [5, 40] and group[1][2] >= 0.99
 
 
 def test_balance_caps_clusters_and_select_takes_one_per_mode():
@@ -94,7 +162,7 @@ def test_curate_an_embedded_set_into_a_list_that_data_accepts(run, small_fmnist,
         report == r
         and {
             "kept": "fashion-mnist/train/000000",
-            "dropped": [{"image": "fashion-mnist/train/000290", "similarity": 1.0}],
+            "dropped": [{"image": "fashion-mnist/train/000290", "similarity": 1.0, "pixels": 1.0}],
         }
         in r["duplicates"]["examples"]
     )

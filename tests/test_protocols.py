@@ -9,14 +9,14 @@ import torch
 from PIL import Image
 
 from freelabel.cli import main
-from freelabel.config import RunConfig
+from freelabel.config import RunConfig, parse_labels
 from freelabel.data.composed import THRESHOLD, compose
 from freelabel.data.views import ViewConfig
 from freelabel.errors import ConfigError, DataError
 from freelabel.evaluate.attention import attention_maps, cls_attention, evaluate_attention, jaccard, mass_mask
 from freelabel.evaluate.common import Model
 from freelabel.evaluate.dense import evaluate_dense, fit_dense
-from freelabel.evaluate.finetune import SUBSET_FILE, choose_subset, finetune, parse_labels, read_subset
+from freelabel.evaluate.finetune import SUBSET_FILE, choose_subset, finetune, read_subset
 from freelabel.evaluate.linear import fit_linear
 
 LEVELS = (40, 100, 160, 220)  # class c: an image of mean intensity LEVELS[c], a linear function of the pixels

@@ -257,6 +257,12 @@ def test_compare_two_methods_then_resume(tmp_path, fmnist_folder, capsys, browse
         for n in ("simclr-fashion-mnist", "rotation-fashion-mnist")
     }
     assert (out / "leaderboard.csv").is_file()
+    assert main([*args, "--finetune", "5"]) == 1  # the finished runs are fine-tuned (5 labels a class), not retrained
+    assert stamps == {n: (out / n / "backbone.safetensors").stat().st_mtime_ns for n in stamps}
+    tuned = {r["name"]: r for r in csv.DictReader((out / "leaderboard.csv").open())}
+    assert all(10 < float(tuned[n]["finetune_top1"]) <= 100 for n in stamps)
+    assert "| fine-tuned (5 labels) |" in (out / "leaderboard.md").read_text()
+    assert main([*args, "--finetune", "0%"]) == 2 and "a percentage in (0, 100]" in capsys.readouterr().err
     assert main([*args, "--seed", "1"]) == 2  # a run of the same folder with another seed would not compare
     assert "another seed" in capsys.readouterr().err
 

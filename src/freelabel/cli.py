@@ -54,6 +54,18 @@ def _number(kind: type, low: float, *, strict: bool = True, high: float | None =
 POSITIVE_INT, POSITIVE, FRACTION = _number(int, 0), _number(float, 0), _number(float, 0, strict=False, high=1)
 
 
+def _labels(text: str) -> str:
+    """An argparse type: labels to fine-tune on (:func:`freelabel.config.parse_labels`), kept as written."""
+    from .config import parse_labels
+    from .errors import ConfigError
+
+    try:
+        parse_labels(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--labels takes ")) from None
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="freelabel",
@@ -209,7 +221,17 @@ def _parser() -> argparse.ArgumentParser:
     cu.add_argument("--out", required=True, help="file list to write (.txt), with the report beside it (.json)")
     cu.add_argument("--split", default="train", help="split of an embedded data set (default: train)")
     cu.add_argument(
-        "--threshold", type=FRACTION, default=0.95, help="cosine similarity from which images are near-duplicates"
+        "--threshold",
+        type=FRACTION,
+        default=0.7,
+        help="cosine similarity of the embeddings from which two images are candidate near-duplicates (default 0.7)",
+    )
+    cu.add_argument(
+        "--pixel-threshold",
+        type=FRACTION,
+        default=0.99,
+        help="correlation of their grey thumbnails, at the best shift of up to 3 of 32 pixels, that confirms a "
+        "candidate pair (default 0.99; 0: the embeddings decide alone)",
     )
     cu.add_argument(
         "--clusters",
@@ -293,7 +315,7 @@ def _parser() -> argparse.ArgumentParser:
         "compare",
         help="train several methods at the same budget and write a leaderboard",
         description="Train each METHOD (with its recipe for the data, or METHOD:RECIPE) at the same "
-        "budget, seed and data order, one after another, score each with k-NN, and write OUT/leaderboard"
+        "budget, seed and data order, one after another, score each with k-NN and the linear probe (and fine-tuning with --finetune), and write OUT/leaderboard"
         ".md, .csv and .html. Run it again to continue: finished methods are not run again.",
     )
     cp.add_argument("methods", nargs="+", metavar="METHOD[:RECIPE]", help="or `all`: every recipe made for --data")
@@ -307,6 +329,12 @@ def _parser() -> argparse.ArgumentParser:
         "--eval-every", type=float, metavar="MINUTES", help="online k-NN interval (default: a fifth of --minutes)"
     )
     cp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every recipe")
+    cp.add_argument(
+        "--finetune",
+        metavar="LABELS",
+        type=_labels,
+        help="also fine-tune each run on LABELS of the training labels (1%%, 10%%, 100%% or a number per class)",
+    )
     cp.add_argument("--out", required=True, help="folder for the runs and the leaderboard")
 
     sub.add_parser("methods", help="list the methods")
@@ -346,7 +374,9 @@ def _protocol_parsers(evsub) -> None:
             help="also score the random-init backbone" + (" and raw pixels" if p is lin else ""),
         )
     lin.add_argument("--epochs", type=POSITIVE_INT, default=25, help="epochs of the linear heads")
-    ft.add_argument("--labels", default="100%", help="1%%, 10%%, 100%% of each class, or N images per class")
+    ft.add_argument(
+        "--labels", default="100%", type=_labels, help="1%%, 10%%, 100%% of each class, or N images per class"
+    )
     ft.add_argument(
         "--subset", metavar="FILE", help="train on the images this file lists (one path or row number per line)"
     )
@@ -614,6 +644,7 @@ def cmd_curate(args: argparse.Namespace) -> None:
         args.out,
         split=args.split,
         threshold=args.threshold,
+        pixel_threshold=args.pixel_threshold or None,
         clusters=args.clusters,
         per_cluster=args.per_cluster,
         n_select=args.select,
@@ -622,14 +653,19 @@ def cmd_curate(args: argparse.Namespace) -> None:
     )
     d = r["duplicates"]
     print(
-        f"{r['images']} images: {d['dropped']} near-duplicates dropped ({d['groups']} groups at cosine >= {d['threshold']})"
+        f"{r['images']} images: {d['dropped']} near-duplicates dropped ({d['groups']} groups at cosine >= {d['threshold']}"
+        + (f" and pixel correlation >= {d['pixel_threshold']})" if d["pixel_threshold"] else ")")
         + (f", {r['balance']['dropped']} by balancing {r['balance']['clusters']} clusters" if "balance" in r else "")
         + (f", {r['select']['n']} selected" if "select" in r else "")
     )
     for g in d["examples"][:3]:
         print(
             f"  kept {g['kept']}, dropped "
-            + ", ".join(f"{x['image']} ({x['similarity']:.3f})" for x in g["dropped"][:3])
+            + ", ".join(
+                f"{x['image']} (cosine {x['similarity']:.3f}"
+                + (f", pixels {x['pixels']:.3f})" if x["pixels"] is not None else ")")
+                for x in g["dropped"][:3]
+            )
         )
     print(f"wrote {r['kept']} images to {r['list']} (report: {Path(r['list']).with_suffix('.json')})")
 
@@ -739,6 +775,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.seed,
         args.eval_every,
         dict(parse_override(s) for s in args.set),
+        args.finetune,
     )
     print((Path(args.out) / "leaderboard.md").read_text(), end="")
     failed = [r["name"] for r in rows if r["status"] != "done"]

@@ -29,6 +29,7 @@ LABELS = {
     "knn_top1_k200": "k-NN k=200",
     "random_init_k20": "random init k=20",
     "linear_top1": "linear",
+    "finetune_top1": "fine-tuned",
     "train_minutes": "minutes",
     "images_per_s": "images/s",
     "peak_memory_mb": "peak MB",
@@ -44,6 +45,7 @@ COLUMNS = [
     "knn_top1_k200",
     "random_init_k20",
     "linear_top1",
+    "finetune_top1",
     "steps",
     "epochs",
     "train_minutes",
@@ -122,19 +124,27 @@ def _check_existing(entry: Entry, run: Path) -> None:
         raise ConfigError(f"{run} holds {old.method} on {old.data.name}; choose another --out")
 
 
-def finished(run: Path) -> bool:
+def _finetune_key(labels: str, seed: int) -> str:
+    return f"{labels}/trained/seed{seed}"  # as freelabel.evaluate.finetune records it
+
+
+def finished(run: Path, finetune: str | None = None) -> bool:
     m = read_metrics(run)
-    return all(k in m for k in ("resources", "knn", "linear")) and (run / "report.html").is_file()
+    if not (all(k in m for k in ("resources", "knn", "linear")) and (run / "report.html").is_file()):
+        return False
+    return finetune is None or _finetune_key(finetune, load_config(run).seed) in m.get("finetune", {})
 
 
-def run_one(cfg: RunConfig, run: Path) -> None:
-    """Train (or continue), record peak memory, score with k-NN (next to random init and raw pixels) and
-    the linear probe, write the report. Each stage is skipped when its result is already in the run folder."""
+def run_one(cfg: RunConfig, run: Path, finetune: str | None = None) -> None:
+    """Train (or continue), record peak memory, score with k-NN (next to random init and raw pixels), the
+    linear probe and, given ``finetune`` (labels: ``1%``, ``10%``, a number per class), fine-tuning at its
+    default budget; write the report. Each stage is skipped when its result is already in the run folder."""
     import shutil
 
     import torch
 
     from .engine import pretrain
+    from .evaluate.finetune import finetune as fine_tune
     from .evaluate.knn import evaluate_knn
     from .evaluate.linear import evaluate_linear
     from .report import make_report
@@ -155,6 +165,8 @@ def run_one(cfg: RunConfig, run: Path) -> None:
         evaluate_knn(run, baselines=True)
     if "linear" not in metrics:
         evaluate_linear(run)
+    if finetune is not None and _finetune_key(finetune, cfg.seed) not in metrics.get("finetune", {}):
+        fine_tune(run, labels=finetune, seed=cfg.seed)
     make_report(run)
 
 
@@ -169,11 +181,11 @@ def peak_rss_mb() -> float:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
-def _child(cfg: RunConfig, run: str) -> None:
+def _child(cfg: RunConfig, run: str, finetune: str | None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")  # a fresh process: as the CLI logs
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     try:
-        run_one(cfg, Path(run))
+        run_one(cfg, Path(run), finetune)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:  # the comparison goes on with the next method; this one is retried next time
@@ -193,9 +205,11 @@ def compare(
     seed: int = 0,
     eval_every: float | None = None,
     overrides: dict[str, Any] | None = None,
+    finetune: str | None = None,
 ) -> list[dict]:
     """Run every method of ``specs`` in turn into ``OUT/NAME`` and write the leaderboard; return its rows.
-    With a minutes budget the online k-NN runs every fifth of it unless ``eval_every`` says otherwise."""
+    With a minutes budget the online k-NN runs every fifth of it unless ``eval_every`` says otherwise.
+    ``finetune`` (labels, e.g. ``10%``) also fine-tunes each run on that share of the labels."""
     if sum(x is not None for x in (minutes, steps, epochs)) != 1:
         raise ConfigError("give exactly one budget: --minutes, --steps or --epochs")
     if eval_every is None and minutes:
@@ -208,12 +222,12 @@ def compare(
     spawn = multiprocessing.get_context("spawn")
     for i, entry in enumerate(entries, 1):
         run = out / entry.name
-        if finished(run):
+        if finished(run, finetune):
             log.info("[%d/%d] %s: finished earlier, not run again", i, len(entries), entry.name)
             continue
         log.info("[%d/%d] %s (recipe %s) into %s", i, len(entries), entry.name, entry.cfg.recipe, run)
         started = time.perf_counter()
-        child = spawn.Process(target=_child, args=(entry.cfg, str(run)))
+        child = spawn.Process(target=_child, args=(entry.cfg, str(run), finetune))
         child.start()
         try:
             child.join()
@@ -228,15 +242,15 @@ def compare(
             "done" if child.exitcode == 0 else f"failed (exit {child.exitcode})",
             (time.perf_counter() - started) / 60,
         )
-    rows = leaderboard_rows(out, entries)
-    write_leaderboard(out, rows, entries)
+    rows = leaderboard_rows(out, entries, finetune)
+    write_leaderboard(out, rows, entries, finetune)
     return rows
 
 
-def _row(run: Path, entry: Entry) -> dict:
+def _row(run: Path, entry: Entry, finetune: str | None = None) -> dict:
     m = read_metrics(run)
     p, knn, res = m.get("pretrain", {}), m.get("knn", {}), m.get("resources", {})
-    done = finished(run)
+    done = finished(run, finetune)
     failed = None if done else m.get("compare", {}).get("failed")  # a retry that succeeded clears it
     cfg = entry.cfg
     return {
@@ -248,6 +262,9 @@ def _row(run: Path, entry: Entry) -> dict:
         "knn_top1_k200": knn.get("trained", {}).get("top1_k200"),
         "random_init_k20": knn.get("random_init", {}).get("top1_k20"),
         "linear_top1": m.get("linear", {}).get("trained", {}).get("top1"),
+        "finetune_top1": m.get("finetune", {}).get(_finetune_key(finetune, cfg.seed), {}).get("top1")
+        if finetune
+        else None,
         "steps": p.get("steps"),
         "epochs": p.get("epochs"),
         "train_minutes": p.get("train_minutes"),
@@ -259,9 +276,9 @@ def _row(run: Path, entry: Entry) -> dict:
     }
 
 
-def leaderboard_rows(out: Path, entries: list[Entry]) -> list[dict]:
+def leaderboard_rows(out: Path, entries: list[Entry], finetune: str | None = None) -> list[dict]:
     """One row per method, best k-NN first."""
-    rows = [_row(out / e.name, e) for e in entries]
+    rows = [_row(out / e.name, e, finetune) for e in entries]
     rows.sort(key=lambda r: -(r["knn_top1_k20"] if r["knn_top1_k20"] is not None else -1))
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
@@ -274,7 +291,7 @@ def _cell(v: Any, digits: int = 2) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def write_leaderboard(out: Path, rows: list[dict], entries: list[Entry]) -> None:
+def write_leaderboard(out: Path, rows: list[dict], entries: list[Entry], finetune: str | None = None) -> None:
     """``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.html`` (all curves on one plot, links
     to each run's report)."""
     from .report import data_uri, environment, render
@@ -298,8 +315,8 @@ def write_leaderboard(out: Path, rows: list[dict], entries: list[Entry]) -> None
         None,
     )
 
-    shown = [c for c in COLUMNS if c not in ("method", "error")]
-    heads = [LABELS.get(c, c) for c in shown]
+    shown = [c for c in COLUMNS if c not in ("method", "error") and (c != "finetune_top1" or finetune)]
+    heads = [LABELS.get(c, c) + (f" ({finetune} labels)" if c == "finetune_top1" else "") for c in shown]
     errors = [f"{r['name']} failed: {r['error']}" for r in rows if r["error"]]
     md = [f"# Leaderboard: {setting}", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(shown)]
     md += ["| " + " | ".join(_cell(r[c]) for c in shown) + " |" for r in rows]

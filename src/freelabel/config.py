@@ -451,3 +451,18 @@ def check_hardware(cfg: RunConfig) -> None:
             raise ConfigError(f"--devices {cfg.devices} asks for more GPUs than the {torch.cuda.device_count()} here")
     if cfg.accelerator == "mps" and not (torch.backends.mps.is_available()):
         raise ConfigError("--accelerator mps needs an Apple GPU and this machine has none; use cpu or auto")
+
+
+def parse_labels(spec: str) -> float | int:
+    """``"1%"`` -> 0.01 (a fraction of each class), ``"25"`` -> 25 (images per class)."""
+    text = str(spec).strip()
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else int(text)
+    except ValueError:
+        value = -1
+    if (isinstance(value, float) and not 0 < value <= 1) or (isinstance(value, int) and value < 1):
+        raise ConfigError(
+            f"--labels takes a percentage in (0, 100] such as 1% or 10%, or a number of images per "
+            f"class such as 10; got {spec!r}"
+        )
+    return value

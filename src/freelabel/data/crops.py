@@ -60,8 +60,8 @@ def crop_box(
         if w <= width and h <= height:
             return x * (width - w), y * (height - h), w, h
     aspect = min(max(width / height, ratio[0]), ratio[1])  # the largest centred box of an allowed aspect
-    w, h = (width, width / aspect) if width / height <= aspect else (height * aspect, height)
-    return (width - w) / 2, (height - h) / 2, w, h
+    w, h = (width, min(height, width / aspect)) if width / height <= aspect else (min(width, height * aspect), height)
+    return (width - w) / 2, (height - h) / 2, w, h  # min(): width / (width / height) can round above height
 
 
 def resized_crop(img: Image.Image, box: tuple[float, float, float, float], size: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
+from ..config import parse_labels
 from ..data.sources import TensorImages
 from ..data.views import ViewConfig, Views
 from ..errors import ConfigError, DataError
@@ -39,21 +40,6 @@ from .common import (
 
 log = logging.getLogger("freelabel")
 SUBSET_FILE = "labels-subset.txt"
-
-
-def parse_labels(spec: str) -> float | int:
-    """``"1%"`` -> 0.01 (a fraction of each class), ``"25"`` -> 25 (images per class)."""
-    text = str(spec).strip()
-    try:
-        value = float(text[:-1]) / 100 if text.endswith("%") else int(text)
-    except ValueError:
-        value = -1
-    if (isinstance(value, float) and not 0 < value <= 1) or (isinstance(value, int) and value < 1):
-        raise ConfigError(
-            f"--labels takes a percentage in (0, 100] such as 1% or 10%, or a number of images per "
-            f"class such as 10; got {spec!r}"
-        )
-    return value
 
 
 def choose_subset(labels: torch.Tensor, spec: str, seed: int = 0) -> torch.Tensor:
