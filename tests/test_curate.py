@@ -92,6 +92,20 @@ def test_thumbnail_correlation_tells_a_copy_from_another_picture(tmp_path):
     assert aligned_correlation(t[12:13], t[:1]) == 0 and t[15].isnan().all()  # blank against a photo; a lost file
 
 
+def test_each_pair_is_compared_at_its_smaller_image_size(tmp_path):
+    """A 1-pixel image in a folder of photos is compared at 8 pixels with its partners only; the photos
+    keep their 32-pixel thumbnails."""
+    photo("coffee").save(tmp_path / "coffee.png")
+    altered(photo("coffee"), 0).save(tmp_path / "coffee-copy.jpg")
+    photo("rocket").save(tmp_path / "rocket.png")
+    Image.new("L", (1, 1), 255).save(tmp_path / "dot.png")
+    Image.new("L", (2, 2), 50).save(tmp_path / "dot2.png")
+    files = [str(tmp_path / f) for f in ("coffee.png", "coffee-copy.jpg", "rocket.png", "dot.png", "dot2.png")]
+    sims = pixel_similarity(files)(np.array([1, 2, 3, 4, 4]), np.array([0, 0, 0, 3, 4]))
+    assert sims[0] >= 0.99 and sims[1] < 0.5 and sims[2] == 0  # copy; another photo; a flat dot against a photo
+    assert sims[3] < 0.5 and sims[4] == pytest.approx(1)  # white against grey; an image against itself
+
+
 def test_pixels_overrule_embeddings_that_call_siblings_copies(tmp_path):
     """Forty Fashion-MNIST shirts and a shifted, darker, noisy copy of one, all close in the embedding (as
     garments of one cut are in a trained one): the embeddings alone drop siblings; the thumbnails keep

@@ -67,7 +67,8 @@ def crop_box(
 def resized_crop(img: Image.Image, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
     """The ``box`` of ``img`` resampled to ``uint8 [C, size, size]`` (bilinear, antialiased when shrinking)."""
     left, top, w, h = box
-    out = img.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h), reducing_gap=3.0)
+    edges = (max(0.0, left), max(0.0, top), min(img.width, left + w), min(img.height, top + h))  # float rounding
+    out = img.resize((size, size), Image.BILINEAR, box=edges, reducing_gap=3.0)
     arr = np.asarray(out, dtype=np.uint8)
     arr = arr[:, :, None] if arr.ndim == 2 else arr
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
