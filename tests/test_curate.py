@@ -104,6 +104,9 @@ def test_each_pair_is_compared_at_its_smaller_image_size(tmp_path):
     sims = pixel_similarity(files)(np.array([1, 2, 3, 4, 4]), np.array([0, 0, 0, 3, 4]))
     assert sims[0] >= 0.99 and sims[1] < 0.5 and sims[2] == 0  # copy; another photo; a flat dot against a photo
     assert sims[3] < 0.5 and sims[4] == pytest.approx(1)  # white against grey; an image against itself
+    at_32 = thumbnails(files[:2])  # the photos' pair is compared at 32 px whatever else is in the folder
+    assert sims[0] == pytest.approx(float(aligned_correlation(at_32[1:], at_32[:1])), abs=1e-6)
+    assert sims[0] != pytest.approx(float(aligned_correlation(*thumbnails(files[:2], 8)[:, None], 1)), abs=1e-4)
 
 
 def test_pixels_overrule_embeddings_that_call_siblings_copies(tmp_path):

@@ -125,7 +125,9 @@ def _check_existing(entry: Entry, run: Path) -> None:
 
 
 def _finetune_key(labels: str, seed: int) -> str:
-    return f"{labels}/trained/seed{seed}"  # as freelabel.evaluate.finetune records it
+    from .evaluate.finetune import result_key
+
+    return result_key(labels, "trained", seed)
 
 
 def finished(run: Path, finetune: str | None = None) -> bool:

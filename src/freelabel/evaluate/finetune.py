@@ -218,6 +218,11 @@ def train(
     return net.eval(), step
 
 
+def result_key(labels: str, init: str, seed: int) -> str:
+    """Where :func:`finetune` records a result in ``metrics.json``'s ``finetune`` section."""
+    return f"{labels}/{init}/seed{seed}"
+
+
 def finetune(
     spec: str | Path,
     data: str | None = None,
@@ -265,7 +270,7 @@ def finetune(
         seed=seed,
     )
     minutes_used = (time.perf_counter() - start) / 60
-    key = f"{'subset' if subset_file else labels}/{init}/seed{seed}"
+    key = result_key("subset" if subset_file else labels, init, seed)
     results = {
         "data": data,
         "labels": labels if not subset_file else str(subset_file),
