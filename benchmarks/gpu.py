@@ -28,6 +28,7 @@ from freelabel.config import load_recipe, resolve
 from freelabel.data.loader import Batch
 from freelabel.data.views import Views
 from freelabel.engine import build_optimizer, step_generator
+from freelabel.hardware import cpu_description
 
 # Dense bf16 tensor-core peaks (FLOP/s), without sparsity, from the vendors' data sheets.
 PEAK_BF16 = {
@@ -236,15 +237,6 @@ def lightly_simclr(device: torch.device, tiny: bool, steps: int, workers: int) -
     return n / timed(step, device, steps)
 
 
-def _cpu_name() -> str:
-    import platform
-
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "CPU"
-
-
 def run(
     tiny: bool = False,
     steps: int = 20,
@@ -257,7 +249,7 @@ def run(
     device = torch.device("cuda" if torch.cuda.is_available() and not tiny else "cpu")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()
     peak, measured = peak_flops(device), False
     if peak is None:
         peak, measured = matmul_rate(device, torch.bfloat16), True

@@ -12,16 +12,14 @@ plus isotropic noise. Queries are fresh draws from the same clusters (not rows o
 from __future__ import annotations
 
 import argparse
-import platform
-import re
 import time
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from freelabel.hardware import cpu_description
 from freelabel.pipelines import ann
 
 
@@ -46,17 +44,6 @@ def latencies(search, queries: torch.Tensor) -> tuple[float, float]:
     return tuple(float(np.percentile(times, p)) * 1e3 for p in (50, 99))
 
 
-def cpu() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"model name\s*:\s*(.*)", info)
-    flags = set(re.search(r"flags\s*:\s*(.*)", info).group(1).split()) if "flags" in info else set()
-    bf16 = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return (
-        f"CPU: {model.group(1) if model else platform.processor()}, {torch.get_num_threads()} threads; "
-        f"bf16 flags: {', '.join(bf16) or 'none'}"
-    )
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -64,7 +51,7 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--ef", type=int, nargs="+", default=[ann.EF_SEARCH], help="HNSW search beam widths to try")
     args = p.parse_args()
-    print(cpu())
+    print(cpu_description())
     print(
         f"HNSW M={ann.M} efConstruction={ann.EF_CONSTRUCTION} (efSearch {ann.EF_SEARCH} in freelabel); the index "
         f"searches exactly up to {ann.THRESHOLD} vectors and with the graph above; {args.queries} single queries, "

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 from pathlib import Path
 
 from freelabel.config import load_recipe, resolve
@@ -28,16 +26,7 @@ from freelabel.engine import pretrain
 from freelabel.evaluate.finetune import finetune
 from freelabel.evaluate.knn import evaluate_knn
 from freelabel.evaluate.linear import evaluate_linear
-from freelabel.hardware import cpu_has_bf16
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return f"{name}, {'with' if cpu_has_bf16() else 'without'} bf16"
+from freelabel.hardware import cpu_description
 
 
 def run_one(method: str, seed: int, args: argparse.Namespace) -> dict:
@@ -100,7 +89,7 @@ def main() -> None:
     header = (
         f"Fashion-MNIST{' (' + args.data + ')' if args.data else ''}: {args.minutes:g}-minute runs, fine-tuning "
         f"{args.finetune_minutes:g} minutes (from scratch: {args.minutes + args.finetune_minutes:g}), top-1 %, "
-        f"mean ± std over seeds {args.seeds}; CPU: {cpu_name()}"
+        f"mean ± std over seeds {args.seeds}; CPU: {cpu_description()}"
     )
     text = header + "\n\n" + table(results, methods, columns)
     print(text)

@@ -10,17 +10,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 from pathlib import Path
 
 from freelabel.evaluate.finetune import finetune
+from freelabel.hardware import cpu_description
 from freelabel.pipelines.curate import curate
-
-
-def cpu() -> str:
-    info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("Model name")), "?")
-    return f"{model}, {'avx512_bf16' if 'avx512_bf16' in info else 'no avx512_bf16'}"
 
 
 def main() -> None:
@@ -46,7 +40,7 @@ def main() -> None:
             acc[how].append(r["top1"])
             print(f"seed {seed} {how}: {r['train_images']} labelled images, top-1 {r['top1']:.2f}", flush=True)
     budget = f"{args.epochs:g} epochs" if args.epochs else "fine-tuning's default budget"
-    print(f"\nfine-tuning {args.run} on {n} labelled images of {args.data}, {budget}; CPU: {cpu()}")
+    print(f"\nfine-tuning {args.run} on {n} labelled images of {args.data}, {budget}; CPU: {cpu_description()}")
     print("| labels chosen by | top-1 (mean ± std over seeds " + ", ".join(map(str, args.seeds)) + ") |")
     print("| --- | --- |")
     for how, values in acc.items():

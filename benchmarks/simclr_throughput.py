@@ -25,11 +25,11 @@ import torch.nn as nn
 
 from freelabel.backbones import build_backbone
 from freelabel.config import load_recipe, resolve
-from freelabel.data.loader import batches
+from freelabel.data.loader import Batch, batches
 from freelabel.data.sources import fashion_mnist
 from freelabel.data.views import Views
 from freelabel.engine import build_optimizer, step_generator
-from freelabel.hardware import resolve_precision
+from freelabel.hardware import cpu_description, resolve_precision
 from freelabel.methods import build_method
 
 
@@ -50,7 +50,7 @@ def freelabel_steps(cfg, method, optimizer, data, steps: int, autocast: bool) ->
         g = step_generator(0, step)
         made = [v(b.images, g).contiguous(memory_format=torch.channels_last) for v in views]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            loss = method({"images": b.images, "labels": b.labels, "views": made})["loss"]
+            loss = method(Batch(b.images, b.labels, views=made))["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -93,9 +93,7 @@ def lightly_setup(cfg, batch: int, workers: int, images: torch.Tensor):
     model = nn.Sequential(backbone, head).to(memory_format=torch.channels_last)
     loss_fn = NTXentLoss(temperature=cfg.method_args["temperature"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    loader = torch.utils.data.DataLoader(
-        PilSet(), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, persistent_workers=workers > 0
-    )
+    loader = torch.utils.data.DataLoader(PilSet(), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers)
     return transform, model, loss_fn, optimizer, loader
 
 
@@ -110,12 +108,17 @@ def lightly_step(model, loss_fn, optimizer, x0: torch.Tensor, x1: torch.Tensor, 
 
 
 def lightly_steps(model, loss_fn, optimizer, loader, steps: int, autocast: bool) -> float:
+    """Images/s of ``steps`` steps once the loader's workers are up (their start is not timed); the workers
+    end with the round, so that they do not prefetch while freelabel is timed."""
     it = iter(loader)
+    next(it)
     start = time.perf_counter()
     for _ in range(steps):
         (x0, x1), _ = next(it)
         lightly_step(model, loss_fn, optimizer, x0, x1, autocast)
-    return steps * loader.batch_size / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    del it
+    return steps * loader.batch_size / seconds
 
 
 def views_rate(cfg, images: torch.Tensor, n: int) -> float:
@@ -136,6 +139,50 @@ def lightly_views_rate(transform, images: torch.Tensor, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def run(rounds: int = 3, steps: int = 15, batch: int = 256, workers: int = 2, precision: str = "auto") -> dict:
+    """Median images/s of both libraries' augmentation and whole training steps over ``rounds``, printed."""
+    data = fashion_mnist("train")
+    autocast = resolve_precision(precision, "cpu").startswith("bf16")
+    cfg, method, optimizer = freelabel_setup(batch)
+    transform, model, loss_fn, l_opt, loader = lightly_setup(cfg, batch, workers, data.images)
+    print(cpu_description())
+    print(
+        f"SimCLR, {cfg.backbone.name} backbone, batch {batch}, {cfg.views.size}px, bf16 autocast: {autocast}, "
+        f"lightly DataLoader workers: {workers}"
+    )
+
+    freelabel_steps(cfg, method, optimizer, data, 2, autocast)  # warm-up both
+    lightly_steps(model, loss_fn, l_opt, loader, 2, autocast)
+    aug_f, aug_l, e2e_f, e2e_l, e2e_l32 = [], [], [], [], []
+    for r in range(rounds):
+        aug_f.append(views_rate(cfg, data.images, 4096))
+        aug_l.append(lightly_views_rate(transform, data.images, 1024))
+        e2e_f.append(freelabel_steps(cfg, method, optimizer, data, steps, autocast))
+        e2e_l.append(lightly_steps(model, loss_fn, l_opt, loader, steps, autocast))
+        e2e_l32.append(lightly_steps(model, loss_fn, l_opt, loader, steps, False) if autocast else e2e_l[-1])
+        print(
+            f"round {r + 1}: augmentation {aug_f[-1]:,.0f} vs {aug_l[-1]:,.0f} img/s; training {e2e_f[-1]:,.0f} "
+            f"vs {e2e_l[-1]:,.0f} img/s (lightly in fp32 as in its examples: {e2e_l32[-1]:,.0f})"
+        )
+    med = {
+        k: statistics.median(v)
+        for k, v in dict(aug_f=aug_f, aug_l=aug_l, e2e_f=e2e_f, e2e_l=e2e_l, e2e_l32=e2e_l32).items()
+    }
+    print(
+        f"augmentation (2 views per image): freelabel {med['aug_f']:,.0f} img/s, lightly {med['aug_l']:,.0f} img/s, "
+        f"ratio {med['aug_f'] / med['aug_l']:.1f}x"
+    )
+    print(
+        f"end-to-end training:              freelabel {med['e2e_f']:,.0f} img/s, lightly {med['e2e_l']:,.0f} img/s, "
+        f"ratio {med['e2e_f'] / med['e2e_l']:.2f}x"
+    )
+    print(
+        f"  against lightly in fp32 (its examples' default): {med['e2e_l32']:,.0f} img/s, "
+        f"ratio {med['e2e_f'] / med['e2e_l32']:.2f}x"
+    )
+    return med
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -144,42 +191,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="lightly's DataLoader workers")
     ap.add_argument("--precision", default="auto", help="auto (bf16 where the CPU has it) or 32-true, for both")
     args = ap.parse_args()
-
-    data = fashion_mnist("train")
-    autocast = resolve_precision(args.precision, "cpu").startswith("bf16")
-    cfg, method, optimizer = freelabel_setup(args.batch)
-    transform, model, loss_fn, l_opt, loader = lightly_setup(cfg, args.batch, args.workers, data.images)
-    print(
-        f"SimCLR, {cfg.backbone.name} backbone, batch {args.batch}, {cfg.views.size}px, bf16 autocast: {autocast}, "
-        f"lightly DataLoader workers: {args.workers}, torch threads: {torch.get_num_threads()}"
-    )
-
-    freelabel_steps(cfg, method, optimizer, data, 2, autocast)  # warm-up both
-    lightly_steps(model, loss_fn, l_opt, loader, 2, autocast)
-    aug_f, aug_l, e2e_f, e2e_l, e2e_l32 = [], [], [], [], []
-    for r in range(args.rounds):
-        aug_f.append(views_rate(cfg, data.images, 4096))
-        aug_l.append(lightly_views_rate(transform, data.images, 1024))
-        e2e_f.append(freelabel_steps(cfg, method, optimizer, data, args.steps, autocast))
-        e2e_l.append(lightly_steps(model, loss_fn, l_opt, loader, args.steps, autocast))
-        e2e_l32.append(lightly_steps(model, loss_fn, l_opt, loader, args.steps, False) if autocast else e2e_l[-1])
-        print(
-            f"round {r + 1}: augmentation {aug_f[-1]:,.0f} vs {aug_l[-1]:,.0f} img/s; training {e2e_f[-1]:,.0f} "
-            f"vs {e2e_l[-1]:,.0f} img/s (lightly in fp32 as in its examples: {e2e_l32[-1]:,.0f})"
-        )
-    med = statistics.median
-    print(
-        f"augmentation (2 views per image): freelabel {med(aug_f):,.0f} img/s, lightly {med(aug_l):,.0f} img/s, "
-        f"ratio {med(aug_f) / med(aug_l):.1f}x"
-    )
-    print(
-        f"end-to-end training:              freelabel {med(e2e_f):,.0f} img/s, lightly {med(e2e_l):,.0f} img/s, "
-        f"ratio {med(e2e_f) / med(e2e_l):.2f}x"
-    )
-    print(
-        f"  against lightly in fp32 (its examples' default): {med(e2e_l32):,.0f} img/s, "
-        f"ratio {med(e2e_f) / med(e2e_l32):.2f}x"
-    )
+    run(args.rounds, args.steps, args.batch, args.workers, args.precision)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end at a tiny size on the CPU, so that they cannot rot."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 def _script(name: str):
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -47,3 +49,22 @@ def test_the_cpu_profile_runs_and_names_the_cpu(capsys):
         assert row["images_per_s"] > 0 and row["model_gflop_per_s"] > 0 and row["matmul_gflop_per_s"] > 0
     out = capsys.readouterr().out
     assert "flags:" in out and "convolution" in out  # the CPU, then where the time went
+
+
+@pytest.mark.slow
+def test_the_throughput_benchmark_times_both_libraries_and_names_the_cpu(capsys):
+    pytest.importorskip("lightly")
+    med = _script("simclr_throughput").run(rounds=1, steps=1, batch=8, workers=0, precision="32-true")
+    assert all(v > 0 for v in med.values()) and med["e2e_l32"] == med["e2e_l"]  # fp32 asked: one lightly figure
+    out = capsys.readouterr().out
+    assert "torch kernels:" in out and "ratio" in out
+
+
+@pytest.mark.slow
+def test_the_method_benchmark_trains_both_libraries(monkeypatch, capsys):
+    pytest.importorskip("lightly")
+    args = ["methods_vs_lightly", "--minutes", "0.02", "--methods", "simclr", "--knn-subset", "300", "--workers", "0"]
+    monkeypatch.setattr("sys.argv", args)
+    _script("methods_vs_lightly").main()
+    out = capsys.readouterr().out
+    assert "simclr: freelabel k-NN" in out and "simclr: lightly k-NN" in out

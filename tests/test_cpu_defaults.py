@@ -4,6 +4,7 @@ machine with no GPU, and the speed forecast every run prints."""
 import logging
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 from skimage import data
@@ -82,3 +83,26 @@ def test_a_photo_folder_on_a_cpu_gets_the_cpu_recipe_and_a_forecast(tmp_path, ca
     assert (
         cfg["recipe"] == "simclr-fashion-mnist" and cfg["views"]["size"] == 64 and cfg["backbone"]["name"] == "convnet"
     )
+
+
+def test_bf16_is_the_default_only_where_the_kernels_run_it_natively(monkeypatch, tmp_path):
+    """bf16 autocast where the CPU has bf16 units and torch's kernels use them; fp32 where the flags lack it or
+    the kernels are held below AVX-512 (there bf16 is emulated, many times slower than fp32)."""
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(hardware, "Path", lambda _: cpuinfo)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    cpuinfo.write_text("flags\t: fpu avx2 avx512f avx512_bf16\n")
+    assert hardware.resolve_precision("auto") == "bf16-mixed"
+    cpuinfo.write_text("flags\t: fpu avx2 fma\n")
+    assert hardware.resolve_precision("auto") == "32-true"
+    cpuinfo.write_text("flags\t: fpu avx2 avx512f amx_bf16\n")
+    assert hardware.resolve_precision("auto") == "bf16-mixed"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert hardware.resolve_precision("auto") == "32-true"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert hardware.resolve_precision("auto") == "32-true"
+    assert hardware.resolve_precision("bf16-mixed") == "bf16-mixed"  # asked for: given

@@ -3,18 +3,44 @@
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 import torch
 
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")  # the flags CPU speed figures depend on
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
 
 def cpu_has_bf16() -> bool:
-    """True on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX), where bf16 autocast pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """True on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX) that torch's kernels use, where bf16
+    autocast pays off. Kernels held below AVX-512 (``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``)
+    emulate bf16, many times slower than fp32, so there it is False."""
+    flags = _cpuinfo()
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "ALL")).upper()
+    onednn_avx512 = isa in ("ALL", "DEFAULT") or "AVX512" in isa or "AMX" in isa
+    kernels_use_it = torch.backends.cpu.get_cpu_capability() == "AVX512" and onednn_avx512
+    return kernels_use_it and ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def cpu_description() -> str:
+    """The CPU as every speed figure should name it: model, threads torch uses, vector flags, the level of
+    torch's kernels, and whether bf16 autocast is the default here."""
+    info = _cpuinfo()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    line = next((line for line in info.splitlines() if line.startswith("flags")), ":")
+    flags = [f for f in VECTOR_FLAGS if f in line.split(":", 1)[1].split()]
+    return (
+        f"{name or platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, flags: "
+        f"{' '.join(flags) or 'none'}, torch kernels: {torch.backends.cpu.get_cpu_capability()}, "
+        f"bf16 autocast: {'yes' if cpu_has_bf16() else 'no (fp32)'}"
+    )
 
 
 def resolve_precision(precision: str, accelerator: str = "auto") -> str:

@@ -129,7 +129,7 @@ def sample_knn(sample: Sample, pixels: bool = False) -> dict[str, float]:
 
 def environment(precision: str | None = None, devices: int | None = None) -> dict[str, str]:
     """Versions and hardware of this machine (and the run's precision and device count when known)."""
-    from ..hardware import cpu_has_bf16
+    from ..hardware import cpu_description
 
     env = {"python": platform.python_version(), "platform": platform.platform()}
     for name in ("freelabel", *PACKAGES):
@@ -137,23 +137,13 @@ def environment(precision: str | None = None, devices: int | None = None) -> dic
             env[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             env[name] = "not installed"
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), platform.processor()
-    )
-    env["cpu"] = f"{cpu} ({torch.get_num_threads()} threads{', bf16 units' if cpu_has_bf16() else ''})"
+    env["cpu"] = cpu_description()
     env["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     if precision:
         env["run precision"] = precision
     if devices:
         env["run devices"] = str(devices)
     return env
-
-
-def _cpuinfo() -> list[str]:
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
 
 
 def read_scalars(tb: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
