@@ -227,6 +227,7 @@ def test_knn_index_and_zeroshot_skip_and_count_broken_files_and_write_non_utf8_n
 def test_features_and_embeddings_skip_batches_where_every_image_is_broken(tmp_path):
     from freelabel.data.sources import DataError, ImageFiles
     from freelabel.data.views import ViewConfig
+    from freelabel.evaluate.common import extract
     from freelabel.evaluate.knn import extract_features
     from freelabel.evaluate.zeroshot import embed_images
 
@@ -247,6 +248,11 @@ def test_features_and_embeddings_skip_batches_where_every_image_is_broken(tmp_pa
     )
     with pytest.raises(DataError, match="none of the 7 images"):
         extract_features(None, broken, ViewConfig(size=16))
+    # the protocols' extraction (linear probe, fine-tuning's features, dense) alike
+    feats, labels = extract(None, ds, batch_size=2, size=16)
+    assert len(feats) == len(labels) == BATCH + 1
+    with pytest.raises(DataError, match="none of the 7 images"):
+        extract(None, broken, size=16)
 
 
 # ------------------------------------------------------------------------------------------- shards and caption lists

@@ -1,4 +1,4 @@
-"""Strategies: the one-line refusals, activation checkpointing, and full state dicts that move a run between
+"""Strategies: the one-line refusals, activation checkpointing, torch.compile, and full state dicts that move a run between
 sharded (FSDP), replicated (DDP) and single-process training."""
 
 import pytest
@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 from two_processes import in_two_processes, randn
 
 from freelabel.cli import main
+from freelabel.encoder import load_encoder
 from freelabel.train.sharding import full_state, load_full_state
 
 TINY_VIT = [
@@ -62,6 +63,22 @@ def test_activation_checkpointing_trains_exactly_as_without(tmp_path):
     assert a.keys() == b.keys()  # no wrapper in the names
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_compiled_method_trains_as_the_eager_one_on_the_cpu(tmp_path):
+    """``compile: true`` runs the method through ``torch.compile`` (inductor's CPU code): same weights, up to
+    the order of floating-point sums, and a run folder without the compiler's wrapper in its names."""
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["--set", "compile=true"])):
+        runs[name] = tmp_path / name
+        assert main(["pretrain", "simclr", "--steps", "2", "--out", str(runs[name]), *TINY_VIT, *extra]) == 0
+    a, b = (load_file(str(runs[n] / "backbone.safetensors")) for n in ("eager", "compiled"))
+    init = load_encoder(runs["eager"], trained=False).backbone.state_dict()
+    assert a.keys() == b.keys() <= init.keys()
+    moved = torch.cat([(a[k] - init[k]).flatten() for k in a]).norm()
+    apart = torch.cat([(a[k] - b[k]).flatten() for k in a]).norm()
+    assert moved > 0 and apart < 0.05 * moved  # the two took the same steps (Adam magnifies rounding a little)
 
 
 def _vit():

@@ -130,6 +130,8 @@ def extract(
     feats, labels = [], []
     n = (len(ds) + batch_size - 1) // batch_size
     for batch in progress(sequential(ds, batch_size), n, f"features of {len(ds)} images"):
+        if not len(batch.images):  # every image of the batch unreadable
+            continue
         if model is None:
             feats.append(resize(batch.images, size).flatten(1))
         else:
@@ -138,6 +140,10 @@ def extract(
                 f = model.encode_tokens(images) if tokens else model.encode_image(images)
             feats.append(f.float().cpu())
         labels.append(batch.labels)
+    if not feats:
+        raise DataError(
+            f"none of the {len(ds)} images could be read" if len(ds) else "a split of the data holds no images"
+        )
     return torch.cat(feats), torch.cat(labels)
 
 
