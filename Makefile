@@ -20,7 +20,6 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/pip install -q "lightly>=1.5"
 	$(BIN)/python benchmarks/simclr_throughput.py
 
 clean:

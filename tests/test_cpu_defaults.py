@@ -106,3 +106,17 @@ def test_bf16_is_the_default_only_where_the_kernels_run_it_natively(monkeypatch,
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     assert hardware.resolve_precision("auto") == "32-true"
     assert hardware.resolve_precision("bf16-mixed") == "bf16-mixed"  # asked for: given
+
+
+def test_the_command_lets_openmp_threads_sleep_unless_told_otherwise():
+    import os
+    import subprocess
+    import sys
+
+    show = "import os, freelabel.cli, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "ACTIVE"
