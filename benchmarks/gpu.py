@@ -28,7 +28,7 @@ from freelabel.config import load_recipe, resolve
 from freelabel.data.loader import Batch
 from freelabel.data.views import Views
 from freelabel.engine import build_optimizer, step_generator
-from freelabel.hardware import cpu_description
+from freelabel.hardware import cpu_description, loader_workers
 
 # Dense bf16 tensor-core peaks (FLOP/s), without sparsity, from the vendors' data sheets.
 PEAK_BF16 = {
@@ -262,7 +262,9 @@ def run(
         row = freelabel_case(name, device, tiny, steps, compile, peak)
         if name == "simclr" and lightly:
             try:
-                row["lightly_ratio"] = row["images_per_s"] / lightly_simclr(device, tiny, steps, workers)
+                row["lightly_ratio"] = row["images_per_s"] / lightly_simclr(
+                    device, tiny, steps, loader_workers(workers)
+                )
             except ImportError:
                 row["lightly_ratio"] = None  # lightly is for comparison only: pip install lightly
         rows.append(row)
@@ -281,7 +283,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per case")
     ap.add_argument("--compile", action="store_true", help="torch.compile the method")
     ap.add_argument("--only", help="comma-separated cases: " + ",".join(CASES))
-    ap.add_argument("--workers", type=int, default=8, help="lightly's DataLoader workers")
+    ap.add_argument("--workers", type=int, default=8, help="lightly's DataLoader workers (at most the cores)")
     ap.add_argument("--no-lightly", action="store_true", help="skip the lightly comparison")
     args = ap.parse_args()
     run(
