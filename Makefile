@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 MINUTES ?= 10
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test check bench clean
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	VENV=$(VENV) scripts/setup.sh
@@ -18,6 +18,12 @@ test: setup
 	$(BIN)/ruff format --check -q src tests benchmarks
 	$(BIN)/ruff check -q src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# The edit loop's tier: format, lint and the tests not marked slow (under 2 minutes on 2 cores).
+check: setup
+	$(BIN)/ruff format --check -q src tests benchmarks
+	$(BIN)/ruff check -q src tests benchmarks
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
 	$(BIN)/python benchmarks/simclr_throughput.py

@@ -8,7 +8,8 @@ ViT-L/16 at batch 32, SimCLR ResNet-50 at 224 px) the engine's own step runs on 
 views made on the device from a seeded generator, bf16 autocast, the engine's optimiser, the method's hooks.
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one step (forward and backward);
 MFU is those FLOPs per second over the card's dense bf16 peak (a small table by device name; where it has none,
-as on a CPU, over a measured 2048x2048 bf16 matmul rate, marked so).
+as on a CPU, over a measured 2048x2048 matmul rate in the precision the steps run in, marked so: bf16 where the
+CPU's kernels compute in it, else fp32).
 The data path is reported as its share of a step: JPEG decoding (``torchvision.io.decode_jpeg``, on the GPU
 where there is one) and the views (crops, flips, colour, blur). SimCLR also runs with lightly's
 ``SimCLRTransform`` (PIL, in DataLoader workers) and its ResNet-50 + projection head + NT-Xent loss, on the
@@ -28,7 +29,7 @@ from freelabel.config import load_recipe, resolve
 from freelabel.data.loader import Batch
 from freelabel.data.views import Views
 from freelabel.engine import build_optimizer, step_generator
-from freelabel.hardware import cpu_description, loader_workers
+from freelabel.hardware import cpu_description, cpu_has_bf16, loader_workers
 
 # Dense bf16 tensor-core peaks (FLOP/s), without sparsity, from the vendors' data sheets.
 PEAK_BF16 = {
@@ -144,7 +145,7 @@ def freelabel_case(name: str, device: torch.device, tiny: bool, steps: int, comp
         return Batch(images, torch.zeros(n, dtype=torch.long, device=device), masks=masks, views=made)
 
     batch = make_views()
-    autocast = device.type == "cuda" or tiny
+    autocast = bf16(device)
 
     def model_step() -> None:
         method.on_step(0.5)
@@ -176,10 +177,18 @@ def freelabel_case(name: str, device: torch.device, tiny: bool, steps: int, comp
         "batch": n,
         "images_per_s": n / (t_model + t_views),
         "step_tflop": flops / 1e12,
+        "model_seconds": t_model,
+        "views_seconds": t_views,
+        "peak_tflop_per_s": peak / 1e12,
         "mfu": flops / t_model / peak,
         "decode_share": t_decode / step,
         "views_share": t_views / step,
     }
+
+
+def bf16(device: torch.device) -> bool:
+    """Whether the steps run in bf16 autocast: on GPUs, and on CPUs whose kernels compute in bf16."""
+    return device.type == "cuda" or cpu_has_bf16()
 
 
 def lightly_simclr(device: torch.device, tiny: bool, steps: int, workers: int) -> float:
@@ -228,7 +237,7 @@ def lightly_simclr(device: torch.device, tiny: bool, steps: int, workers: int) -
 
     def step() -> None:
         x0, x1 = (x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last) for x in next(it))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or tiny):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16(device)):
             loss = loss_fn(model(x0), model(x1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -250,12 +259,13 @@ def run(
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()
-    peak, measured = peak_flops(device), False
+    peak, measured, dtype = peak_flops(device), False, torch.bfloat16 if bf16(device) else torch.float32
     if peak is None:
-        peak, measured = matmul_rate(device, torch.bfloat16), True
+        peak, measured = matmul_rate(device, dtype), True
     print(
-        f"{card}, torch {torch.__version__}, bf16 {'measured 2048^2 matmul' if measured else 'dense peak'} "
-        f"{peak / 1e12:.2f} TFLOP/s, compile {compile}, {'tiny models' if tiny else 'paper recipes'}"
+        f"{card}, torch {torch.__version__}, {str(dtype).removeprefix('torch.')} "
+        f"{'measured 2048^2 matmul' if measured else 'dense peak'} {peak / 1e12:.3f} TFLOP/s, compile {compile}, "
+        f"{'tiny models' if tiny else 'paper recipes'}"
     )
     rows = []
     for name in only or list(CASES):

@@ -180,6 +180,7 @@ CRAFTED = {
     "path": "a row outside the folder",
     "tensor": "embeddings of one dimension",
     "build": "files of two builds",
+    "escape": "an embeddings file outside the folder",
     "keys": "a manifest without a model",
     "safetensors": "embeddings that are not safetensors",
 }
@@ -224,7 +225,7 @@ def make_fixtures(root: Path) -> None:
     (root / "laughs.yaml").write_text("method: simclr\nmethod_args:\n" + "".join(f"  {x}\n" for x in laughs))
     # crafted indexes
     meta = json.loads((root / "index" / "index.json").read_text())
-    vectors = load_file(str(root / "index" / "embeddings.safetensors"))["embeddings"]
+    vectors = load_file(str(root / "index" / meta["embeddings"]))["embeddings"]
     for name in CRAFTED:
         folder = root / f"index_{name}"
         folder.mkdir()
@@ -245,12 +246,14 @@ def make_fixtures(root: Path) -> None:
             v, m["dim"] = v.flatten(), None
         elif name == "keys":
             del m["model"]
+        elif name == "escape":
+            m["embeddings"] = f"../index/{meta['embeddings']}"
         (folder / "index.json").write_text(text or json.dumps(m))
         build = "other" if name == "build" else meta["build"]
         if name == "safetensors":
-            (folder / "embeddings.safetensors").write_bytes(b"\xff" * 64)
+            (folder / meta["embeddings"]).write_bytes(b"\xff" * 64)
         else:
-            save_file({"embeddings": v.contiguous()}, str(folder / "embeddings.safetensors"), {"build": build})
+            save_file({"embeddings": v.contiguous()}, str(folder / meta["embeddings"]), {"build": build})
     # caption lists
     (root / "list.csv").write_text("image,caption\nimages/0.png,a picture\n")
     outside = {

@@ -16,21 +16,30 @@ def fmnist():
     return fashion_mnist("train")
 
 
-@pytest.fixture(scope="session")
-def fmnist_folder(tmp_path_factory, fmnist):
-    """A labelled folder of real images: 40 Fashion-MNIST PNGs in each of the 10 class folders."""
-    root = tmp_path_factory.mktemp("fmnist_folder")
+def _class_folders(root, fmnist, per_class: int):
     counts = {c: 0 for c in range(10)}
     for img, label in zip(fmnist.images, fmnist.labels.tolist()):
-        if counts[label] == 40:
+        if counts[label] == per_class:
             continue
         folder = root / f"class_{label}"
         folder.mkdir(exist_ok=True)
         Image.fromarray(img[0].numpy()).save(folder / f"{counts[label]:03d}.png")
         counts[label] += 1
-        if all(v == 40 for v in counts.values()):
+        if all(v == per_class for v in counts.values()):
             break
     return root
+
+
+@pytest.fixture(scope="session")
+def fmnist_folder(tmp_path_factory, fmnist):
+    """A labelled folder of real images: 40 Fashion-MNIST PNGs in each of the 10 class folders."""
+    return _class_folders(tmp_path_factory.mktemp("fmnist_folder"), fmnist, 40)
+
+
+@pytest.fixture(scope="session")
+def fmnist_few(tmp_path_factory, fmnist):
+    """The same with 5 images a class (40 to train on, 10 held out): for models that are slow on a CPU."""
+    return _class_folders(tmp_path_factory.mktemp("fmnist_few"), fmnist, 5)
 
 
 @pytest.fixture

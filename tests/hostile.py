@@ -1,6 +1,7 @@
 """A hostile-input corpus, made on the spot: image bombs (by pixels and by aspect), every kind of broken
-file, non-UTF-8 names, caption lists, and training folders whose first batch is all broken and whose
-second has one good image (for the seeded order of :func:`freelabel.data.loader.epoch_order`)."""
+file, non-UTF-8 names, caption lists, and training folders laid out in the seeded order of
+:func:`freelabel.data.loader.epoch_order`: the first batch's worth all broken, the second with one good
+image (:func:`training_folder`), or 4 good images among 12 at batch 2 (:data:`SPARSE`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import numpy as np
 from PIL import Image
 
 BATCH = 4  # the batch size the corpus' training folders are laid out for (3 batches of 4 in epoch 0, seed 0)
+# 12 files of which 4 are good, at batch 2: epoch 0 reads [broken broken] [broken good] [broken broken] [good ...
+SPARSE = {"batch": 2, "good": (3, 6, 9, 11)}  # places of the good files in epoch 0's order
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -78,25 +81,27 @@ BOMBS = _Bombs()
 NON_UTF8 = os.fsdecode(b"caf\xe9-\xff")  # a name that is not UTF-8, as Python reads it from the disk
 
 
-def batch_layout(n: int = 3 * BATCH, seed: int = 0) -> list[bool]:
-    """Which of ``n`` sorted files must be good so that epoch 0's batches hold 0, 1 and BATCH good images."""
+def batch_layout(n: int = 3 * BATCH, seed: int = 0, places: tuple[int, ...] | None = None) -> list[bool]:
+    """Which of ``n`` sorted files must be good so that the good ones stand at ``places`` of epoch 0's order
+    (by default: one in the second batch of BATCH, all of the third)."""
     from freelabel.data.loader import epoch_order
 
     order = epoch_order(n, seed, 0).tolist()
     good = [False] * n
-    for pos in [BATCH] + list(range(2 * BATCH, 3 * BATCH)):  # one in batch 1, all of batch 2
+    for pos in places or [BATCH] + list(range(2 * BATCH, 3 * BATCH)):
         good[order[pos]] = True
     return good
 
 
-def training_folder(root: Path) -> Path:
+def training_folder(root: Path, places: tuple[int, ...] | None = None) -> Path:
     """12 files, sorted by name as the loader reads them: batch 0 all broken, batch 1 one good image,
-    batch 2 all good (one with a non-UTF-8 name)."""
+    batch 2 all good (one with a non-UTF-8 name); or good at ``places`` of epoch 0's order."""
     root.mkdir(parents=True)
     broken = iter(broken_files().items())
-    for i, good in enumerate(batch_layout()):
+    layout = batch_layout(places=places)
+    for i, good in enumerate(layout):
         if good:
-            name = f"{i:02d}-{NON_UTF8}.png" if i == batch_layout().index(True) else f"{i:02d}-good.png"
+            name = f"{i:02d}-{NON_UTF8}.png" if i == layout.index(True) else f"{i:02d}-good.png"
             (root / name).write_bytes(good_image(i))
         else:
             kind, data = next(broken)
@@ -104,14 +109,14 @@ def training_folder(root: Path) -> Path:
     return root
 
 
-def caption_list(root: Path) -> Path:
+def caption_list(root: Path, places: tuple[int, ...] | None = None) -> Path:
     """A CSV of 12 image-caption pairs laid out like :func:`training_folder` (every key in the train split)."""
     from freelabel.data.captions import held_out, sample_key
 
     root.mkdir(parents=True)
     broken = iter(broken_files().items())
     rows, i = [], 0
-    for good in batch_layout():
+    for good in batch_layout(places=places):
         kind, data = ("png", None) if good else next(broken)
         while True:  # a name whose key falls in the train split
             path = f"img{i:03d}.png" if good else f"img{i:03d}-{kind}"

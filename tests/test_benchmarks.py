@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end at a tiny size on the CPU, so that they cannot rot."""
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -18,15 +19,13 @@ def _script(name: str):
 
 
 def _check(row: dict) -> None:
-    assert row["images_per_s"] > 0 and row["step_tflop"] > 0 and 0 < row["mfu"] < 1
+    """Finite, positive and self-consistent; never a bound that holds on one CPU and not another."""
+    assert all(math.isfinite(v) and v > 0 for k, v in row.items() if isinstance(v, float) and k != "decode_share")
+    assert row["images_per_s"] == pytest.approx(row["batch"] / (row["model_seconds"] + row["views_seconds"]))
+    tflop_per_s = row["step_tflop"] / row["model_seconds"]
+    assert row["mfu"] == pytest.approx(tflop_per_s / row["peak_tflop_per_s"])
     assert 0 <= row["decode_share"] < 1 and 0 < row["views_share"] < 1
-
-
-@pytest.mark.slow
-def test_the_gpu_benchmark_runs_mae_on_a_cpu(capsys):
-    (row,) = _script("gpu").run(tiny=True, steps=1, only=["mae"], workers=0)
-    _check(row)
-    assert "mae" in capsys.readouterr().out
+    assert row["decode_share"] + row["views_share"] < 1
 
 
 @pytest.mark.slow
@@ -38,7 +37,7 @@ def test_the_gpu_benchmark_runs_every_case_and_lightly_on_a_cpu(capsys):
         _check(row)
     assert rows[-1]["lightly_ratio"] > 0
     out = capsys.readouterr().out
-    assert "lightly" in out and "MFU" in out
+    assert "lightly" in out and "MFU" in out and "TFLOP/s" in out
 
 
 @pytest.mark.slow

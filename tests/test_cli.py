@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+from bad_flags import run_in_process
 
 from freelabel.cli import main
 
@@ -10,7 +11,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "freelabel.cli", *args], capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.slow  # each case starts a fresh interpreter
 @pytest.mark.parametrize(
     "args, says",
     [
@@ -36,11 +36,26 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     ],
 )
 def test_bad_input_is_one_line_exit_2_no_traceback(args, says, tmp_path):
-    r = run_cli(*args, "--out", str(tmp_path / "run")) if args[0] == "pretrain" else run_cli(*args)
-    assert r.returncode == 2, r.stderr
-    assert says in r.stderr
-    assert "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    code, err = run_in_process([*args, "--out", str(tmp_path / "run")] if args[0] == "pretrain" else args)
+    assert code == 2, err
+    assert says in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # each case starts a fresh interpreter
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["pretrain", "simclrr"], "unknown method 'simclrr'; valid: simclr"),  # before torch is loaded
+        (["pretrain", "simclr", "--set", "method_args.tau=1", "--steps", "1"], "simclr has no option 'tau'; valid:"),
+    ],
+)
+def test_the_program_says_bad_input_in_one_line(args, says, tmp_path):
+    """As a user's shell sees it: the program's whole stderr, logging set up as the command sets it."""
+    r = run_cli(*args, "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_listings_and_help(capsys):

@@ -113,7 +113,7 @@ def test_the_command_lets_openmp_threads_sleep_unless_told_otherwise():
     import subprocess
     import sys
 
-    show = "import os, freelabel.cli, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    show = "import os, freelabel.cli; print(os.environ['OMP_WAIT_POLICY'])"  # set before torch is loaded
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "PASSIVE"

@@ -28,12 +28,11 @@ def test_broken_files_are_skipped_counted_and_reported(mixed_folder):
     ds = image_folder(mixed_folder, "all", size=16)
     assert len(ds) == 11  # 8 good + 3 broken with image extensions; notes.txt ignored
     assert ds.ignored == 1
-    seen, skipped = 0, []
-    for b in batches(ds, 11, seed=0, epoch=0):
-        seen += len(b.images)
-        skipped += b.skipped
-    assert seen == 8
+    skipped: list[str] = []
+    got = list(batches(ds, 4, seed=0, epoch=0, failed=skipped.extend))
+    assert [len(b.images) for b in got] == [4, 4]  # 8 readable of 11: two full batches, none short
     assert sorted(p.split("/")[-1] for p in skipped) == ["empty.webp", "not_an_image.png", "truncated.jpg"]
+    assert list(batches(ds, 11, seed=0, epoch=0)) == []  # fewer readable images than a batch: no batch
 
 
 def test_missing_empty_and_unknown_data_give_clear_errors(tmp_path):

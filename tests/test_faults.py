@@ -24,8 +24,10 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+import freelabel.files as files
 import freelabel.run as rundir
 from freelabel.cli import main
+from freelabel.errors import DiskFullError
 from freelabel.train.interrupts import StopBetweenSteps
 
 SEED = int(os.environ.get("FREELABEL_FAULT_SEED", time.time_ns() % 10_000))
@@ -131,35 +133,42 @@ def inside_forward(n: int, sig: int, again: bool = False):
 
 
 def inside_save(stage: str, nth: int = 1, sig: int = signal.SIGKILL):
-    """A fault in the ``nth`` checkpoint save: ``model``/``state`` half-way through writing that file,
-    ``aside`` just after the replaced step was renamed aside, ``in`` just after the new one was renamed
-    in (the old one not yet deleted)."""
+    """A fault in the ``nth`` checkpoint save: ``model``/``state`` with that file half-written in the
+    temporary folder, ``in`` just after the new step was swapped in (the replaced one not yet deleted),
+    ``aside`` where the file system cannot swap folders in one step: just after the replaced step was
+    renamed aside."""
 
     def install():
         saves = 0
-        write, replace, save = rundir._write_synced, os.replace, rundir.save_checkpoint
+        save, fsync, exchange, replace = rundir.save_checkpoint, files._fsync, files._exchange, os.replace
 
         def counting_save(*args, **kwargs):
             nonlocal saves
             saves += 1
             return save(*args, **kwargs)
 
-        def half_write(path, data):
+        def torn(path):
             if saves == nth and Path(path).name.startswith(stage):
-                Path(path).write_bytes(data[: len(data) // 2])
+                if sig == signal.SIGKILL:  # killed with the file half-written; other signals let it go on
+                    os.truncate(path, Path(path).stat().st_size // 2)
                 kill_self(sig)
-            return write(path, data)
+            return fsync(path)
+
+        def swapped(a, b):
+            done = exchange(a, b) if stage != "aside" else False
+            if saves == nth and done and stage == "in":
+                kill_self(sig)
+            return done
 
         def renames(src, dst):
             replace(src, dst)
-            name, src_name = Path(dst).name, Path(src).name
-            moved_aside, moved_in = name.startswith(rundir._OLD), src_name.startswith(rundir._TMP)
-            if saves == nth and ((stage == "aside" and moved_aside) or (stage == "in" and moved_in)):
+            aside = Path(dst).name.startswith(files.ASIDE)
+            moved_in = Path(src).name.endswith(".tmp") and not Path(dst).name.startswith(".")
+            if saves == nth and ((stage == "aside" and aside) or (stage == "in" and moved_in)):
                 kill_self(sig)
 
         rundir.save_checkpoint = counting_save
-        rundir._write_synced = half_write
-        os.replace = renames
+        files._fsync, files._exchange, os.replace = torn, swapped, renames
 
     return install
 
@@ -325,13 +334,13 @@ def test_a_full_disk_keeps_the_previous_checkpoint(small_disk, monkeypatch, chec
     rundir.save_checkpoint(run, 3, *fake_state(3))
     fill(small_disk, 20_000)  # a checkpoint takes about 33 kB
     if not checked:  # the space check passes (space taken meanwhile by another program): the write fails
-        monkeypatch.setattr(rundir, "_check_space", lambda *args: None)
-    with pytest.raises(rundir.DiskFullError, match="no space .*step-00000003 is intact.*--resume") as e:
+        monkeypatch.setattr(files, "check_space", lambda *args: None)
+    with pytest.raises(DiskFullError, match="no space .*step-00000003 is intact.*--resume") as e:
         rundir.save_checkpoint(run, 6, *fake_state(6))
     assert "\n" not in str(e.value)
     assert sorted(p.name for p in (run / rundir.CHECKPOINTS).iterdir()) == ["step-00000003"]
     assert same_as(rundir.latest_checkpoint(run), 3)
-    with pytest.raises(rundir.DiskFullError):
+    with pytest.raises(DiskFullError):
         rundir.update_metrics(run, "pretrain", {"x": "y" * 30_000})
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]
 
@@ -353,18 +362,18 @@ def test_a_kill_while_writing_a_file_leaves_the_old_one_and_tidying_removes_the_
     rundir.save_backbone(run, {"w": torch.zeros(1000)})
     rundir.update_metrics(run, "pretrain", {"steps": 1})
 
-    def killed_half_way(path, data):
-        Path(path).write_bytes(data[: len(data) // 2])
-        kill_self()
+    def install():  # killed with the temporary half-written
+        def torn(path):
+            os.truncate(path, Path(path).stat().st_size // 2)
+            kill_self()
 
-    def install():
-        rundir._write_synced = killed_half_way
+        files._fsync = torn
 
     assert in_child(lambda: (install(), rundir.save_backbone(run, {"w": torch.ones(1000)})), timeout=60) == -9
     assert in_child(lambda: (install(), rundir.update_metrics(run, "pretrain", {"steps": 2})), timeout=60) == -9
     assert torch.equal(load_file(str(run / rundir.BACKBONE))["w"], torch.zeros(1000))
     assert rundir.read_metrics(run) == {"pretrain": {"steps": 1}}
-    assert len(list(run.glob(".*.tmp"))) == 2
+    assert len(list(run.glob(".*.tmp"))) == 1  # the first killed writer's was removed by the second write
     rundir.tidy_run(run)
     assert sorted(p.name for p in run.iterdir()) == [rundir.BACKBONE, rundir.METRICS]
 
@@ -414,6 +423,37 @@ def test_a_signal_at_a_random_moment_resumes_bit_for_bit(tmp_path, reference, si
     time.sleep(random.Random(SEED).uniform(0, 2))
     os.kill(pid, sig)
     assert wait(pid) in (0, 130, -signal.SIGKILL)  # 0: it had finished
+    resume(run)
+    assert_same_run(run, reference)
+
+
+@pytest.fixture(scope="module")
+def broken_folder(tmp_path_factory, fmnist_folder) -> Path:
+    """60 real images and 20 unreadable files among them (truncated PNGs, text): at batch 16, 3 full
+    batches an epoch, each filled past unreadable files; 8 steps cross two epochs."""
+    root = tmp_path_factory.mktemp("broken_folder") / "images"
+    root.mkdir()
+    good = sorted(fmnist_folder.rglob("*.png"))[:60]
+    for i, path in enumerate(good):
+        shutil.copy(path, root / f"{i:03d}.png")
+        if i % 3 == 0:
+            (root / f"{i:03d}-broken.png").write_bytes(path.read_bytes()[: 40 + i] if i % 2 else b"not an image")
+    return root
+
+
+def broken_args(folder: Path) -> list[str]:
+    return [*TRAIN[:5], "16", *TRAIN[6:], "--data", str(folder), "--recipe", "simclr-fashion-mnist"]
+
+
+@pytest.mark.slow
+def test_sigkill_with_unreadable_files_in_the_data_resumes_bit_for_bit(tmp_path, broken_folder):
+    reference_run = tmp_path / "reference"
+    assert in_child(argv=[*broken_args(broken_folder), "--out", str(reference_run)]) == 0
+    reference = trained(reference_run)
+    assert reference["metrics"]["skipped_files"] == 20 and reference["train"]["epoch"] == 2
+    run = tmp_path / "run"
+    n = random.Random(SEED).randint(1, STEPS - 1)
+    assert in_child(after_optimizer_step(n, signal.SIGKILL), [*broken_args(broken_folder), "--out", str(run)]) == -9
     resume(run)
     assert_same_run(run, reference)
 

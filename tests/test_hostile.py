@@ -10,9 +10,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from hostile import (
     BATCH,
     NON_UTF8,
+    SPARSE,
     broken_files,
     caption_list,
     good_image,
@@ -72,7 +74,13 @@ TINY = {  # method: (recipe, settings)
     ),
     "ijepa": (
         "ijepa-fashion-mnist",
-        [*VIT, "method_args.predictor_dim=16", "method_args.predictor_depth=1", "method_args.predictor_heads=2"],
+        [
+            *VIT,
+            "method_args.predictor_dim=16",
+            "method_args.predictor_depth=1",
+            "method_args.predictor_heads=2",
+            "views.size=32",  # an 8 x 8 grid: room for the target blocks and a context beside them
+        ],
     ),
     "clip": (
         "clip-emoji-captions",
@@ -85,9 +93,9 @@ TINY = {  # method: (recipe, settings)
 }
 
 
-def pretrain_args(method: str, data, out) -> list[str]:
+def pretrain_args(method: str, data, out, batch: int = BATCH, steps: int = 1) -> list[str]:
     recipe, sets = TINY[method]
-    flags = [a for s in [*sets, "views.size=16", "data.workers=0", "log_every=1"] for a in ("--set", s)]
+    flags = [a for s in ["views.size=16", "data.workers=0", "log_every=1", *sets] for a in ("--set", s)]
     return [
         "pretrain",
         method,
@@ -96,9 +104,9 @@ def pretrain_args(method: str, data, out) -> list[str]:
         "--data",
         str(data),
         "--steps",
-        "1",
+        str(steps),
         "--batch-size",
-        str(BATCH),
+        str(batch),
         "--out",
         str(out),
         *flags,
@@ -148,23 +156,53 @@ def test_every_method_has_a_tiny_hostile_run():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(TINY))
-def test_all_broken_and_one_good_batches_are_skipped_and_counted_by_every_method(method, tmp_path):
-    data = caption_list(tmp_path / "captions") if method in ("clip", "siglip") else training_folder(tmp_path / "images")
+def test_unreadable_files_give_their_places_to_readable_ones_for_every_method(method, tmp_path):
+    """4 good images among 12 files at batch 2: two full batches an epoch (the first made of the 4th and
+    7th file read), three steps across two epochs, every unreadable file counted once."""
+    places, batch = SPARSE["good"], SPARSE["batch"]
+    data = (
+        caption_list(tmp_path / "captions", places)
+        if method in ("clip", "siglip")
+        else training_folder(tmp_path / "images", places)
+    )
     run = tmp_path / "run"
-    assert main(pretrain_args(method, data, run)) == 0
+    assert main(pretrain_args(method, data, run, batch=batch, steps=3)) == 0
     m = json.loads((run / "metrics.json").read_text())["pretrain"]
-    assert m["steps"] == 1 and math.isfinite(m["final_loss"])
-    assert m["skipped_batches"] == 2  # batch 0 (no good image) and batch 1 (one): no step, no crash, no NaN
-    assert m["skipped_files"] == 2 * BATCH - 1
+    assert m["steps"] == 3 and m["images_seen"] == 3 * batch and math.isfinite(m["final_loss"])
+    assert m["skipped_files"] == 12 - len(places) and len(set(m["skipped_examples"])) == 8
 
 
-def test_data_with_no_trainable_batch_is_one_clear_line(tmp_path, capsys):
+def test_the_loader_fills_each_batch_from_the_next_readable_files(tmp_path):
+    from freelabel.data.loader import batches, epoch_order
+    from freelabel.data.registry import open_dataset
+
+    folder = training_folder(tmp_path / "images", SPARSE["good"])
+    ds = open_dataset(str(folder), "train", size=16)
+    failed: list[str] = []
+    got = list(batches(ds, 2, seed=0, epoch=0, failed=failed.extend))
+    order = epoch_order(len(ds), 0, 0).tolist()
+    assert [b.index.tolist() for b in got] == [[3, 6], [9, 11]]  # places in the epoch's order
+    assert [b.labels.tolist() for b in got] == [[-1, -1]] * 2 and len(got[0].images) == 2
+    assert sorted(failed) == sorted(str(ds.paths[order[p]]) for p in range(12) if p not in SPARSE["good"])
+    # resumed after the first step: from the place after its last image, the same second batch
+    resumed = list(batches(ds, 2, seed=0, epoch=0, start=1, cursor=7))
+    assert [b.index.tolist() for b in resumed] == [[9, 11]] and torch.equal(resumed[0].images, got[1].images)
+
+
+@pytest.mark.parametrize("good", [0, 1])
+def test_fewer_readable_images_than_a_batch_is_one_clear_line(good, tmp_path, capsys):
     folder = tmp_path / "broken"
     folder.mkdir()
     for name, data in broken_files().items():
         (folder / name).write_bytes(data)
-    err = one_line_error(capsys, pretrain_args("simclr", folder, tmp_path / "run"))
-    assert "readable images" in err
+    for i in range(good):
+        (folder / f"good{i}.png").write_bytes(good_image(i))
+    err = one_line_error(capsys, pretrain_args("simclr", folder, tmp_path / "run", batch=2))
+    assert (
+        f"10 of its {10 + good} images cannot be read" in err
+        and f"the {good} readable images fill no batch of 2" in err
+    )
+    assert "--batch-size" in err
 
 
 # ------------------------------------------------------------------------------------------- evaluation, index, zero-shot

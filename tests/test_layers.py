@@ -12,7 +12,7 @@ PACKAGE = Path(freelabel.__file__).parent
 
 # Rank of each top-level module or sub-package; a module may import only modules of its own rank or below.
 LAYERS = {
-    0: "__init__ errors config dist hardware interrupts data catalog backbones heads losses memory ema schedules text run",
+    0: "__init__ errors files config dist hardware interrupts data catalog backbones heads losses memory ema schedules text run",
     1: "methods",
     2: "pretrained",
     3: "encoder",

@@ -1,5 +1,7 @@
 import json
+import os
 import shutil
+import signal
 
 import pytest
 import torch
@@ -180,12 +182,15 @@ TWO_PROCESS_METHODS = {
 
 @pytest.mark.parametrize("method", TWO_PROCESS_METHODS)
 def test_two_processes_train_exactly_as_one(method, fmnist_folder, tmp_path):
-    """The whole engine under torchrun with 2 CPU processes of batch 16 (``--batch-size`` is per process), against
-    1 process holding all 32: with random views, crops and masks (each sample's are drawn for the global batch,
-    whatever the split), fp32 and SGD (Adam would blow float noise in null gradients, e.g. of the key biases,
-    up to whole steps), the loss curves and the trained weights agree, and only rank 0 writes the log."""
+    """The whole engine with 2 CPU processes of batch 16 (``--batch-size`` is per process), against 1 process
+    holding all 32: with random views, crops and masks (each sample's are drawn for the global batch, whatever
+    the split), fp32 and SGD (Adam would blow float noise in null gradients, e.g. of the key biases, up to whole
+    steps), the loss curves and the trained weights agree, and only rank 0 writes the log. SimCLR's processes
+    are started by torchrun itself; the others' are forked the way torchrun starts them (seconds, not tens)."""
     import subprocess
     import sys
+
+    from two_processes import forked_cli
 
     common = [
         "--precision",
@@ -216,30 +221,13 @@ def test_two_processes_train_exactly_as_one(method, fmnist_folder, tmp_path):
     ]
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["pretrain", method, "--out", str(one), "--batch-size", "32", *common]) == 0
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "freelabel.cli",
-            "pretrain",
-            method,
-            "--devices",
-            "2",
-            "--batch-size",
-            "16",
-            "--out",
-            str(two),
-            *common,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    argv = ["pretrain", method, "--devices", "2", "--batch-size", "16", "--out", str(two), *common]
+    if method == "simclr":
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "freelabel.cli"]
+        done = subprocess.run([*launch, *argv], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    else:
+        assert forked_cli(argv) == [0, 0]
     assert losses(two) == pytest.approx(losses(one), abs=1e-5)
     a, b = load_file(str(one / "backbone.safetensors")), load_file(str(two / "backbone.safetensors"))
     for k in a:
@@ -248,40 +236,74 @@ def test_two_processes_train_exactly_as_one(method, fmnist_folder, tmp_path):
     assert log.count(f"{method} on ") == 1 and "2 device(s)" in log
 
 
-def test_sync_bn_on_cpu_processes_is_refused_clearly(fmnist_folder, tmp_path):
-    import subprocess
-    import sys
+def test_two_processes_stop_together_on_ctrl_c_and_resume_exactly_with_unreadable_files(fmnist_folder, tmp_path):
+    """Ctrl-C in one process of two: both stop after the same step and save one checkpoint, from which
+    the run resumes to exactly the weights of the run that was never stopped. A fifth of the files cannot
+    be read, so each process fills its batches past a different number of them (its own place in the
+    epoch, saved for each), and the epochs end for both when one has no full batch left."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    from two_processes import forked_cli
 
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "freelabel.cli",
-            "pretrain",
-            "simclr",
-            "--devices",
-            "2",
-            "--accelerator",
-            "cpu",
-            "--data",
-            str(fmnist_folder),
-            "--recipe",
-            "simclr-fashion-mnist",
-            "--steps",
-            "1",
-            "--set",
-            "sync_bn=true",
-            "--out",
-            str(tmp_path / "run"),
-            *TINY,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode != 0 and "sync_bn needs CUDA devices" in done.stderr
-    assert not (tmp_path / "run" / "config.yaml").exists()  # nothing written: the same command runs once fixed
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, path in enumerate(sorted(fmnist_folder.rglob("*.png"))[:60]):
+        shutil.copy(path, folder / f"{i:03d}.png")
+        if i % 3 == 0:
+            (folder / f"{i:03d}-broken.png").write_bytes(b"not an image")
+
+    def ctrl_c_in_rank_1_after_step(n: int):
+        def install(rank: int) -> None:
+            steps = [0]
+
+            def hook(optimizer, args, kwargs):
+                steps[0] += 1
+                if rank == 1 and steps[0] == n:
+                    os.kill(os.getpid(), signal.SIGINT)
+
+            register_optimizer_step_post_hook(hook)
+
+        return install
+
+    train = [
+        "pretrain",
+        "simclr",
+        "--devices",
+        "2",
+        "--accelerator",
+        "cpu",
+        "--data",
+        str(folder),
+        "--recipe",
+        "simclr-fashion-mnist",
+        "--steps",
+        "7",
+        "--batch-size",
+        "8",
+        "--set",
+        "log_every=1",
+        "--set",
+        "checkpoint_every=100",
+        "--set",
+        "data.workers=0",
+        *TINY[2:],
+    ]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert forked_cli([*train, "--out", str(whole)]) == [0, 0]
+    assert "2 device(s)" in (whole / "log.txt").read_text()
+    assert forked_cli([*train, "--out", str(stopped)], ctrl_c_in_rank_1_after_step(4)) == [130, 130]
+    assert "interrupted at step 4" in (stopped / "log.txt").read_text()
+    assert [p.name for p in (stopped / "checkpoints").iterdir()] == ["step-00000004"]
+    assert forked_cli(["pretrain", "--resume", str(stopped)]) == [0, 0]
+    assert losses(stopped) == losses(whole)
+    a, b = load_file(str(whole / "backbone.safetensors")), load_file(str(stopped / "backbone.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    metrics = json.loads((stopped / "metrics.json").read_text())["pretrain"]
+    assert metrics["skipped_files"] == 20 and metrics["steps"] == 7  # both processes' unreadable files
+
+
+def test_sync_bn_on_cpu_processes_is_refused_clearly(tmp_path, capsys):
+    """Before any process starts or anything is written (so torchrun's processes refuse it alike)."""
+    argv = ["pretrain", "simclr", "--devices", "2", "--accelerator", "cpu", "--set", "sync_bn=true", "--steps", "1"]
+    assert main([*argv, "--out", str(tmp_path / "run"), *TINY]) == 2
+    assert "sync_bn needs CUDA devices" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing written: the same command runs once fixed

@@ -246,21 +246,14 @@ def test_compare_two_methods_then_resume(tmp_path, fmnist_folder, capsys, browse
     assert 'href="simclr-fashion-mnist/report.html"' in html and 'href="rotation-fashion-mnist/report.html"' in html
     assert check_page(browser, out / "leaderboard.html") == []
 
-    stamps = {
-        n: (out / n / "backbone.safetensors").stat().st_mtime_ns
-        for n in ("simclr-fashion-mnist", "rotation-fashion-mnist")
-    }
+    stamps = {n: (out / n / "backbone.safetensors").stat().st_mtime_ns for n in ("simclr-fashion-mnist",)}
     (out / "leaderboard.csv").unlink()
-    assert main(args) == 1  # finished methods are not trained again (byol is retried), the leaderboard is rewritten
-    assert stamps == {
-        n: (out / n / "backbone.safetensors").stat().st_mtime_ns
-        for n in ("simclr-fashion-mnist", "rotation-fashion-mnist")
-    }
-    assert (out / "leaderboard.csv").is_file()
-    assert main([*args, "--finetune", "5"]) == 1  # the finished runs are fine-tuned (5 labels a class), not retrained
+    # again, without rotation: simclr, finished, is not trained again but fine-tuned (5 labels a class),
+    # byol is retried, the leaderboard is written again
+    assert main([a for a in args if not a.startswith("rotation")] + ["--finetune", "5"]) == 1
     assert stamps == {n: (out / n / "backbone.safetensors").stat().st_mtime_ns for n in stamps}
     tuned = {r["name"]: r for r in csv.DictReader((out / "leaderboard.csv").open())}
-    assert all(10 < float(tuned[n]["finetune_top1"]) <= 100 for n in stamps)
+    assert all(10 < float(tuned[n]["finetune_top1"]) <= 100 for n in stamps) and "byol" in tuned
     assert "| fine-tuned (5 labels) |" in (out / "leaderboard.md").read_text()
     assert main([*args, "--finetune", "0%"]) == 2 and "a percentage in (0, 100]" in capsys.readouterr().err
     assert main([*args, "--seed", "1"]) == 2  # a run of the same folder with another seed would not compare

@@ -296,9 +296,9 @@ def _cell(v: Any, digits: int = 2) -> str:
 def write_leaderboard(out: Path, rows: list[dict], entries: list[Entry], finetune: str | None = None) -> None:
     """``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.html`` (all curves on one plot, links
     to each run's report)."""
+    from .files import write_text
     from .report import data_uri, environment, render
     from .report.figures import leaderboard_curves
-    from .run import _atomic_write as atomic_write
 
     cfg = entries[0].cfg
     b = cfg.budget
@@ -328,13 +328,13 @@ def write_leaderboard(out: Path, rows: list[dict], entries: list[Entry], finetun
             f"Raw pixels (k-NN top-1, k=20): {raw:.2f}%. k-NN: weighted, on frozen pooled features, full train and test splits.",
         ]
     md += [""] + [f"- {e}" for e in errors] if errors else []
-    atomic_write(out / "leaderboard.md", ("\n".join(md) + "\n").encode())
+    write_text(out / "leaderboard.md", "\n".join(md) + "\n")
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(out / "leaderboard.csv", buf.getvalue().encode())
+    write_text(out / "leaderboard.csv", buf.getvalue())
 
     curves = {}
     for r in rows:
@@ -356,4 +356,4 @@ def write_leaderboard(out: Path, rows: list[dict], entries: list[Entry], finetun
         },
         "leaderboard.html.j2",
     )
-    atomic_write(out / "leaderboard.html", html.encode())
+    write_text(out / "leaderboard.html", html)

@@ -11,10 +11,13 @@ no method by name: a method is any :class:`freelabel.methods.Method`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
+import os
+import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,7 +28,7 @@ from lightning.fabric import Fabric
 
 from . import run as rundir
 from .config import ConfigError, RunConfig
-from .data.loader import MIN_BATCH, Batch, batches, steps_per_epoch, trim
+from .data.loader import Batch, batches, steps_per_epoch
 from .data.registry import open_dataset
 from .data.views import Views
 from .errors import DataError, TrainingError
@@ -57,19 +60,28 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     position: int = 0  # batches of this epoch already trained on
+    cursor: int = 0  # places of this process's sequence of the epoch read, readable or not (data/loader.py)
     train_seconds: float = 0.0
     images_seen: int = 0
-    skipped: list[str] = field(default_factory=list)  # files that failed to decode
-    skipped_batches: int = 0  # batches with fewer than MIN_BATCH readable images: no step
+    skipped: list[str] = field(default_factory=list)  # files that failed to decode, each once
     loss: float | None = None  # the last logged loss
     knn_curve: list[dict] = field(default_factory=list)  # the online k-NN points so far
 
-    def advance(self, images: int, skipped: list[str]) -> None:
-        """One step done, on ``images`` images of all processes together; ``skipped`` failed to decode."""
+    def advance(self, images: int, cursor: int) -> None:
+        """One step done, on ``images`` images of all processes together, this process's ending before
+        place ``cursor`` of its sequence."""
         self.step += 1
         self.position += 1
+        self.cursor = cursor
         self.images_seen += images
-        self.skipped += skipped
+
+    def count_skipped(self, paths: list[str]) -> None:
+        """Files that failed to decode (each counted once, in every epoch that meets it)."""
+        known = set(self.skipped)
+        self.skipped += [p for p in dict.fromkeys(paths) if p not in known]
+
+    def next_epoch(self) -> None:
+        self.epoch, self.position, self.cursor = self.epoch + 1, 0, 0
 
 
 _FUSED = ("adam", "adamw", "sgd", "momentum", "nesterov")  # timm names of torch optimisers with a fused kernel
@@ -109,24 +121,24 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
                 f"{out} already holds a run; continue it with {rundir.resume_hint(out)}, or choose another --out"
             )
         log.info("%s holds a run stopped before its first checkpoint: starting it again", out)
-    out.mkdir(parents=True, exist_ok=True)
-    handler = rundir.file_logger(out)
-    handler.addFilter(lambda record: not dist.is_initialized() or dist.get_rank() == 0)  # one log.txt writer
-    log.addHandler(handler)
+    made = not out.exists()
     try:
-        return _pretrain(cfg, out, resume)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+        with ExitStack() as log_file:  # log.txt, once every check has passed and the run's folder is made
+            return _pretrain(cfg, out, resume, log_file)
+    except DataError:  # data found unfit in the first epoch: no run folder left behind, if this call made it
+        if made and (not dist.is_initialized() or dist.get_rank() == 0) and not rundir.has_results(out):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
-def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
-    data = open_dataset(
+def _pretrain(cfg: RunConfig, out: Path, resume: bool, log_file: ExitStack) -> dict:
+    data = open_dataset(  # first: data that cannot be read stops the run before anything is written or said
         cfg.data.name, "train", size=cfg.data.image_size or cfg.views.size, allow_outside=cfg.data.allow_outside
     )
-    fabric, method, model, optimizer, precision = _setup(cfg, data, out)
+    found = rundir.load_latest_checkpoint(out) if resume else None  # so is a checkpoint that is refused
+    fabric, method, model, optimizer, precision = _setup(cfg, data, out, log_file)
     schedule = OptimizerSchedule(optimizer, cfg.optim)  # before resuming: the peak learning rates
-    state = _resume(out, model, optimizer) if resume else TrainState()
+    state = _resume(out, found, model, optimizer, fabric, cfg.optim.batch_size) if resume else TrainState()
     knn = OnlineKNN(
         cfg,
         method.backbone,
@@ -150,6 +162,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
         workers=workers,
         masks=method.masks,
         views=method.views,
+        failed=state.count_skipped,
     )
     forecast = Forecast(cfg.budget, clock.total_steps, cfg.optim.batch_size * world, len(data), fabric.is_global_zero)
     monitor = Monitor(
@@ -157,15 +170,14 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
     )
     save = _checkpointer(out, state, model, optimizer, fabric)
     last: Batch | None = None  # the last batch, for the method's artefacts
-    enough_images = _EnoughImages(fabric, steps_per_epoch(len(data), cfg.optim.batch_size, world), cfg.data.name)
 
     with monitor, _stop_between_steps(save, state, out, fabric) as stop:
         while clock.progress(state) < 1:
-            for batch in stream(epoch=state.epoch, start=state.position):
+            for batch in _while_every_process_has_one(
+                stream(epoch=state.epoch, start=state.position, cursor=state.cursor), fabric
+            ):
                 if (p := clock.progress(state)) >= 1:
                     break
-                if (batch := enough_images(batch, state)) is None:
-                    continue
                 schedule(p)
                 method.on_step(p)
                 last = _on_device(batch, views, step_generator(cfg.seed, state.step), (rank, world), fabric.device)
@@ -180,14 +192,15 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool) -> dict:
                     optimizer.step()
                     with whole_weights(model, cfg.strategy, needed=type(method).after_step is not Method.after_step):
                         method.after_step(p)
-                    state.advance(len(batch.images) * world, batch.skipped)
+                    state.advance(len(batch.images) * world, int(batch.index[-1]) + 1)
                 clock.tick(state)
                 monitor.step(outputs, optimizer.param_groups[0]["lr"], clock.progress(state))
                 state.loss = monitor.metrics.get("loss", state.loss)
                 _evaluate_and_save(state, cfg.checkpoint_every, clock, knn, monitor, save)
                 stop.check()
             else:
-                state.epoch, state.position = state.epoch + 1, 0
+                _check_epoch(state, cfg, len(data), world)
+                state.next_epoch()
         monitor.done()
     knn.finish(state)
     save()
@@ -209,9 +222,11 @@ def _evaluate_and_save(
             save()
 
 
-def _setup(cfg: RunConfig, data, out: Path) -> tuple[Fabric, Method, torch.nn.Module, torch.optim.Optimizer, str]:
+def _setup(
+    cfg: RunConfig, data, out: Path, log_file: ExitStack
+) -> tuple[Fabric, Method, torch.nn.Module, torch.optim.Optimizer, str]:
     """Fabric, the method (the same initial weights on every process), its wrapped module and optimiser,
-    and the precision; the run's config is written once every check has passed."""
+    and the precision; the run's folder, its log and config are made once every check has passed."""
     cfg.data.channels = data.channels
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
     method = build_method(cfg, data.channels)
@@ -225,11 +240,13 @@ def _setup(cfg: RunConfig, data, out: Path) -> tuple[Fabric, Method, torch.nn.Mo
         strategy=strategy(cfg.strategy, cfg.activation_checkpointing),
     )
     fabric.launch()
-    if cfg.sync_bn and fabric.world_size > 1 and fabric.device.type != "cuda":  # before anything is written
+    if steps_per_epoch(len(data), cfg.optim.batch_size, fabric.world_size) == 0:
         raise ConfigError(
-            "sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); leave it off on the CPU"
+            f"{len(data)} images cannot fill one batch of {cfg.optim.batch_size * fabric.world_size}; lower --batch-size"
         )
     if fabric.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        log_file.enter_context(rundir.logging_to(out))  # one writer of log.txt: the first process
         rundir.tidy_run(out)
         rundir.check_room(out, method.state_dict())
         rundir.save_config(out, cfg)
@@ -259,9 +276,16 @@ def _setup(cfg: RunConfig, data, out: Path) -> tuple[Fabric, Method, torch.nn.Mo
 
 def _check_strategy(cfg: RunConfig) -> None:
     """One line for a strategy this run cannot have, before anything starts."""
+    on_cpu = cfg.accelerator == "cpu" or not torch.cuda.is_available()
+    processes = int(os.environ.get("WORLD_SIZE", 1))  # under torchrun
+    processes = max(processes, cfg.num_nodes * (cfg.devices if isinstance(cfg.devices, int) else 1))
     if cfg.strategy not in STRATEGIES:
         raise ConfigError(f"strategy {cfg.strategy!r} is not one of {', '.join(STRATEGIES)}")
-    if cfg.strategy == "fsdp" and (cfg.accelerator == "cpu" or not torch.cuda.is_available()):
+    if cfg.sync_bn and on_cpu and processes > 1:
+        raise ConfigError(
+            "sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); leave it off on the CPU"
+        )
+    if cfg.strategy == "fsdp" and on_cpu:
         raise ConfigError(
             "--strategy fsdp needs CUDA devices (Lightning runs FSDP on GPUs only); use --strategy ddp on the CPU"
         )
@@ -274,50 +298,36 @@ def _check_strategy(cfg: RunConfig) -> None:
 
 def _budget_clock(cfg: RunConfig, images: int, fabric: Fabric) -> BudgetClock:
     per_epoch = steps_per_epoch(images, cfg.optim.batch_size, fabric.world_size)
-    if per_epoch == 0:
-        raise ConfigError(
-            f"{images} images cannot fill one batch of {cfg.optim.batch_size * fabric.world_size}; lower --batch-size"
-        )
     budget = cfg.budget
     total_steps = budget.steps or (math.ceil(budget.epochs * per_epoch) if budget.epochs else None)
     agree = (lambda seconds: fabric.broadcast(seconds, 0)) if fabric.world_size > 1 else None
     return BudgetClock(total_steps, budget.minutes, agree)
 
 
-class _EnoughImages:
-    """Counts the batch's unreadable files and cuts it to as many images as the process with the fewest
-    readable ones has (the same on every process); a batch left under :data:`MIN_BATCH` (every image
-    broken, or all but one: BatchNorm, variances and negatives need two) is passed over and counted
-    (``None``). An epoch's worth of such batches in a row is a :class:`DataError`, not an endless loop."""
+def _while_every_process_has_one(batches: Iterator[Batch], fabric: Fabric) -> Iterator[Batch]:
+    """This process's batches for as long as every process has one: with unreadable files the processes'
+    parts of an epoch can make different numbers of full batches, and the epoch ends for all at once."""
+    if fabric.world_size == 1:
+        yield from batches
+        return
+    for batch in itertools.chain(batches, [None]):
+        has = torch.tensor(int(batch is not None), device=fabric.device)
+        if not fabric.all_reduce(has, reduce_op="min").item():
+            return
+        yield batch
 
-    def __init__(self, fabric: Fabric, per_epoch: int, data: str):
-        self.fabric, self.per_epoch, self.data, self.in_a_row = fabric, per_epoch, data, 0
 
-    def __call__(self, batch: Batch, state: TrainState) -> Batch | None:
-        state.skipped += batch.skipped
-        n = len(batch.images)
-        if self.fabric.world_size > 1:
-            n = int(self.fabric.all_reduce(torch.tensor(n, device=self.fabric.device), reduce_op="min").item())
-        if n >= MIN_BATCH:
-            self.in_a_row = 0
-            return trim(batch, n)
-        state.skipped_batches += 1
-        state.position += 1
-        self.in_a_row += 1
-        log.warning(
-            "batch %d of epoch %d skipped: %d readable image(s), a step needs %d",
-            state.position - 1,
-            state.epoch,
-            n,
-            MIN_BATCH,
+def _check_epoch(state: TrainState, cfg: RunConfig, images: int, world: int) -> None:
+    """An epoch that made no step (begun at its start): fewer readable images than a batch needs."""
+    if state.position == 0:
+        unreadable = len(state.skipped)
+        example = f", e.g. {state.skipped[-1]}" if state.skipped else ""
+        per = f" per process ({world} processes)" if world > 1 else ""
+        raise DataError(
+            f"--data {cfg.data.name}: {unreadable} of its {images} images cannot be read{example}; the "
+            f"{images - unreadable} readable images fill no batch of {cfg.optim.batch_size}{per}: "
+            "lower --batch-size or replace the unreadable files"
         )
-        if self.in_a_row >= self.per_epoch:
-            example = f", e.g. {state.skipped[-1]}" if state.skipped else ""
-            raise DataError(
-                f"no batch in an epoch's worth ({self.per_epoch}) had {MIN_BATCH} readable images "
-                f"({len(state.skipped)} files unreadable{example}); check --data {self.data}"
-            )
-        return None
 
 
 def _on_device(
@@ -355,8 +365,9 @@ def _save_checkpoint(
     """Weights, optimiser, where the run stands and the global random state, written by the first process;
     full state dicts under every strategy (see :mod:`freelabel.train.sharding`)."""
     weights, optim = full_state(model, optimizer)
+    train = asdict(state) | _across_processes(state, fabric)
     if fabric.is_global_zero:
-        saved = {"optimizer": optim, "train": asdict(state), "torch_rng": torch.get_rng_state()}
+        saved = {"optimizer": optim, "train": train, "torch_rng": torch.get_rng_state()}
         rundir.save_checkpoint(out, state.step, weights, saved)
     fabric.barrier()
 
@@ -377,11 +388,27 @@ def _checkpointer(
     return save
 
 
-def _resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
-    """Load the newest checkpoint of ``out`` that loads into ``model`` and ``optimizer``, whatever the strategy
-    of the run that saved it; where the run stood. A run stopped before its first checkpoint starts again
-    from step 0."""
-    found = rundir.load_latest_checkpoint(out)
+def _across_processes(state: TrainState, fabric: Fabric) -> dict:
+    """What differs between processes, gathered (on every process): each one's place in its sequence of
+    the epoch (``cursor``, one per process) and the unreadable files all of them met."""
+    if fabric.world_size == 1:
+        return {"cursor": [state.cursor]}
+    parts: list = [None] * fabric.world_size
+    dist.all_gather_object(parts, (state.cursor, state.skipped))
+    return {"cursor": [c for c, _ in parts], "skipped": list(dict.fromkeys(p for _, s in parts for p in s))}
+
+
+def _resume(
+    out: Path,
+    found: tuple[Path, dict, dict] | None,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    fabric: Fabric,
+    batch_size: int,
+) -> TrainState:
+    """Load the newest checkpoint of ``out`` (``found``: :func:`freelabel.run.load_latest_checkpoint`) into
+    ``model`` and ``optimizer``, whatever the strategy of the run that saved it; where the run stood. A run
+    stopped before its first checkpoint starts again from step 0."""
     if found is None:
         log.info("%s has no checkpoint yet: starting it from step 0 with its saved config", out)
         return TrainState()
@@ -389,7 +416,16 @@ def _resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer)
     load_full_state(model, optimizer, weights, saved["optimizer"])
     torch.set_rng_state(saved["torch_rng"])
     log.info("resumed from %s (step %d)", ckpt, saved["train"]["step"])
-    return TrainState(**saved["train"])
+    train = saved["train"] | {"skipped": list(saved["train"].get("skipped", []))}
+    train.pop("skipped_batches", None)  # an older freelabel's count of batches that made no step
+    cursors = train.pop("cursor", None)  # one per process; none from an older freelabel, or another world
+    state = TrainState(**train)
+    rank, world = fabric.global_rank, fabric.world_size
+    if isinstance(cursors, list) and len(cursors) == world:
+        state.cursor = cursors[rank]
+    else:
+        state.cursor = state.position * batch_size
+    return state
 
 
 @contextmanager
@@ -437,7 +473,8 @@ def _finish(
     unreadable: list[str],
 ) -> dict:
     """The run's results; the first process writes the backbone, the method's artefacts and metrics.json."""
-    skipped = unreadable + state.skipped  # files unreadable when the data was opened (shards) and in training
+    gathered = _across_processes(state, fabric).get("skipped", state.skipped)
+    skipped = unreadable + gathered  # files unreadable when the data was opened (shards) and in training
     result = {
         "method": cfg.method,
         "backbone": cfg.backbone.name,
@@ -451,7 +488,6 @@ def _finish(
         "devices": fabric.world_size,
         "skipped_files": len(skipped),
         "skipped_examples": skipped[:20],
-        "skipped_batches": state.skipped_batches,
     }
     if state.knn_curve:
         result["knn_curve"] = state.knn_curve

@@ -32,5 +32,9 @@ class SearchError(FreelabelError, ValueError):
     """An index or query that cannot be used as asked."""
 
 
+class DiskFullError(FreelabelError):
+    """No room on the device for a file; what was there before is intact."""
+
+
 class TrainingError(FreelabelError, RuntimeError):
     """Training cannot go on (a NaN loss, say)."""

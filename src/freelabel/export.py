@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ from .backbones import TORCHVISION_RESNETS, VITS, ConvBackbone, TimmBackbone, vi
 from .config import RunConfig
 from .encoder import is_run, load_encoder
 from .errors import RunError
+from .files import atomic_folder
 from .methods import load_backbone, method_class
 from .run import BACKBONE, latest_checkpoint, save_backbone, save_config
 from .timm_models import rgb_stem
@@ -79,11 +78,7 @@ def export_run(run: Path | str, fmt: str, out: Path | str | None = None, weights
     out = Path(out) if out else run / f"export-{fmt}"
     if out.exists() and not (out / "export.json").is_file():
         raise ExportError(f"{out} exists and is not a freelabel export; remove it or give another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_folder(out) as tmp:
         source = str(weights) if weights is not None else _weights_source(run)
         info = {
             "format": fmt,
@@ -102,16 +97,6 @@ def export_run(run: Path | str, fmt: str, out: Path | str | None = None, weights
             info.update(WRITERS[fmt](backbone, cfg, tmp, out.resolve()))
         (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")
         (tmp / "README.md").write_text(_readme(info))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -1,26 +1,25 @@
 """The run directory: resolved config, metrics.json, checkpoints, logs; reading and writing them, nothing
-else (building a run's backbone is :func:`freelabel.methods.load_backbone`). Every write is atomic."""
+else (building a run's backbone is :func:`freelabel.methods.load_backbone`). Every write goes through
+:mod:`freelabel.files`: whole or not at all."""
 
 from __future__ import annotations
 
-import errno
-import io
 import json
 import logging
-import os
 import pickle
 import shutil
 import struct
-import tempfile
 import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file
-from safetensors.torch import save as save_safetensors
+from safetensors.torch import load_file, save_file
 
+from . import files
 from .config import RunConfig, from_dict, read_yaml, to_dict, validate
 from .errors import RunError
 
@@ -28,69 +27,12 @@ CONFIG, METRICS, CHECKPOINTS, BACKBONE = "config.yaml", "metrics.json", "checkpo
 log = logging.getLogger("freelabel")
 
 
-class DiskFullError(RunError):
-    """No room on the device for a file of the run; what was there before is intact."""
-
-
 class UnsafeCheckpoint(RunError):
     """A checkpoint holding a pickle that could run code: not damage to pass over, but a file to refuse."""
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename or a new entry in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _no_space(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def _size(n: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n:.0f} bytes"
-
-
-def _check_space(folder: Path, needed: int, what: str, advice: str) -> None:
-    free = shutil.disk_usage(folder).free
-    if free < needed:
-        raise DiskFullError(
-            f"no space for {what} in {folder}: it needs {_size(needed)}, {_size(free)} are free; {advice}"
-        )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all: a synced temporary file renamed over it, the rename synced."""
-    path = Path(path)
-    advice = "free some space and run the command again"
-    _check_space(path.parent, len(data), path.name, advice)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        _write_synced(Path(tmp), data)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if _no_space(e):
-            raise DiskFullError(f"no space left in {path.parent} for {path.name}; {advice}") from None
-        raise
-    _fsync_dir(path.parent)
-
-
 def save_config(run: Path, cfg: RunConfig) -> None:
-    _atomic_write(run / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+    files.write_text(run / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def load_config(run: Path) -> RunConfig:
@@ -117,7 +59,7 @@ def update_metrics(run: Path, section: str, values: dict) -> dict:
     """Merge ``values`` into ``metrics.json[section]`` and rewrite the file atomically."""
     metrics = read_metrics(run)
     metrics.setdefault(section, {}).update(values)
-    _atomic_write(Path(run) / METRICS, json.dumps(metrics, indent=2).encode())
+    files.write_json(Path(run) / METRICS, metrics, indent=2)
     return metrics
 
 
@@ -125,10 +67,20 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
+def _nbytes(obj) -> int:
+    """The bytes of the tensors in ``obj`` (nested dicts and lists), plus a little for what pickles them."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(map(_nbytes, obj.values())) + 64 * len(obj)
+    if isinstance(obj, list | tuple):
+        return sum(map(_nbytes, obj)) + 8 * len(obj)
+    return len(obj) if isinstance(obj, str | bytes) else 16
+
+
 def check_room(run: Path, model_state: dict[str, torch.Tensor]) -> None:
     """Refuse to start training where not even one checkpoint of the model's weights would fit."""
-    needed = sum(t.numel() * t.element_size() for t in model_state.values())
-    _check_space(Path(run), needed, "the checkpoints", "free some space or choose another --out")
+    files.check_space(Path(run), _nbytes(model_state), "the checkpoints", "free some space or choose another --out")
 
 
 def resume_hint(run: Path) -> str:
@@ -137,77 +89,41 @@ def resume_hint(run: Path) -> str:
 
 def save_checkpoint(run: Path, step: int, model_state: dict, train_state: dict, keep: int = 2) -> Path:
     """Write ``checkpoints/step-N/`` (model weights as safetensors, the rest as ``state.pt``) whole or not
-    at all, then drop all but the newest ``keep``.
-
-    The files are written and synced in a temporary folder, which is renamed into place; a step saved
-    before is first renamed aside and deleted only once the new one is in. Free space is checked against
-    the checkpoint's size before anything is written."""
+    at all (:func:`freelabel.files.atomic_folder`: a step saved before is swapped out only once the new one
+    is complete), then drop all but the newest ``keep``. Each file is written straight to the disk, not
+    serialised in memory first; the free space is checked against the checkpoint's size beforehand."""
     root = Path(run) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     tidy_run(run)
     final = root / f"step-{step:08d}"
-    weights = save_safetensors(_contiguous(model_state))
-    buffer = io.BytesIO()
-    torch.save(train_state, buffer)
-    state = buffer.getvalue()
+    weights = _contiguous(model_state)
     previous = latest_checkpoint(run)
     kept = f"{previous.name} is intact" if previous else "there is no earlier checkpoint"
     advice = f"{kept}; free some space, then continue with {resume_hint(run)}"
-    _check_space(root, len(weights) + len(state), f"checkpoint {final.name}", advice)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f"{_TMP}{final.name}-"))
-    try:
-        _write_synced(tmp / "model.safetensors", weights)
-        _write_synced(tmp / "state.pt", state)
-        _fsync_dir(tmp)
-        _replace_dir(tmp, final)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if _no_space(e):
-            raise DiskFullError(f"no space left in {root} for checkpoint {final.name}; {advice}") from None
-        raise
+    with files.atomic_folder(final, _nbytes(weights) + _nbytes(train_state), advice) as tmp:
+        save_file(weights, str(tmp / "model.safetensors"))
+        torch.save(train_state, tmp / "state.pt")
     for old in checkpoints(run)[keep:]:
         shutil.rmtree(old)
     return final
 
 
-_TMP, _OLD = ".tmp-", ".old-"  # a checkpoint being written; a replaced one not yet deleted
-
-
-def _replace_dir(new: Path, final: Path) -> None:
-    """Rename ``new`` to ``final``; an existing ``final`` is renamed aside first and deleted last, so
-    that at every moment one complete copy of the step is on disk under a name :func:`checkpoints` reads."""
-    aside = final.with_name(_OLD + final.name)
-    if final.exists():
-        os.replace(final, aside)
-        _fsync_dir(final.parent)
-    os.replace(new, final)
-    _fsync_dir(final.parent)
-    if aside.exists():
-        shutil.rmtree(aside)
-
-
 def tidy_run(run: Path) -> None:
     """Clean up after a run killed while saving: delete half-written files and checkpoints, and put back a
     replaced checkpoint whose replacement never arrived. Only the process that writes the run may call this."""
-    for path in Path(run).glob(".*.tmp"):
-        path.unlink(missing_ok=True)
+    files.remove_stale(run)
     root = Path(run) / CHECKPOINTS
-    for path in root.glob(_TMP + "*"):
-        shutil.rmtree(path, ignore_errors=True)
-    for aside in root.glob(_OLD + "step-*"):
-        final = aside.with_name(aside.name.removeprefix(_OLD))
-        if final.exists():
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(aside, final)
-            _fsync_dir(root)
+    if root.is_dir():
+        files.remove_stale(root)
+        for aside in root.glob(files.ASIDE + "step-*"):
+            files.recover(aside.with_name(aside.name.removeprefix(files.ASIDE)))
 
 
 def _steps(root: Path) -> list[Path]:
     """Checkpoint folders newest first (a replaced one still aside counts while its step is missing)."""
     found = {p.name: p for p in root.glob("step-[0-9]*")}
-    for aside in root.glob(_OLD + "step-[0-9]*"):
-        found.setdefault(aside.name.removeprefix(_OLD), aside)
+    for aside in root.glob(files.ASIDE + "step-[0-9]*"):
+        found.setdefault(aside.name.removeprefix(files.ASIDE), aside)
     return [found[name] for name in sorted(found, reverse=True)]
 
 
@@ -303,11 +219,13 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def save_artefact(run: Path, name: str, data: bytes) -> None:
     """A file a method leaves in the run directory (colorization's image grid, jigsaw's permutations)."""
-    _atomic_write(Path(run) / name, data)
+    files.write_bytes(Path(run) / name, data)
 
 
 def save_backbone(run: Path, state: dict) -> None:
-    _atomic_write(Path(run) / BACKBONE, save_safetensors(_contiguous(state)))
+    state = _contiguous(state)
+    with files.atomic_file(Path(run) / BACKBONE, _nbytes(state)) as tmp:
+        save_file(state, str(tmp))
 
 
 def load_backbone_state(run: Path) -> dict[str, torch.Tensor]:
@@ -332,7 +250,14 @@ class _LogFile(logging.FileHandler):
         pass
 
 
-def file_logger(run: Path) -> logging.Handler:
-    handler = _LogFile(Path(run) / "log.txt", errors="backslashreplace")  # non-UTF-8 file names, not a traceback
+@contextmanager
+def logging_to(run: Path) -> Iterator[None]:
+    """Append freelabel's log to ``RUN/log.txt`` while the block runs."""
+    handler = _LogFile(Path(run) / "log.txt", errors="backslashreplace")  # non-UTF-8 file names as escapes
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    return handler
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()

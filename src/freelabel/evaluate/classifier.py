@@ -10,10 +10,9 @@ backbone like any run's.
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data.views import ViewConfig
 from ..errors import ConfigError, DataError, RunError
+from ..files import atomic_folder, write_text
 from .common import Model, progress
 
 INFO, HEAD = "classifier.json", "head.safetensors"
@@ -47,19 +47,12 @@ class Classifier(nn.Module):
 
 
 def save_classifier(clf: Classifier, out: str | Path, about: dict, texts: dict[str, str] | None = None) -> Path:
-    """Write the folder atomically (a temporary folder renamed into place); ``about`` goes into
+    """Write the folder whole or not at all (:func:`freelabel.files.atomic_folder`); ``about`` goes into
     ``classifier.json``, ``texts`` (name: content) into text files beside it."""
     from ..run import CONFIG
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     m = clf.model
     state = {k: v.detach().contiguous().cpu() for k, v in clf.backbone.state_dict().items()}
-    save_file(state, str(tmp / "backbone.safetensors"))
-    save_file({k: v.detach().contiguous().cpu() for k, v in clf.head.state_dict().items()}, str(tmp / HEAD))
-    if m.run_dir is not None:
-        shutil.copy(m.run_dir / CONFIG, tmp / CONFIG)
     info = {
         "classes": clf.classes,
         "source": m.spec if m.run_dir is None else None,
@@ -68,13 +61,15 @@ def save_classifier(clf: Classifier, out: str | Path, about: dict, texts: dict[s
         "view": asdict(m.view),
         **about,
     }
-    (tmp / INFO).write_text(json.dumps(info, indent=2))
-    for name, text in (texts or {}).items():
-        (tmp / name).write_text(text)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    with atomic_folder(out, sum(v.numel() * v.element_size() for v in state.values())) as tmp:
+        save_file(state, str(tmp / "backbone.safetensors"))
+        save_file({k: v.detach().contiguous().cpu() for k, v in clf.head.state_dict().items()}, str(tmp / HEAD))
+        if m.run_dir is not None:
+            shutil.copy(m.run_dir / CONFIG, tmp / CONFIG)
+        (tmp / INFO).write_text(json.dumps(info, indent=2))
+        for name, text in (texts or {}).items():
+            (tmp / name).write_text(text)
+    return Path(out)
 
 
 def load_classifier(folder: str | Path, device: torch.device | str | None = None) -> Classifier:
@@ -129,8 +124,9 @@ def predict_folder(
     if not rows:
         raise DataError(f"none of the {len(paths)} images under {root} could be decoded")
     if out is not None:
-        with open(out, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["image"] + [f"{name}_{j}" for j in range(1, k + 1) for name in ("label", "score")])
-            writer.writerows(rows)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["image"] + [f"{name}_{j}" for j in range(1, k + 1) for name in ("label", "score")])
+        writer.writerows(rows)
+        write_text(out, buffer.getvalue())
     return rows, failed

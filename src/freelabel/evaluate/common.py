@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from ..data.views import ViewConfig, resize
 from ..errors import DataError
+from ..files import atomic_file
 
 
 @dataclass
@@ -166,10 +167,8 @@ def cached_features(
         t = load_file(str(path))
         return t["features"], t["labels"]
     feats, labels = extract(model, ds, tokens, size=size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, str(tmp))
-    tmp.replace(path)
+    with atomic_file(path, feats.numel() * feats.element_size()) as tmp:
+        save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, str(tmp))
     return feats, labels
 
 

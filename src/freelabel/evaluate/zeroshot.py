@@ -24,7 +24,8 @@ from ..data.registry import open_dataset
 from ..data.sources import ImageFiles, scan_folder
 from ..encoder import Encoder, load_encoder
 from ..errors import DataError, PretrainedError
-from ..run import save_artefact, update_metrics
+from ..files import write_bytes
+from ..run import update_metrics
 
 log = logging.getLogger("freelabel")
 
@@ -171,8 +172,7 @@ def classify_folder(
     score, pred = (images @ class_embeddings(model, names, templates).cpu().T).max(1)
     rows = [(str(paths[i]), names[p], s) for i, p, s in zip(index.tolist(), pred.tolist(), score.tolist())]
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        save_artefact(Path(out).parent, Path(out).name, csv_bytes(rows))
+        write_bytes(out, csv_bytes(rows))
     return rows
 
 

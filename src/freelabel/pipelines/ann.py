@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import atomic_file
+
 THRESHOLD = 50_000  # below this many vectors an exact search takes a few milliseconds: no graph
 M, EF_CONSTRUCTION, EF_SEARCH = 16, 40, 512  # graph degree, build and search beam widths: recall@10 0.95 at 1M
 
@@ -70,7 +72,7 @@ def graph_file(folder: Path, build: str) -> Path:
 def update_graph(folder: Path, build: str, embeddings: torch.Tensor, old_build: str | None, appended: bool) -> None:
     """Write the graph of ``embeddings`` for ``build`` when there are more than :data:`THRESHOLD` rows: the
     old build's graph plus the new rows when ``appended`` (the old rows are the first ones, unchanged),
-    else a new graph. Graphs of other builds are deleted."""
+    else a new graph. The old build's graph stays until the build that replaces it is committed."""
     old = graph_file(folder, old_build) if old_build else None
     if len(embeddings) > THRESHOLD:
         if appended and old is not None and old.is_file():
@@ -78,13 +80,8 @@ def update_graph(folder: Path, build: str, embeddings: torch.Tensor, old_build: 
             ann.add(embeddings[len(ann) :])
         else:
             ann = Ann(embeddings.shape[1]).add(embeddings)
-        new = graph_file(folder, build)
-        tmp = new.with_name(f".{new.name}.tmp")
-        ann.save(tmp)
-        tmp.replace(new)
-    for stale in folder.glob("ann-*.faiss"):
-        if stale.name != graph_file(folder, build).name:
-            stale.unlink()
+        with atomic_file(graph_file(folder, build), len(ann) * (embeddings.shape[1] * 4 + 64)) as tmp:
+            ann.save(tmp)
 
 
 def search_rows(

@@ -34,7 +34,6 @@ The result is a ``.txt`` file list that ``--data`` accepts, and a JSON report be
 from __future__ import annotations
 
 import functools
-import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +46,7 @@ from PIL import Image
 from ..data.images import open_image
 from ..data.registry import NAMED, open_dataset
 from ..errors import DataError
+from ..files import write_json, write_text
 from . import ann
 from .search import MANIFEST, SearchError, build_index, open_index
 
@@ -349,7 +349,6 @@ def curate(
             "how": "the image nearest to each of the centres of a k-means with N centres",
         }
     report |= {"kept": len(keep), "list": str(out)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(lines[i] + "\n" for i in keep.tolist()), encoding="utf-8")
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    write_text(out, "".join(lines[i] + "\n" for i in keep.tolist()))
+    write_json(out.with_suffix(".json"), report)
     return report

@@ -1,10 +1,13 @@
 """An embedding index: every image of a folder (or of an embedded data set's split) as one
 L2-normalised vector, searched by cosine similarity with an image or, for image-text models, a text.
 
-On disk an index is a folder with ``embeddings.safetensors`` (``[N, D]`` float32) and ``index.json``
-(the model and the fingerprint of its weights, its input view, the source, and per row the path,
-size, mtime and class). Both are written atomically and share a build id, so a half-finished update
-is detected, never read; both are checked for consistency when opened. A new ``build`` over the same
+On disk an index is a folder with ``index.json`` (the model and the fingerprint of its weights, its
+input view, the source, per row the path, size, mtime and class, and the build id), the build's
+``embeddings-BUILD.safetensors`` (``[N, D]`` float32) and, above a size, its ANN graph ``ann-BUILD.faiss``.
+An update writes the new build's files beside the old ones and then replaces ``index.json``, the one
+step that commits it; only then are the old build's files deleted. So an update stopped at any point
+leaves the old index or the new one, whole. Manifest and embeddings are checked for consistency when
+opened. A new ``build`` over the same
 folder embeds only new or changed files (by size and mtime) and drops the rows of deleted ones, unless
 the model's weights changed (a run trained further): then every image is embedded again.
 """
@@ -12,8 +15,7 @@ the model's weights changed (a run trained further): then every image is embedde
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,9 +30,11 @@ from ..data.registry import NAMED, open_dataset
 from ..data.sources import ImageFiles, scan_folder
 from ..encoder import load_encoder
 from ..errors import SearchError
-from .ann import search_rows, update_graph
+from ..files import atomic_file, write_json
+from .ann import graph_file, search_rows, update_graph
 
-EMBEDDINGS, MANIFEST = "embeddings.safetensors", "index.json"
+EMBEDDINGS, MANIFEST = "embeddings.safetensors", "index.json"  # EMBEDDINGS: an index made before builds had names
+_BUILD_FILE = re.compile(r"embeddings(-[0-9a-f]{32})?\.safetensors")
 
 
 @dataclass
@@ -46,16 +50,17 @@ class Index:
 def open_index(path: str | Path) -> Index:
     """The index at ``path``, checked: a crafted or inconsistent index is refused with a clear error."""
     path = Path(path)
-    if not (path / MANIFEST).is_file() or not (path / EMBEDDINGS).is_file():
-        raise SearchError(
-            f"{path} is not an index (no {MANIFEST} and {EMBEDDINGS}); make one with `freelabel index build`"
-        )
+    if not (path / MANIFEST).is_file():
+        raise SearchError(f"{path} is not an index (no {MANIFEST}); make one with `freelabel index build`")
     from safetensors import SafetensorError, safe_open
 
     broken = f"{path} is a damaged index"
     try:
         meta = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-        with safe_open(str(path / EMBEDDINGS), "pt") as f:
+        vectors = meta.get("embeddings", EMBEDDINGS) if isinstance(meta, dict) else EMBEDDINGS
+        if not isinstance(vectors, str) or not _BUILD_FILE.fullmatch(vectors):
+            raise ValueError(f"{MANIFEST} names {vectors!r} as its embeddings file")
+        with safe_open(str(path / vectors), "pt") as f:
             build = (f.metadata() or {}).get("build")
             names = list(f.keys())
             embeddings = f.get_tensor("embeddings") if names == ["embeddings"] else None
@@ -101,20 +106,19 @@ def _check_index(meta: dict, embeddings: torch.Tensor | None, broken: str) -> No
         raise SearchError(f"{broken}: {problem}; build it again with `freelabel index build`")
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _save(path: Path, meta: dict, embeddings: torch.Tensor) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    meta["build"] = uuid.uuid4().hex
-    _atomic(
-        path / EMBEDDINGS, lambda t: save_file({"embeddings": embeddings.contiguous()}, t, {"build": meta["build"]})
-    )
-    _atomic(path / MANIFEST, lambda t: Path(t).write_text(json.dumps(meta, indent=1)))
+def _commit(path: Path, meta: dict, embeddings: torch.Tensor, old: Index | None, appended: bool) -> None:
+    """Write a new build of the index: its embeddings and graph under names of their own, then the
+    manifest that names them (the commit), then delete the files of every other build."""
+    build = meta["build"] = uuid.uuid4().hex
+    meta["embeddings"] = f"embeddings-{build}.safetensors"
+    embeddings = embeddings.contiguous()
+    with atomic_file(path / meta["embeddings"], embeddings.numel() * embeddings.element_size()) as tmp:
+        save_file({"embeddings": embeddings}, str(tmp), {"build": build})
+    update_graph(path, build, embeddings, old.meta["build"] if old else None, appended)
+    write_json(path / MANIFEST, meta)
+    for stale in [*path.glob("embeddings*.safetensors"), *path.glob("ann-*.faiss")]:
+        if stale.name not in (meta["embeddings"], graph_file(path, build).name):
+            stale.unlink(missing_ok=True)
 
 
 def build_index(
@@ -210,14 +214,7 @@ def build_index(
     present = {c["path"] for c in current}
     removed = sum(r["path"] not in present for r in old.rows) if old else 0
     if old is None or new_rows or len(keep) != len(old.rows):
-        _save(out, meta, embeddings)
-        update_graph(
-            out,
-            meta["build"],
-            embeddings,
-            old.meta["build"] if old else None,
-            appended=old is not None and len(keep) == len(old.rows),
-        )
+        _commit(out, meta, embeddings, old, appended=old is not None and len(keep) == len(old.rows))
     seconds = time.perf_counter() - start
     return {
         "index": str(out),

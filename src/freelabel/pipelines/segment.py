@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 
 from ..data.images import BadImage, decode
 from ..errors import DataError, PretrainedError
+from ..files import Journal, write_bytes, write_text
 from ..pretrained.detection import Detector, load_detector
 from ..pretrained.hub import read_config
 from ..pretrained.segmentation import CONCEPT, Segmenter, load_segmenter
@@ -143,10 +143,10 @@ def segment(
         }
         stem = _unique_stem(path, paths)
         captions = [f"{label} {float(score):.2f}" for label, score in zip(labels, s)]
-        _atomic_write(out / f"{stem}.json", json.dumps(record, indent=1).encode())
+        write_text(out / f"{stem}.json", json.dumps(record, indent=1))
         png = io.BytesIO()
         overlay(picture, masks, b, captions, pts, point_labels).save(png, format="PNG")
-        _atomic_write(out / f"{stem}.png", png.getvalue())
+        write_bytes(out / f"{stem}.png", png.getvalue())
         records.append(record)
     return records
 
@@ -247,7 +247,7 @@ def label_folder(
             raise DataError(f"no image or folder at {item}")
     if not files:
         raise DataError(f"no images ({'/'.join(IMAGE_EXTENSIONS)}) found in {', '.join(map(str, images))}")
-    coco, partial = Path(coco), Path(f"{coco}.partial")
+    coco, partial = Path(coco), Journal(f"{coco}.partial")
     coco.parent.mkdir(parents=True, exist_ok=True)
     settings = {
         "text": list(text),
@@ -260,58 +260,54 @@ def label_folder(
     if todo:
         _check_segmenter(segmenter, detector, True)
         detector, segmenter = _load(segmenter, detector, device, dtype)
-        fresh = not partial.is_file()
-        with open(partial, "a", encoding="utf-8") as log:
-            if fresh:
-                log.write(json.dumps({"settings": settings}) + "\n")
-            for s in range(0, len(todo), batch_size):
-                chunk, pictures, lines = todo[s : s + batch_size], [], []
-                for path, name in chunk:
-                    try:
-                        pictures.append(read_image(path))
-                    except DataError:
-                        lines.append({"file_name": name, "unreadable": True})
-                readable = [name for (path, name) in chunk if name not in {x["file_name"] for x in lines}]
-                found = (
-                    _by_text(
-                        pictures,
-                        text,
-                        detector,
-                        segmenter,
-                        box_threshold,
-                        text_threshold,
-                        nms_threshold,
-                        mask_threshold,
-                        batch_size,
-                    )
-                    if pictures
-                    else []
+        if not partial.path.is_file() or not partial.path.stat().st_size:
+            partial.append([{"settings": settings}])
+        for s in range(0, len(todo), batch_size):
+            chunk, pictures, lines = todo[s : s + batch_size], [], []
+            for path, name in chunk:
+                try:
+                    pictures.append(read_image(path))
+                except DataError:
+                    lines.append({"file_name": name, "unreadable": True})
+            readable = [name for (path, name) in chunk if name not in {x["file_name"] for x in lines}]
+            found = (
+                _by_text(
+                    pictures,
+                    text,
+                    detector,
+                    segmenter,
+                    box_threshold,
+                    text_threshold,
+                    nms_threshold,
+                    mask_threshold,
+                    batch_size,
                 )
-                for name, picture, (masks, b, sc, labels, _) in zip(readable, pictures, found):
-                    objs = [
-                        {
-                            "label": labels[i],
-                            "score": round(float(sc[i]), 4),
-                            "box": [round(float(x), 2) for x in b[i]],
-                            "mask": rle_encode(masks[i]),
-                            "area": int(masks[i].sum()),
-                        }
-                        for i in range(len(labels))
-                    ]
-                    lines.append(
-                        {"file_name": name, "height": picture.shape[1], "width": picture.shape[2], "objects": objs}
-                    )
-                log.write("".join(json.dumps(x) + "\n" for x in lines))
-                log.flush()
-                os.fsync(log.fileno())
-                done.update({x["file_name"]: x for x in lines})
+                if pictures
+                else []
+            )
+            for name, picture, (masks, b, sc, labels, _) in zip(readable, pictures, found):
+                objs = [
+                    {
+                        "label": labels[i],
+                        "score": round(float(sc[i]), 4),
+                        "box": [round(float(x), 2) for x in b[i]],
+                        "mask": rle_encode(masks[i]),
+                        "area": int(masks[i].sum()),
+                    }
+                    for i in range(len(labels))
+                ]
+                lines.append(
+                    {"file_name": name, "height": picture.shape[1], "width": picture.shape[2], "objects": objs}
+                )
+            partial.append(lines)
+            done.update({x["file_name"]: x for x in lines})
     models = {
         "segmenter": getattr(segmenter, "name", segmenter),
         **({"detector": getattr(detector, "name", detector)} if detector else {}),
     }
     result = _coco(files, done, list(text), models, settings)
-    _atomic_write(coco, json.dumps(result).encode())
-    partial.unlink(missing_ok=True)
+    write_text(coco, json.dumps(result))
+    partial.delete()
     unreadable = [name for _, name in files if done[name].get("unreadable")]
     return {
         "images": len(result["images"]),
@@ -322,21 +318,16 @@ def label_folder(
     }
 
 
-def _read_partial(partial: Path, settings: dict) -> dict[str, dict]:
-    """The images a stopped run already labelled, by file name (a torn last line is dropped)."""
-    if not partial.is_file():
-        return {}
+def _read_partial(partial: Journal, settings: dict) -> dict[str, dict]:
+    """The images a stopped run already labelled, by file name (a torn last line is cut off)."""
     done: dict[str, dict] = {}
-    for i, line in enumerate(partial.read_text(encoding="utf-8").splitlines()):
-        try:
-            x = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the line being written when the run stopped
-        if i == 0 and x.get("settings") != settings:
+    for i, x in enumerate(partial.read()):
+        if i == 0 and (not isinstance(x, dict) or x.get("settings") != settings):
             raise PretrainedError(
-                f"{partial} holds a run with other settings ({x.get('settings')}); delete it to start again"
+                f"{partial.path} holds a run with other settings ({x.get('settings') if isinstance(x, dict) else x}); "
+                "delete it to start again"
             )
-        if "file_name" in x:
+        if isinstance(x, dict) and "file_name" in x:
             done[x["file_name"]] = x
     return done
 
@@ -399,9 +390,3 @@ def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
 def _unique_stem(path: Path, paths: list[Path]) -> str:
     same = [p for p in paths if p.stem == path.stem]
     return path.stem if len(same) == 1 else f"{path.stem}-{same.index(path)}"
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)

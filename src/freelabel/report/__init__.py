@@ -386,12 +386,9 @@ def _features(spec: str, data: str, train_images: int, test_images: int, knn: bo
 
 
 def _write(context: dict, path: Path) -> Path:
-    from ..run import _atomic_write as atomic_write
+    from ..files import write_text
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, render(context).encode())
-    path.chmod(0o644)  # a page to share
-    return path
+    return write_text(path, render(context))
 
 
 def _labelled(ds: Dataset) -> bool:
