@@ -170,6 +170,7 @@ def test_unreadable_files_give_their_places_to_readable_ones_for_every_method(me
     m = json.loads((run / "metrics.json").read_text())["pretrain"]
     assert m["steps"] == 3 and m["images_seen"] == 3 * batch and math.isfinite(m["final_loss"])
     assert m["skipped_files"] == 12 - len(places) and len(set(m["skipped_examples"])) == 8
+    assert m["epochs"] == 1.5  # of the 4 readable images
 
 
 def test_the_loader_fills_each_batch_from_the_next_readable_files(tmp_path):

@@ -479,7 +479,7 @@ def _finish(
         "method": cfg.method,
         "backbone": cfg.backbone.name,
         "steps": state.step,
-        "epochs": state.images_seen / images,
+        "epochs": state.images_seen / max(1, images - len(gathered)),  # of the readable images
         "images_seen": state.images_seen,
         "train_minutes": state.train_seconds / 60,
         "images_per_s": state.images_seen / max(state.train_seconds, 1e-9),
