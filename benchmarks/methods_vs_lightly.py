@@ -54,6 +54,7 @@ from freelabel.backbones import build_backbone
 from freelabel.config import RunConfig, load_recipe, resolve
 from freelabel.data.sources import TensorImages, fashion_mnist
 from freelabel.data.views import ViewConfig
+from freelabel.encoder import Encoder
 from freelabel.engine import pretrain
 from freelabel.evaluate.knn import knn_eval
 from freelabel.hardware import resolve_precision
@@ -514,12 +515,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as out:
             ours = pretrain(cfg, out)
             backbone = load_backbone(out)[0]
-        rows.append((name, "freelabel", {**ours, **knn_eval(backbone, train, test, cfg.views, autocast=autocast)}))
+        rows.append((name, "freelabel", {**ours, **knn_eval(Encoder(name, backbone, cfg.views, 1), train, test)}))
         torch.manual_seed(cfg.seed)  # the same initial backbone as freelabel's
         m = BUILDERS[name](cfg, build_backbone(cfg.backbone.name, 1, cfg.views.size, **cfg.backbone.args))
         notes += [f"{name}: {m.note}"] if m.note else []
         theirs = train_lightly(m, cfg, full_train.images, args.minutes, args.workers, autocast)
-        rows.append((name, "lightly", {**theirs, **knn_eval(m.backbone, train, test, cfg.views, autocast=autocast)}))
+        rows.append((name, "lightly", {**theirs, **knn_eval(Encoder(name, m.backbone, cfg.views, 1), train, test)}))
         for _, lib, r in rows[-2:]:
             print(
                 f"{name}: {lib} k-NN top-1 {r['top1_k20']:.2f} / {r['top1_k200']:.2f} (k=20 / k=200), "

@@ -21,6 +21,7 @@ from simclr_throughput import lightly_setup, lightly_step  # noqa: E402  (same d
 
 from freelabel.config import load_recipe, resolve
 from freelabel.data.sources import fashion_mnist
+from freelabel.encoder import Encoder
 from freelabel.engine import pretrain
 from freelabel.evaluate.knn import evaluate_knn, knn_eval
 from freelabel.hardware import resolve_precision
@@ -65,7 +66,7 @@ def main() -> None:
     start = time.perf_counter()
     backbone = train_lightly(cfg, args.minutes, args.workers, autocast)
     wall_l = time.perf_counter() - start
-    theirs = knn_eval(backbone, fashion_mnist("train"), fashion_mnist("test"), cfg.views, autocast=autocast)
+    theirs = knn_eval(Encoder("lightly", backbone, cfg.views, 1), fashion_mnist("train"), fashion_mnist("test"))
     print(f"{args.minutes:g} min budget, k-NN top-1 (k=20 / k=200):")
     print(f"  freelabel {ours['top1_k20']:.2f} / {ours['top1_k200']:.2f}   wall {wall_f / 60:.1f} min")
     print(f"  lightly   {theirs['top1_k20']:.2f} / {theirs['top1_k200']:.2f}   wall {wall_l / 60:.1f} min")

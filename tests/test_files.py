@@ -183,12 +183,12 @@ def _read_index(folder: Path) -> int:
 
 def _classifier(folder: Path, v: int) -> None:
     from freelabel.data.views import ViewConfig
+    from freelabel.encoder import Encoder
     from freelabel.evaluate.classifier import Classifier, save_classifier
-    from freelabel.evaluate.common import Model
 
     backbone = torch.nn.Linear(4, 3)
     backbone.embed_dim = 3
-    model = Model(backbone, ViewConfig(size=2), "tiny", "f", 1, 2, "d")
+    model = Encoder("tiny", backbone, ViewConfig(size=2), 1)
     save_classifier(Classifier(model, torch.nn.Linear(3, 2), ["a", "b"]), folder, {"v": v}, {"notes.txt": "x" * v})
 
 

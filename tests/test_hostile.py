@@ -264,34 +264,35 @@ def test_knn_index_and_zeroshot_skip_and_count_broken_files_and_write_non_utf8_n
 
 
 def test_features_and_embeddings_skip_batches_where_every_image_is_broken(tmp_path):
+    """The one extractor every protocol, the index and zero-shot use: unreadable images are left out (a
+    batch may lose them all) and each row keeps its item's place, so rows map back to files."""
+    from freelabel.backbones import build_backbone
     from freelabel.data.sources import DataError, ImageFiles
     from freelabel.data.views import ViewConfig
-    from freelabel.evaluate.common import extract
-    from freelabel.evaluate.knn import extract_features
-    from freelabel.evaluate.zeroshot import embed_images
+    from freelabel.encoder import Encoder
+    from freelabel.evaluate.features import extract
 
     folder = training_folder(tmp_path / "images")
     paths = sorted(p for p in folder.iterdir())
     ds = ImageFiles(paths, list(range(len(paths))), [], 16)
-    feats, labels = extract_features(None, ds, ViewConfig(size=16), batch_size=2)
-    assert len(feats) == len(labels) == BATCH + 1
-
-    class Model:
-        def encode_image(self, images):
-            return images.flatten(1).float()
-
-    emb, index, _ = embed_images(Model(), ds, batch_size=1)
-    assert len(emb) == BATCH + 1
+    pixels = extract(None, ds, size=16, batch_size=2)
+    assert len(pixels.x) == len(pixels.labels) == BATCH + 1
+    assert (
+        pixels.index.tolist()
+        == pixels.labels.tolist()
+        == [i for i, p in enumerate(paths) if p.suffix == ".png" and ("good" in p.name or NON_UTF8 in p.name)]
+    )
+    encoder = Encoder("tiny", build_backbone("convnet", 3, 16, widths=(4, 8)), ViewConfig(size=16))
+    for kind in ("pooled", "embedding", "tokens"):
+        found = extract(encoder, ds, kind, batch_size=1)
+        assert len(found.x) == BATCH + 1 and found.index.tolist() == pixels.index.tolist()
     broken = ImageFiles(
         paths[:0] + [p for p in paths if "good" not in p.name and NON_UTF8 not in p.name], [0] * 7, [], 16
     )
     with pytest.raises(DataError, match="none of the 7 images"):
-        extract_features(None, broken, ViewConfig(size=16))
-    # the protocols' extraction (linear probe, fine-tuning's features, dense) alike
-    feats, labels = extract(None, ds, batch_size=2, size=16)
-    assert len(feats) == len(labels) == BATCH + 1
-    with pytest.raises(DataError, match="none of the 7 images"):
         extract(None, broken, size=16)
+    with pytest.raises(DataError, match="none of the 7 images"):
+        extract(encoder, broken, "embedding")
 
 
 # ------------------------------------------------------------------------------------------- shards and caption lists

@@ -12,9 +12,9 @@ from freelabel.cli import main
 from freelabel.config import RunConfig, parse_labels
 from freelabel.data.composed import THRESHOLD, compose
 from freelabel.data.views import ViewConfig
+from freelabel.encoder import Encoder
 from freelabel.errors import ConfigError, DataError
 from freelabel.evaluate.attention import attention_maps, cls_attention, evaluate_attention, jaccard, mass_mask
-from freelabel.evaluate.common import Model
 from freelabel.evaluate.dense import evaluate_dense, fit_dense
 from freelabel.evaluate.finetune import SUBSET_FILE, choose_subset, finetune, read_subset
 from freelabel.evaluate.linear import fit_linear
@@ -57,12 +57,12 @@ def tiny_run(tmp_path_factory):
     return make_run(root / "run", str(data), "convnet", {"widths": [8, 16]}, 16)
 
 
-def tiny_vit() -> Model:
+def tiny_vit() -> Encoder:
     from freelabel.backbones import build_backbone
 
     torch.manual_seed(0)
     backbone = build_backbone("vit_tiny", 1, 16, patch_size=4, depth=2, embed_dim=32, num_heads=2).eval()
-    return Model(backbone, ViewConfig(size=16, mean=(0.5,), std=(0.5,)), "tiny", "0", 1, 16, "composed")
+    return Encoder("tiny", backbone, ViewConfig(size=16, mean=(0.5,), std=(0.5,)), 1)
 
 
 def test_linear_probe_recovers_a_linear_rule():
@@ -103,7 +103,7 @@ def test_finetune_recovers_a_linear_rule_in_images():
 
     torch.manual_seed(0)
     backbone = build_backbone("convnet", 1, 16, widths=(8, 16))
-    model = Model(backbone, ViewConfig(size=16, mean=(0.5,), std=(0.5,)), "tiny", "0", 1, 16, "x")
+    model = Encoder("tiny", backbone, ViewConfig(size=16, mean=(0.5,), std=(0.5,)), 1)
     clf, steps = train(model, data(160, 0), list("abcd"), epochs=10, lr=4e-3, batch_size=32)
     assert steps == 50 and accuracy(clf, data(80, 1)) >= 90
 
@@ -119,7 +119,7 @@ def test_finetune_learns_then_predict_and_export_round_trip(tiny_run, tmp_path):
     assert r["train_images"] == 160 and r["test_images"] == 40 and r["top1"] >= 90
     assert len((out / SUBSET_FILE).read_text().split()) == 160
 
-    val = Path(load_model(tiny_run).data) / "val"
+    val = Path(load_model(tiny_run).default_data) / "val"
     rows, failed = predict_folder(out, val, tmp_path / "preds.csv", k=2)
     assert not failed and len(rows) == 40
     correct = sum(row[1] == row[0].split("/")[0] for row in rows)

@@ -125,37 +125,8 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-outside", action="store_true", help="let a CSV/JSONL caption list name images outside its own folder"
     )
 
-    ev = sub.add_parser("eval", help="evaluate a run's backbone")
-    evsub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
-    knn = evsub.add_parser("knn", help="weighted k-NN top-1 on frozen features (k=20, 200)")
-    knn.add_argument("run", nargs="?", help="run directory (or --model)")
-    knn.add_argument("--model", help="a pretrained model instead of a run: hub name, local folder or torchvision:NAME")
-    knn.add_argument(
-        "--weights",
-        help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)",
-    )
-    knn.add_argument(
-        "--data", help="labelled data (default: the run's data); a folder uses train/ and val/ or a 20%% hold-out"
-    )
-    knn.add_argument("--baselines", action="store_true", help="also score the random-init backbone and raw pixels")
-    knn.add_argument("-k", type=POSITIVE_INT, nargs="+", default=[20, 200], help="numbers of neighbours")
-    knn.add_argument("--temperature", type=POSITIVE, default=0.07)
-
-    for protocol, text in (
-        ("zeroshot", "zero-shot top-1 by class names (prompt ensembles) of a clip/siglip run or a pretrained model"),
-        ("retrieval", "image-caption retrieval recall@1/5/10 both ways and CLIPScore"),
-    ):
-        it = evsub.add_parser(protocol, help=text)
-        it.add_argument("run", help="clip/siglip run directory, or a pretrained model (hub name or local folder)")
-        it.add_argument(
-            "--data", help="test data (default: the run's data): emoji-captions, fashion-mnist, a folder, ..."
-        )
-        it.add_argument(
-            "--weights",
-            help="weights file for a torchvision:NAME model (a state dict) or a run (a .safetensors file or checkpoint folder)",
-        )
-
-    _protocol_parsers(evsub)
+    ev = sub.add_parser("eval", help="evaluate a run's backbone or a pretrained model by a protocol")
+    _protocol_parsers(ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL"))
 
     pr = sub.add_parser("predict", help="apply a classifier folder (from eval linear/finetune) to a folder of images")
     pr.add_argument("classifier", help="classifier folder")
@@ -348,60 +319,33 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+TYPES = {"int": int, "float": float, "positive": POSITIVE, "positive_int": POSITIVE_INT, "fraction": FRACTION}
+
+
 def _protocol_parsers(evsub) -> None:
-    """``eval linear``, ``finetune``, ``dense``, ``attention`` (:mod:`freelabel.evaluate`)."""
-    model = "run directory, or a pretrained model: hub name, local folder or torchvision:NAME"
-    lin = evsub.add_parser(
-        "linear", help="linear probe on frozen features (a grid of heads, best on a validation split)"
-    )
-    ft = evsub.add_parser("finetune", help="fine-tune backbone + linear head, with all or few labels (or from scratch)")
-    de = evsub.add_parser("dense", help="dense linear probe on frozen patch tokens / feature maps: mIoU")
-    at = evsub.add_parser(
-        "attention", help="CLS attention maps of a ViT's last block, per head, and their object Jaccard"
-    )
-    for p in (lin, ft, de, at):
-        p.add_argument("run", help=model)
-    for p in (lin, ft):
-        p.add_argument("--data", help="labelled data (default: the run's data; fashion-mnist for a pretrained model)")
-        p.add_argument("--out", help="classifier folder to write (default: inside the run directory)")
-        p.add_argument("--seed", type=int, default=0, help="seed of the validation split, label subset and training")
-    for p in (de, at):
+    """A sub-command per protocol of :data:`freelabel.evaluate.PROTOCOLS`, with the options its line names,
+    and ``all``: the protocols ``compare`` scores with, as it scores."""
+    from .evaluate import PROTOCOLS, Protocol, compared
+
+    everything = Protocol("", "", f"{', '.join(compared())}, as compare scores a run: one extraction shared")
+    for name, protocol in {**PROTOCOLS, "all": everything}.items():
+        p = evsub.add_parser(name, help=protocol.help)
         p.add_argument(
-            "--data",
-            default="composed",
-            help="composed (Fashion-MNIST garments on canvases with exact "
-            "masks, the default), or a folder with images/ and masks/ (PNG class ids, 255 ignored)",
+            "run", nargs="?", help="run directory, or a pretrained model: hub name, local folder or torchvision:NAME"
         )
-    for p in (lin, de, at):
         p.add_argument(
-            "--baselines",
-            action="store_true",
-            help="also score the random-init backbone" + (" and raw pixels" if p is lin else ""),
+            "--model", help="a pretrained model instead of a run: hub name, local folder or torchvision:NAME"
         )
-    lin.add_argument("--epochs", type=POSITIVE_INT, default=25, help="epochs of the linear heads")
-    ft.add_argument(
-        "--labels", default="100%", type=_labels, help="1%%, 10%%, 100%% of each class, or N images per class"
-    )
-    ft.add_argument(
-        "--subset", metavar="FILE", help="train on the images this file lists (one path or row number per line)"
-    )
-    ft.add_argument(
-        "--init",
-        choices=["trained", "random"],
-        default="trained",
-        help="random: the same backbone from its random init (the supervised-from-scratch reference)",
-    )
-    ft.add_argument(
-        "--from-scratch", dest="init", action="store_const", const="random", help="the same as --init random"
-    )
-    budget = ft.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=POSITIVE, help="budget in epochs (default: 10, and at least 500 steps)")
-    budget.add_argument("--minutes", type=POSITIVE, help="budget in minutes of training")
-    ft.add_argument("--lr", type=POSITIVE, default=1e-3, help="AdamW peak learning rate for a batch of 256")
-    ft.add_argument("--layer-decay", type=FRACTION, default=0.75, help="ViTs: lr factor per block, top to bottom")
-    ft.add_argument("--batch-size", type=POSITIVE_INT, default=256)
-    at.add_argument("--out", help="folder for the attention images (default: RUN/attention)")
-    at.add_argument("--images", type=POSITIVE_INT, default=8, help="images to draw")
+        p.add_argument("--data", help=protocol.data)
+        groups: dict = {}
+        for o in protocol.options:
+            kwargs = {"dest": o.dest, "help": o.help, "action": o.action, "nargs": o.nargs, "choices": o.choices}
+            kwargs |= {"type": _labels if o.type == "labels" else TYPES[o.type]} if o.type else {}
+            kwargs |= {"const": o.const} if o.action == "store_const" else {"default": o.default}
+            if o.group and o.group not in groups:
+                groups[o.group] = p.add_mutually_exclusive_group()
+            into = groups[o.group] if o.group else p
+            into.add_argument(*o.flags, **{k: v for k, v in kwargs.items() if v is not None or k == "default"})
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -480,85 +424,18 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    if args.protocol in ("linear", "finetune", "dense", "attention"):
-        return cmd_eval_protocol(args)
-    if args.protocol != "knn":
-        return cmd_eval_imagetext(args)
     from .config import ConfigError
-    from .evaluate.knn import evaluate_knn
+    from .evaluate import PROTOCOLS, compared, evaluate
 
     if (args.run is None) == (args.model is None):
         raise ConfigError("give a run directory or --model NAME (not both)")
     spec = args.run or args.model
-    results = evaluate_knn(spec, args.data, args.baselines, tuple(args.k), args.temperature, args.weights)
-    names = ("trained", "random_init", "raw_pixels", "pretrained")
-    rows = [(name, results[name]) for name in names if name in results]
-    print(
-        f"k-NN top-1 on {results['data']} (test {results['test_images']}, features of train {results['train_images']})"
-    )
-    for name, acc in rows:
-        print(f"  {name:12s} " + "  ".join(f"k={k}: {acc[f'top1_k{k}']:.2f}%" for k in args.k))
-
-
-def cmd_eval_imagetext(args: argparse.Namespace) -> None:
-    import json
-
-    if args.protocol == "zeroshot":
-        from .evaluate.zeroshot import evaluate_zeroshot
-
-        results = evaluate_zeroshot(args.run, args.data, weights=args.weights)
-    else:
-        from .evaluate.retrieval import evaluate_retrieval
-
-        results = evaluate_retrieval(args.run, args.data, weights=args.weights)
-    print(json.dumps(results, indent=2))
-
-
-def cmd_eval_protocol(args: argparse.Namespace) -> None:
-    import json
-
-    if args.protocol == "linear":
-        from .evaluate.linear import evaluate_linear
-
-        r = evaluate_linear(args.run, args.data, args.baselines, args.out, args.epochs, args.seed)
-        rows = {k: f"{r[k]['top1']:.2f}%" for k in ("trained", "random_init", "raw_pixels") if k in r}
-    elif args.protocol == "finetune":
-        from .evaluate.finetune import finetune
-
-        r = finetune(
-            args.run,
-            args.data,
-            args.labels,
-            subset_file=args.subset,
-            init=args.init,
-            epochs=args.epochs,
-            minutes=args.minutes,
-            lr=args.lr,
-            layer_decay=args.layer_decay,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            out=args.out,
-        )
-        rows = {
-            args.init: f"{r['top1']:.2f}% ({r['train_images']} labelled images, {r['steps']} steps, {r['minutes']} min)"
-        }
-    elif args.protocol == "dense":
-        from .evaluate.dense import evaluate_dense
-
-        r = evaluate_dense(args.run, args.data, args.baselines)
-        rows = {k: f"mIoU {r[k]['miou']:.2f}%" for k in ("trained", "random_init") if k in r}
-    else:
-        from .evaluate.attention import evaluate_attention
-
-        r = evaluate_attention(args.run, args.data, args.out, args.images, args.baselines)
-        rows = {
-            k: f"Jaccard {r[k]['jaccard_mean_head']:.2f}% (best head {r[k]['jaccard_best_head']:.2f}%)"
-            for k in ("trained", "random_init")
-            if k in r
-        }
-    print(f"{args.protocol} on {r['data']}: " + json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)}))
-    for name, text in rows.items():
-        print(f"  {name:12s} {text}")
+    if args.protocol == "all":
+        for name, protocol in compared().items():
+            print("\n".join(evaluate(name, spec, args.data, **protocol.compare)[1]))
+        return
+    options = {o.dest: getattr(args, o.dest) for o in PROTOCOLS[args.protocol].options}
+    print("\n".join(evaluate(args.protocol, spec, args.data, **options)[1]))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:

@@ -21,40 +21,26 @@ from typing import Any
 
 from .config import RunConfig, default_recipe, list_recipes, load_recipe, resolve
 from .errors import ConfigError
+from .evaluate import Protocol, compared
 from .run import BACKBONE, CONFIG, latest_checkpoint, load_config, read_metrics, update_metrics
 
 log = logging.getLogger("freelabel")
-LABELS = {
-    "knn_top1_k20": "k-NN k=20",
-    "knn_top1_k200": "k-NN k=200",
-    "random_init_k20": "random init k=20",
-    "linear_top1": "linear",
-    "finetune_top1": "fine-tuned",
-    "train_minutes": "minutes",
-    "images_per_s": "images/s",
-    "peak_memory_mb": "peak MB",
-    "final_loss": "final loss",
-}
-COLUMNS = [
-    "rank",
-    "name",
-    "method",
-    "recipe",
-    "backbone",
-    "knn_top1_k20",
-    "knn_top1_k200",
-    "random_init_k20",
-    "linear_top1",
-    "finetune_top1",
-    "steps",
-    "epochs",
-    "train_minutes",
-    "images_per_s",
-    "peak_memory_mb",
-    "final_loss",
-    "status",
-    "error",
-]
+RANKED_BY = "knn_top1_k20"  # the leaderboard's order: k-NN, the protocol every method is scored by
+
+
+def columns(protocols: dict[str, Protocol]) -> tuple[list[str], dict[str, str]]:
+    """The leaderboard's columns (the protocols' own, then fine-tuning's and the run's) and their headings."""
+    scores = [c for p in protocols.values() for c in p.columns]
+    names = ["rank", "name", "method", "recipe", "backbone", *(c.name for c in scores), "finetune_top1"]
+    names += ["steps", "epochs", "train_minutes", "images_per_s", "peak_memory_mb", "final_loss", "status", "error"]
+    labels = {c.name: c.label for c in scores} | {
+        "finetune_top1": "fine-tuned",
+        "train_minutes": "minutes",
+        "images_per_s": "images/s",
+        "peak_memory_mb": "peak MB",
+        "final_loss": "final loss",
+    }
+    return names, labels
 
 
 @dataclass
@@ -130,25 +116,28 @@ def _finetune_key(labels: str, seed: int) -> str:
     return result_key(labels, "trained", seed)
 
 
-def finished(run: Path, finetune: str | None = None) -> bool:
+def finished(run: Path, finetune: str | None = None, protocols: dict[str, Protocol] | None = None) -> bool:
     m = read_metrics(run)
-    if not (all(k in m for k in ("resources", "knn", "linear")) and (run / "report.html").is_file()):
+    scored = m.get("compare", {}).get("scored", [])
+    if "resources" not in m or not set(protocols or compared()) <= set(scored) or not (run / "report.html").is_file():
         return False
     return finetune is None or _finetune_key(finetune, load_config(run).seed) in m.get("finetune", {})
 
 
-def run_one(cfg: RunConfig, run: Path, finetune: str | None = None) -> None:
-    """Train (or continue), record peak memory, score with k-NN (next to random init and raw pixels), the
-    linear probe and, given ``finetune`` (labels: ``1%``, ``10%``, a number per class), fine-tuning at its
-    default budget; write the report. Each stage is skipped when its result is already in the run folder."""
+def run_one(
+    cfg: RunConfig, run: Path, finetune: str | None = None, protocols: dict[str, Protocol] | None = None
+) -> None:
+    """Train (or continue), record peak memory, score with each of ``protocols`` (default: those of the
+    registry that ``compare`` runs: k-NN next to random init and raw pixels, the linear probe) and, given
+    ``finetune`` (labels: ``1%``, ``10%``, a number per class), fine-tuning at its default budget; write the
+    report. Each stage is skipped when its result is already in the run folder."""
     import shutil
 
     import torch
 
     from .engine import pretrain
+    from .evaluate import load
     from .evaluate.finetune import finetune as fine_tune
-    from .evaluate.knn import evaluate_knn
-    from .evaluate.linear import evaluate_linear
     from .report import make_report
 
     run = Path(run)
@@ -162,11 +151,12 @@ def run_one(cfg: RunConfig, run: Path, finetune: str | None = None) -> None:
         if torch.cuda.is_available():
             peak["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         update_metrics(run, "resources", peak)
+    for name, protocol in (protocols or compared()).items():
+        if name not in read_metrics(run).get("compare", {}).get("scored", []):
+            load(protocol.function)(run, **protocol.compare)
+            scored = read_metrics(run).get("compare", {}).get("scored", [])
+            update_metrics(run, "compare", {"scored": [*scored, name], "failed": None})
     metrics = read_metrics(run)
-    if "raw_pixels" not in metrics.get("knn", {}):
-        evaluate_knn(run, baselines=True)
-    if "linear" not in metrics:
-        evaluate_linear(run)
     if finetune is not None and _finetune_key(finetune, cfg.seed) not in metrics.get("finetune", {}):
         fine_tune(run, labels=finetune, seed=cfg.seed)
     make_report(run)
@@ -183,11 +173,11 @@ def peak_rss_mb() -> float:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
-def _child(cfg: RunConfig, run: str, finetune: str | None) -> None:
+def _child(cfg: RunConfig, run: str, finetune: str | None, protocols: dict[str, Protocol]) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")  # a fresh process: as the CLI logs
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     try:
-        run_one(cfg, Path(run), finetune)
+        run_one(cfg, Path(run), finetune, protocols)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:  # the comparison goes on with the next method; this one is retried next time
@@ -209,9 +199,10 @@ def compare(
     overrides: dict[str, Any] | None = None,
     finetune: str | None = None,
 ) -> list[dict]:
-    """Run every method of ``specs`` in turn into ``OUT/NAME`` and write the leaderboard; return its rows.
-    With a minutes budget the online k-NN runs every fifth of it unless ``eval_every`` says otherwise.
-    ``finetune`` (labels, e.g. ``10%``) also fine-tunes each run on that share of the labels."""
+    """Run every method of ``specs`` in turn into ``OUT/NAME``, writing the leaderboard after each; return
+    its rows. With a minutes budget the online k-NN runs every fifth of it unless ``eval_every`` says
+    otherwise. ``finetune`` (labels, e.g. ``10%``) also fine-tunes each run on that share of the labels.
+    Stopped (Ctrl-C), it writes the leaderboard of the methods done and says where it stopped."""
     if sum(x is not None for x in (minutes, steps, epochs)) != 1:
         raise ConfigError("give exactly one budget: --minutes, --steps or --epochs")
     if eval_every is None and minutes:
@@ -222,19 +213,28 @@ def compare(
         _check_existing(entry, out / entry.name)
     out.mkdir(parents=True, exist_ok=True)
     spawn = multiprocessing.get_context("spawn")
+    protocols = compared()  # decided here, sent to each method's process
     for i, entry in enumerate(entries, 1):
         run = out / entry.name
-        if finished(run, finetune):
+        if finished(run, finetune, protocols):
             log.info("[%d/%d] %s: finished earlier, not run again", i, len(entries), entry.name)
             continue
         log.info("[%d/%d] %s (recipe %s) into %s", i, len(entries), entry.name, entry.cfg.recipe, run)
         started = time.perf_counter()
-        child = spawn.Process(target=_child, args=(entry.cfg, str(run), finetune))
+        child = spawn.Process(target=_child, args=(entry.cfg, str(run), finetune, protocols))
         child.start()
         try:
             child.join()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # the terminal sent it to the child too: it saves and stops
             child.join()
+            write_leaderboard(out, leaderboard_rows(out, entries, finetune, protocols), entries, finetune, protocols)
+            log.warning(
+                "stopped during %s (%d of %d); the leaderboard holds the methods done: run the same command "
+                "to continue from there",
+                entry.name,
+                i,
+                len(entries),
+            )
             raise
         log.info(
             "[%d/%d] %s: %s after %.1f min",
@@ -244,15 +244,22 @@ def compare(
             "done" if child.exitcode == 0 else f"failed (exit {child.exitcode})",
             (time.perf_counter() - started) / 60,
         )
-    rows = leaderboard_rows(out, entries, finetune)
-    write_leaderboard(out, rows, entries, finetune)
+        write_leaderboard(out, leaderboard_rows(out, entries, finetune, protocols), entries, finetune, protocols)
+    rows = leaderboard_rows(out, entries, finetune, protocols)
+    write_leaderboard(out, rows, entries, finetune, protocols)
     return rows
 
 
-def _row(run: Path, entry: Entry, finetune: str | None = None) -> dict:
+def _at(section: dict, path: tuple[str, ...]) -> Any:
+    for key in path:
+        section = section.get(key, {}) if isinstance(section, dict) else {}
+    return section if not isinstance(section, dict) else None
+
+
+def _row(run: Path, entry: Entry, finetune: str | None, protocols: dict[str, Protocol]) -> dict:
     m = read_metrics(run)
-    p, knn, res = m.get("pretrain", {}), m.get("knn", {}), m.get("resources", {})
-    done = finished(run, finetune)
+    p, res = m.get("pretrain", {}), m.get("resources", {})
+    done = finished(run, finetune, protocols)
     failed = None if done else m.get("compare", {}).get("failed")  # a retry that succeeded clears it
     cfg = entry.cfg
     return {
@@ -260,10 +267,7 @@ def _row(run: Path, entry: Entry, finetune: str | None = None) -> dict:
         "method": cfg.method,
         "recipe": cfg.recipe,
         "backbone": cfg.backbone.name,
-        "knn_top1_k20": knn.get("trained", {}).get("top1_k20"),
-        "knn_top1_k200": knn.get("trained", {}).get("top1_k200"),
-        "random_init_k20": knn.get("random_init", {}).get("top1_k20"),
-        "linear_top1": m.get("linear", {}).get("trained", {}).get("top1"),
+        **{c.name: _at(m.get(name, {}), c.path) for name, protocol in protocols.items() for c in protocol.columns},
         "finetune_top1": m.get("finetune", {}).get(_finetune_key(finetune, cfg.seed), {}).get("top1")
         if finetune
         else None,
@@ -278,10 +282,12 @@ def _row(run: Path, entry: Entry, finetune: str | None = None) -> dict:
     }
 
 
-def leaderboard_rows(out: Path, entries: list[Entry], finetune: str | None = None) -> list[dict]:
+def leaderboard_rows(
+    out: Path, entries: list[Entry], finetune: str | None = None, protocols: dict[str, Protocol] | None = None
+) -> list[dict]:
     """One row per method, best k-NN first."""
-    rows = [_row(out / e.name, e, finetune) for e in entries]
-    rows.sort(key=lambda r: -(r["knn_top1_k20"] if r["knn_top1_k20"] is not None else -1))
+    rows = [_row(out / e.name, e, finetune, protocols or compared()) for e in entries]
+    rows.sort(key=lambda r: -(r.get(RANKED_BY) if r.get(RANKED_BY) is not None else -1))
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
     return rows
@@ -293,7 +299,13 @@ def _cell(v: Any, digits: int = 2) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def write_leaderboard(out: Path, rows: list[dict], entries: list[Entry], finetune: str | None = None) -> None:
+def write_leaderboard(
+    out: Path,
+    rows: list[dict],
+    entries: list[Entry],
+    finetune: str | None = None,
+    protocols: dict[str, Protocol] | None = None,
+) -> None:
     """``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.html`` (all curves on one plot, links
     to each run's report)."""
     from .files import write_text
@@ -317,8 +329,9 @@ def write_leaderboard(out: Path, rows: list[dict], entries: list[Entry], finetun
         None,
     )
 
-    shown = [c for c in COLUMNS if c not in ("method", "error") and (c != "finetune_top1" or finetune)]
-    heads = [LABELS.get(c, c) + (f" ({finetune} labels)" if c == "finetune_top1" else "") for c in shown]
+    names, labels = columns(protocols or compared())
+    shown = [c for c in names if c not in ("method", "error") and (c != "finetune_top1" or finetune)]
+    heads = [labels.get(c, c) + (f" ({finetune} labels)" if c == "finetune_top1" else "") for c in shown]
     errors = [f"{r['name']} failed: {r['error']}" for r in rows if r["error"]]
     md = [f"# Leaderboard: {setting}", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(shown)]
     md += ["| " + " | ".join(_cell(r[c]) for c in shown) + " |" for r in rows]
@@ -331,7 +344,7 @@ def write_leaderboard(out: Path, rows: list[dict], entries: list[Entry], finetun
     write_text(out / "leaderboard.md", "\n".join(md) + "\n")
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, names, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_text(out / "leaderboard.csv", buf.getvalue())
@@ -340,8 +353,8 @@ def write_leaderboard(out: Path, rows: list[dict], entries: list[Entry], finetun
     for r in rows:
         m = read_metrics(out / r["name"])
         points = [(p["minutes"], p["top1_k20"]) for p in m.get("pretrain", {}).get("knn_curve", [])]
-        if r["knn_top1_k20"] is not None and r["train_minutes"] is not None:
-            points.append((r["train_minutes"], r["knn_top1_k20"]))
+        if r.get(RANKED_BY) is not None and r["train_minutes"] is not None:
+            points.append((r["train_minutes"], r[RANKED_BY]))
         curves[r["name"]] = sorted(set(points))
     table = [[_cell(r[c]) for c in shown] for r in rows]
     links = [f"{r['name']}/report.html" if (out / r["name"] / "report.html").is_file() else None for r in rows]

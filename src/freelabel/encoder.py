@@ -13,6 +13,7 @@ k-NN, zero-shot, retrieval, the search index and export all take their model fro
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable, Sequence
 from functools import cached_property
@@ -57,7 +58,7 @@ class Encoder:
     features, ``forward_tokens`` patch tokens);
     ``project`` maps its pooled features into an image-text space (a CLIP run's projection) where
     there is one; ``text`` encodes strings into that space. ``run_dir`` and ``config`` are set for a
-    freelabel run.
+    freelabel run; ``trained`` is false for a run's architecture at its random initialisation.
     """
 
     def __init__(
@@ -70,9 +71,10 @@ class Encoder:
         text: Callable[[Sequence[str]], torch.Tensor] | None = None,
         run_dir: Path | None = None,
         config: RunConfig | None = None,
+        trained: bool = True,
     ):
         self.name, self.backbone, self.view, self.in_chans = name, backbone, view, in_chans
-        self.project, self.text, self.run_dir, self.config = project, text, run_dir, config
+        self.project, self.text, self.run_dir, self.config, self.trained = project, text, run_dir, config, trained
 
     @classmethod
     def of_image_text(
@@ -83,9 +85,11 @@ class Encoder:
         name: str = "clip",
         run_dir: Path | None = None,
         config: RunConfig | None = None,
+        trained: bool = True,
     ) -> Encoder:
         """A clip/siglip method's image tower with its projection into the shared space, and its text tower."""
-        return cls(name, method.backbone, view, in_chans, method.image_proj, method.encode_text, run_dir, config)
+        project, text = method.image_proj, method.encode_text
+        return cls(name, method.backbone, view, in_chans, project, text, run_dir, config, trained)
 
     @property
     def device(self) -> torch.device:
@@ -103,10 +107,34 @@ class Encoder:
     def has_text(self) -> bool:
         return self.text is not None
 
+    @property
+    def decode_size(self) -> int | None:
+        """The size a run's data is decoded at, as in training; None for a pretrained model (the data's own)."""
+        cfg = self.config
+        return (cfg.data.image_size or cfg.views.size) if cfg is not None else None
+
+    @property
+    def default_data(self) -> str:
+        """The data a run is scored on unless told otherwise: its own; fashion-mnist for a pretrained model."""
+        return self.config.data.name if self.config is not None else "fashion-mnist"
+
+    def at(self, view: ViewConfig) -> Encoder:
+        """The same model (its weights shared) fed ``view`` instead."""
+        other = copy.copy(self)
+        other.view = view
+        other.__dict__.pop("fingerprint", None)
+        return other
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """``uint8 [B, C, H, W]`` (any size, grey or colour) -> the backbone's input on its device."""
         x = model_input(images.to(self.device), self.view, self.in_chans)
         return x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's pooled features ``[B, D_backbone]`` (float32, not normalised, before any
+        projection into an image-text space): what k-NN and the linear probe score."""
+        return self.backbone(self.preprocess(images)).float()
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -207,14 +235,14 @@ def _run_encoder(
                 raise RunError(f"{run} has no checkpoint yet; train it first")
             _load(method, read_weights(ckpt), ckpt, run)
         method.to(device, dtype).eval()
-        return Encoder.of_image_text(method, cfg.views, in_chans, str(run), run, cfg)
+        return Encoder.of_image_text(method, cfg.views, in_chans, str(run), run, cfg, trained)
     backbone, cfg = load_backbone(run, trained=trained and weights is None)
     if trained and weights is not None:
         state = read_weights(Path(weights))
         if any(k.startswith("backbone.") for k in state):  # a whole method's checkpoint
             state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
         _load(backbone, state, weights, run)
-    return Encoder(str(run), backbone.to(device, dtype), cfg.views, in_chans, run_dir=run, config=cfg)
+    return Encoder(str(run), backbone.to(device, dtype), cfg.views, in_chans, run_dir=run, config=cfg, trained=trained)
 
 
 def _load(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path, run: Path) -> None:

@@ -139,15 +139,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool, log_file: ExitStack) -> d
     fabric, method, model, optimizer, precision = _setup(cfg, data, out, log_file)
     schedule = OptimizerSchedule(optimizer, cfg.optim)  # before resuming: the peak learning rates
     state = _resume(out, found, model, optimizer, fabric, cfg.optim.batch_size) if resume else TrainState()
-    knn = OnlineKNN(
-        cfg,
-        method.backbone,
-        fabric.device,
-        precision,
-        state.train_seconds,
-        fabric.is_global_zero,
-        curve=state.knn_curve,
-    )
+    knn = OnlineKNN(cfg, method.backbone, state.train_seconds, fabric.is_global_zero, curve=state.knn_curve)
     clock = _budget_clock(cfg, len(data), fabric)  # training time runs from here, evaluation excluded
     rank, world = fabric.global_rank, fabric.world_size
     views = [Views(v) for v in method.views]

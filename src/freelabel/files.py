@@ -29,6 +29,8 @@ from pathlib import Path
 from .errors import DiskFullError
 
 ADVICE = "free some space and run the command again"
+_UMASK = os.umask(0o022)  # read once (os.umask can only read by setting); put back on the next line
+os.umask(_UMASK)
 ASIDE = ".old-"  # a replaced folder kept under this prefix while a swap without RENAME_EXCHANGE is under way
 _LOW = 1 << 20  # a write that fails with less free space than this (or than it needed) failed for want of room
 
@@ -62,6 +64,7 @@ def atomic_file(path: str | os.PathLike, size: int | None = None, advice: str = 
     tmp = _temporary(path)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as any new file, whatever the writer created it with
         _fsync(tmp)
         os.replace(tmp, path)
         _fsync(path.parent)
@@ -84,6 +87,8 @@ def atomic_folder(path: str | os.PathLike, size: int | None = None, advice: str 
     try:
         yield tmp
         for sub in sorted(tmp.rglob("*"), reverse=True):  # files first, then their folders
+            if sub.is_file() and not sub.is_symlink():
+                os.chmod(sub, 0o666 & ~_UMASK)  # as any new file, whatever the writer created it with
             _fsync(sub)
         _fsync(tmp)
         _swap_in(tmp, path)

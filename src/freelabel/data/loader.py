@@ -272,10 +272,32 @@ def _chunks(
 
 
 def sequential(ds: Dataset, batch_size: int, workers: int = 0) -> Iterator[Batch]:
-    """Every item once, in order (for feature extraction)."""
+    """Every item once, in order (for feature extraction); ``Batch.index``: the items' places in ``ds``
+    (those of unreadable files are missing)."""
     if isinstance(ds, TensorImages):
         for s in range(0, len(ds), batch_size):
             texts = _texts(ds, range(s, min(s + batch_size, len(ds))))
-            yield Batch(ds.images[s : s + batch_size], ds.labels[s : s + batch_size], [], texts)
+            places = torch.arange(s, min(s + batch_size, len(ds)))
+            yield Batch(ds.images[s : s + batch_size], ds.labels[s : s + batch_size], [], texts, index=places)
         return
-    yield from DataLoader(ds, batch_size=batch_size, num_workers=loader_workers(workers), collate_fn=collate)
+    loader = DataLoader(
+        _Placed(ds), batch_size=batch_size, num_workers=loader_workers(workers), collate_fn=_collate_placed
+    )
+    yield from loader
+
+
+class _Placed(Dataset):
+    """Items that carry their place in ``ds``."""
+
+    def __init__(self, ds: Dataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple:
+        return (*self.ds[i], i)
+
+
+def _collate_placed(items: list) -> Batch:
+    return collate([it[:-1] for it in items], [it[-1] for it in items])

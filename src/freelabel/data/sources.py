@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from ..errors import DataError
 from .images import IMAGE_EXTENSIONS, BadImage, load_image
@@ -64,6 +64,19 @@ class TensorImages(Dataset):
     @property
     def channels(self) -> int:
         return self.images.shape[1]
+
+
+def sample(ds: Dataset, n: int, seed: int = 0) -> tuple[Dataset, torch.Tensor]:
+    """A seeded sample of ``n`` items of ``ds`` (all of them when it has fewer), in their order, and which
+    items they are."""
+    items = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    if isinstance(ds, TensorImages):
+        texts = [ds.texts[i] for i in items.tolist()] if getattr(ds, "texts", None) else None
+        part = TensorImages(ds.images[items], ds.labels[items], ds.classes)
+        if texts:
+            part.texts = texts
+        return part, items
+    return Subset(ds, items.tolist()), items
 
 
 # ---------------------------------------------------------------------------------- Fashion-MNIST

@@ -17,36 +17,38 @@ import torch
 import torch.nn.functional as F
 
 from ..data.composed import IGNORE
+from ..encoder import Encoder
 from ..errors import RunError
 from ..files import atomic_file
-from .common import Model, load_model, progress, record, timm_vit
+from . import scalars
+from .common import load_model, progress, record, timm_vit
 from .dense import dense_model, masked_data
 
 
-def _hf_vit(model: Model):
+def _hf_vit(model: Encoder):
     hf = getattr(model.backbone, "model", None)
     config = getattr(hf, "config", None)
     return hf if config is not None and isinstance(getattr(config, "patch_size", None), int) else None
 
 
-def check_vit(model: Model) -> None:
+def check_vit(model: Encoder) -> None:
     vit = timm_vit(model.backbone)
     if vit is not None and vit.num_prefix_tokens - getattr(vit, "num_reg_tokens", 0) > 0:
         return
     if vit is None and _hf_vit(model) is not None:
         return
     raise RunError(
-        f"attention maps need a ViT with a CLS token; {model.spec} is not one. They work for ViT runs "
+        f"attention maps need a ViT with a CLS token; {model.name} is not one. They work for ViT runs "
         "(e.g. `freelabel pretrain dinov2 --data fashion-mnist`) and pretrained ViTs (facebook/dinov2-small)"
     )
 
 
 @torch.no_grad()
-def cls_attention(model: Model, images: torch.Tensor) -> tuple[torch.Tensor, int]:
+def cls_attention(model: Encoder, images: torch.Tensor) -> tuple[torch.Tensor, int]:
     """The last block's attention rows of the CLS token, ``[B, heads, tokens]`` (each row sums to 1 over
     all tokens: CLS, registers, patches), and the number of tokens before the patches."""
     check_vit(model)
-    x = model.input(images.to(next(model.backbone.parameters()).device))
+    x = model.preprocess(images)
     vit = timm_vit(model.backbone)
     if vit is None:
         hf = _hf_vit(model)
@@ -68,7 +70,7 @@ def cls_attention(model: Model, images: torch.Tensor) -> tuple[torch.Tensor, int
     return seen[-1][:, :, 0].float(), vit.num_prefix_tokens
 
 
-def attention_maps(model: Model, images: torch.Tensor) -> torch.Tensor:
+def attention_maps(model: Encoder, images: torch.Tensor) -> torch.Tensor:
     """CLS attention of the last block over the patches, per head: ``[B, heads, h, w]``."""
     rows, prefix = cls_attention(model, images)
     side = math.isqrt(rows.shape[-1] - prefix)
@@ -124,7 +126,7 @@ def evaluate_attention(
     folder = Path(out) if out else (model.run_dir / "attention" if model.run_dir else Path("attention"))
     folder.mkdir(parents=True, exist_ok=True)
 
-    def score(m: Model, name: str) -> dict:
+    def score(m: Encoder, name: str) -> dict:
         m = dense_model(m, test.images.shape[-1])
         per_image = []
         for s in progress(range(0, len(test), batch_size), math.ceil(len(test) / batch_size), "attention"):
@@ -153,3 +155,11 @@ def evaluate_attention(
         results["random_init"] = score(load_model(spec, trained=False), "random_init")
     record(model, "attention", results)
     return results
+
+
+def summary(r: dict) -> list[str]:
+    return [scalars("attention", r)] + [
+        f"  {k:12s} Jaccard {r[k]['jaccard_mean_head']:.2f}% (best head {r[k]['jaccard_best_head']:.2f}%)"
+        for k in ("trained", "random_init")
+        if k in r
+    ]

@@ -21,9 +21,10 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from ..data.views import ViewConfig
+from ..encoder import Encoder
 from ..errors import ConfigError, DataError, RunError
 from ..files import atomic_folder, write_text
-from .common import Model, progress
+from .common import progress
 
 INFO, HEAD = "classifier.json", "head.safetensors"
 
@@ -31,7 +32,7 @@ INFO, HEAD = "classifier.json", "head.safetensors"
 class Classifier(nn.Module):
     """Backbone + linear head; ``forward`` takes normalised images and gives class logits."""
 
-    def __init__(self, model: Model, head: nn.Linear, classes: list[str]):
+    def __init__(self, model: Encoder, head: nn.Linear, classes: list[str]):
         super().__init__()
         self.model, self.backbone, self.head, self.classes = model, model.backbone, head, classes
 
@@ -42,8 +43,7 @@ class Classifier(nn.Module):
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``[B, classes]`` of ``uint8 [B, C, H, W]`` images."""
         self.eval()
-        device = self.head.weight.device
-        return self(self.model.input(images.to(device))).float().softmax(1)
+        return self(self.model.preprocess(images)).float().softmax(1)
 
 
 def save_classifier(clf: Classifier, out: str | Path, about: dict, texts: dict[str, str] | None = None) -> Path:
@@ -55,9 +55,9 @@ def save_classifier(clf: Classifier, out: str | Path, about: dict, texts: dict[s
     state = {k: v.detach().contiguous().cpu() for k, v in clf.backbone.state_dict().items()}
     info = {
         "classes": clf.classes,
-        "source": m.spec if m.run_dir is None else None,
-        "channels": m.channels,
-        "image_size": m.image_size,
+        "source": m.name if m.run_dir is None else None,
+        "channels": m.in_chans,
+        "image_size": m.decode_size,
         "view": asdict(m.view),
         **about,
     }
@@ -86,7 +86,7 @@ def load_classifier(folder: str | Path, device: torch.device | str | None = None
     model = load_model(folder if (folder / CONFIG).is_file() else info["source"], device=device)
     if info["source"] is not None:  # a pretrained architecture, fine-tuned weights
         model.backbone.load_state_dict(load_file(str(folder / "backbone.safetensors")))
-    model.view = ViewConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["view"].items()})
+    model = model.at(ViewConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["view"].items()}))
     head_state = load_file(str(folder / HEAD))
     head = nn.Linear(head_state["weight"].shape[1], head_state["weight"].shape[0])
     head.load_state_dict(head_state)
@@ -107,8 +107,8 @@ def predict_folder(
     clf = load_classifier(classifier)
     root = Path(folder).expanduser()
     paths = scan_folder(root)[0]
-    size = clf.model.image_size or clf.model.view.size
-    ds = ImageFiles(paths, list(range(len(paths))), [], size, clf.model.channels)  # labels: row numbers
+    size = clf.model.decode_size or clf.model.view.size
+    ds = ImageFiles(paths, list(range(len(paths))), [], size, clf.model.in_chans)  # labels: row numbers
     k = min(k, len(clf.classes))
     rows, failed = [], []
     for batch in progress(sequential(ds, batch_size), (len(ds) + batch_size - 1) // batch_size, "predict"):

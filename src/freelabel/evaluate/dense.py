@@ -18,11 +18,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.composed import IGNORE, MaskedImages, open_masked
-from .common import Model, autocast_enabled, load_model, progress, record
+from ..encoder import Encoder
+from . import scalars
+from .common import autocast_enabled, load_model, progress, record
 
 
 @torch.no_grad()
-def token_grid(model: Model, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def token_grid(model: Encoder, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Spatial features ``[N, D, h, w]`` of square images (the tokens laid back on their grid)."""
     device = next(model.backbone.parameters()).device
     model.backbone.eval()
@@ -30,7 +32,7 @@ def token_grid(model: Model, images: torch.Tensor, batch_size: int = 64) -> torc
     n = (len(images) + batch_size - 1) // batch_size
     for s in progress(range(0, len(images), batch_size), n, f"tokens of {len(images)} images"):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_enabled(device)):
-            t = model.encode_tokens(images[s : s + batch_size].to(device)).float().cpu()
+            t = model.encode_tokens(images[s : s + batch_size]).cpu()
         side = math.isqrt(t.shape[1])
         out.append(t.transpose(1, 2).reshape(len(t), -1, side, side))
     return torch.cat(out)
@@ -99,14 +101,14 @@ def fit_dense(
     return miou(conf)
 
 
-def dense_model(model: Model, size: int) -> Model:
+def dense_model(model: Encoder, size: int) -> Encoder:
     """The model fed images at (at least) the data's own size: a run trained on 28-px garments sees a 56-px
     canvas at 56 px, so the garments keep the scale it learnt them at."""
-    return replace(model, view=replace(model.view, size=max(model.view.size, size)))
+    return model.at(replace(model.view, size=max(model.view.size, size)))
 
 
-def masked_data(model: Model, data: str) -> tuple[MaskedImages, MaskedImages]:
-    channels = model.channels if model.run_dir is not None else 3
+def masked_data(model: Encoder, data: str) -> tuple[MaskedImages, MaskedImages]:
+    channels = model.in_chans if model.run_dir is not None else 3
     size = 56 if data == "composed" else max(model.view.size, 56)
     return open_masked(data, "train", size, channels), open_masked(data, "test", size, channels)
 
@@ -118,7 +120,7 @@ def evaluate_dense(spec: str | Path, data: str = "composed", baselines: bool = F
     train, test = masked_data(model, data)
     classes = len(train.classes)
 
-    def score(m: Model) -> dict:
+    def score(m: Encoder) -> dict:
         m = dense_model(m, train.images.shape[-1])
         f_train, f_test = token_grid(m, train.images), token_grid(m, test.images)
         r = fit_dense(
@@ -137,3 +139,7 @@ def evaluate_dense(spec: str | Path, data: str = "composed", baselines: bool = F
         results["random_init"] = score(load_model(spec, trained=False))
     record(model, "dense", results)
     return results
+
+
+def summary(r: dict) -> list[str]:
+    return [scalars("dense", r)] + [f"  {k:12s} mIoU {r[k]['miou']:.2f}%" for k in ("trained", "random_init") if k in r]

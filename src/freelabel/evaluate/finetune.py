@@ -23,10 +23,11 @@ from torch.utils.data import Dataset, Subset
 from ..config import parse_labels
 from ..data.sources import TensorImages
 from ..data.views import ViewConfig, Views
+from ..encoder import Encoder
 from ..errors import ConfigError, DataError
+from . import scalars
 from .classifier import Classifier
 from .common import (
-    Model,
     autocast_enabled,
     class_names,
     labels_of,
@@ -138,14 +139,14 @@ def accuracy(clf: Classifier, ds: Dataset, batch_size: int = 256) -> float:
     correct = total = 0
     for batch in progress(sequential(ds, batch_size), (len(ds) + batch_size - 1) // batch_size, "test"):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_enabled(device)):
-            pred = clf(clf.model.input(batch.images.to(device))).argmax(1).cpu()
+            pred = clf(clf.model.preprocess(batch.images)).argmax(1).cpu()
         correct += int((pred == batch.labels).sum())
         total += len(batch.labels)
     return 100.0 * correct / max(1, total)
 
 
 def train(
-    model: Model,
+    model: Encoder,
     train: Dataset,
     classes: list[str],
     *,
@@ -173,7 +174,7 @@ def train(
         )
     device = next(model.backbone.parameters()).device
     torch.manual_seed(seed)
-    head = nn.Linear(model.embed_dim, len(classes))
+    head = nn.Linear(model.backbone.embed_dim, len(classes))
     nn.init.trunc_normal_(head.weight, std=0.01)
     nn.init.zeros_(head.bias)
     net = Classifier(model, head, classes).to(device)
@@ -200,7 +201,7 @@ def train(
                 for group in opt.param_groups:
                     group["lr"] = group["lr_scale"] * lr * batch_size / 256 * scale
                 images = batch.images.to(device)
-                if images.shape[1] == 1 and model.channels == 3:  # grey data, colour model
+                if images.shape[1] == 1 and model.in_chans == 3:  # grey data, colour model
                     images = images.expand(-1, 3, -1, -1)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                     loss = F.cross_entropy(
@@ -249,7 +250,7 @@ def finetune(
     if init not in ("trained", "random"):
         raise ConfigError(f"--init is trained or random, not {init!r}")
     model = load_model(spec, trained=init == "trained")
-    data = data or model.data
+    data = data or model.default_data
     train_ds, test_ds = open_split(model, data, "train"), open_split(model, data, "test")
     train_labels = labels_of(train_ds)
     labels_of(test_ds)  # an unlabelled test split fails now, not after training
@@ -292,3 +293,8 @@ def finetune(
         )
     record(model, "finetune", {key: results})
     return results
+
+
+def summary(r: dict) -> list[str]:
+    done = f"{r['top1']:.2f}% ({r['train_images']} labelled images, {r['steps']} steps, {r['minutes']} min)"
+    return [scalars("finetune", r), f"  {r['init']:12s} {done}"]

@@ -10,17 +10,14 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..data.loader import sequential
 from ..data.registry import NAMED, open_dataset
-from ..data.views import ViewConfig, resize
 from ..encoder import Encoder, load_encoder
 from ..errors import DataError
-from ..hardware import resolve_precision
 from ..run import update_metrics
+from .features import Features, extract, features, key, remembered
 
 log = logging.getLogger("freelabel")
 
@@ -64,39 +61,6 @@ def knn_accuracy(
     return {f"top1_k{k}": 100.0 * (p == test_labels).float().mean().item() for k, p in preds.items()}
 
 
-@torch.no_grad()
-def extract_features(
-    encoder: Encoder | None,
-    ds: Dataset,
-    view: ViewConfig,
-    batch_size: int = 512,
-    autocast: bool = False,
-    workers: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings of every image by ``encoder`` (``None``: the pixels in [0, 1] at ``view.size``) and their labels."""
-    feats, labels = [], []
-    for batch in sequential(ds, batch_size, workers):
-        if not len(batch.images):  # every image of the batch unreadable
-            continue
-        if encoder is None:
-            f = resize(batch.images, view.size).flatten(1)
-        else:
-            with torch.autocast(encoder.device.type, dtype=torch.bfloat16, enabled=autocast):
-                f = encoder.encode_image(batch.images)
-        feats.append(f.float().cpu())
-        labels.append(batch.labels)
-    if not feats:
-        raise DataError(
-            f"none of the {len(ds)} images could be read"
-            if len(ds)
-            else "a split of the data holds no images (too few per class for a held-out fifth?); give more images"
-        )
-    feats, labels = torch.cat(feats), torch.cat(labels)
-    if len(feats) < len(ds):
-        log.warning("skipped %d unreadable images of %d", len(ds) - len(feats), len(ds))
-    return feats, labels
-
-
 def labelled(ds: Dataset) -> bool:
     """Whether every item of ``ds`` is labelled, as far as the dataset knows without decoding."""
     labels = getattr(ds, "labels", None)
@@ -105,41 +69,49 @@ def labelled(ds: Dataset) -> bool:
     return bool(len(labels)) and min(labels.tolist() if torch.is_tensor(labels) else labels) >= 0
 
 
+def _check_labelled(*sets: Dataset) -> None:
+    if not all(labelled(ds) for ds in sets):
+        raise DataError(
+            "k-NN evaluation needs labels, and this data has none: give --data a labelled set "
+            "(fashion-mnist, emoji, or a folder with one sub-folder per class)"
+        )
+
+
+def knn_scores(
+    train: Features, test: Features, ks: tuple[int, ...] = (20, 200), temperature: float = 0.07
+) -> dict[str, float]:
+    """k-NN top-1 of ``test`` against ``train`` (features of labelled images)."""
+    if (train.labels < 0).any() or (test.labels < 0).any():
+        raise DataError("k-NN evaluation needs labels: use a folder with one sub-folder per class")
+    return knn_accuracy(train.x, train.labels, test.x, test.labels, ks, temperature)
+
+
 def knn_eval(
-    model: nn.Module | Encoder | None,
+    encoder: Encoder | None,
     train_ds: Dataset,
     test_ds: Dataset,
-    view: ViewConfig,
-    device: torch.device | str = "cpu",
-    autocast: bool = False,
+    size: int | None = None,
     ks: tuple[int, ...] = (20, 200),
     temperature: float = 0.07,
     workers: int = 0,
 ) -> dict[str, float]:
-    """k-NN top-1 of ``model`` (an :class:`Encoder`, a bare backbone taking ``view``, or raw pixels when
-    ``None``): features of ``train_ds`` vote for the images of ``test_ds``. A backbone in training mode
-    is put back in it afterwards."""
-    for ds in (train_ds, test_ds):
-        if not labelled(ds):
-            raise DataError(
-                "k-NN evaluation needs labels, and this data has none: give --data a labelled set "
-                "(fashion-mnist, emoji, or a folder with one sub-folder per class)"
-            )
-    backbone = model.backbone if isinstance(model, Encoder) else model
-    was_training = backbone is not None and backbone.training
-    if isinstance(model, nn.Module):
-        model = Encoder("backbone", model.to(device), view, getattr(train_ds, "channels", 3))
-    if backbone is not None:
-        backbone.eval()
-    try:
-        train, train_labels = extract_features(model, train_ds, view, autocast=autocast, workers=workers)
-        test, test_labels = extract_features(model, test_ds, view, autocast=autocast, workers=workers)
-    finally:
-        if backbone is not None:
-            backbone.train(was_training)
-    if (train_labels < 0).any() or (test_labels < 0).any():
-        raise DataError("k-NN evaluation needs labels: use a folder with one sub-folder per class")
-    return knn_accuracy(train, train_labels, test, test_labels, ks, temperature)
+    """k-NN top-1 of ``encoder`` (``None``: raw pixels at ``size``), extracted now and not kept: for a
+    backbone in the middle of training (the online k-NN), which is put back in training mode afterwards."""
+    _check_labelled(train_ds, test_ds)
+    train = extract(encoder, train_ds, size=size, workers=workers, describe="k-NN: features of the training images")
+    test = extract(encoder, test_ds, size=size, workers=workers, describe="k-NN: features of the test images")
+    return knn_scores(train, test, ks, temperature)
+
+
+def evaluation_data(encoder: Encoder, data: str | None) -> tuple[str, int | None, int, int]:
+    """The data an encoder is scored on (default: a run's own data, else fashion-mnist), the size and
+    channels its images are decoded at (as in training; in-memory sets stay whole for pretrained models
+    and are resized batch by batch), and the loader's workers."""
+    cfg = encoder.config
+    name = data or (cfg.data.name if cfg else "fashion-mnist")
+    if cfg:
+        return name, cfg.data.image_size or cfg.views.size, cfg.data.channels or 3, cfg.data.workers
+    return name, None if name in NAMED else encoder.view.size, 3, 0
 
 
 def evaluate_knn(
@@ -154,28 +126,47 @@ def evaluate_knn(
     """k-NN top-1 of the encoder ``spec`` names (:func:`freelabel.encoder.load_encoder`) on ``data``
     (default: a run's own data, else fashion-mnist). A run's result is ``trained`` and is written to its
     ``metrics.json`` under ``knn``; a pretrained model's is ``pretrained``. ``baselines`` adds raw pixels
-    and, for a run, its randomly initialised backbone."""
+    and, for a run, its randomly initialised backbone. Features come from (and go to) the cache of
+    :mod:`.features`, which the linear probe and the report share."""
     encoder = load_encoder(spec, weights=weights, device=device)
     cfg = encoder.config
-    name = data or (cfg.data.name if cfg else "fashion-mnist")
-    if cfg:  # decoded as in training
-        size, channels, workers = cfg.data.image_size or cfg.views.size, cfg.data.channels or 3, cfg.data.workers
-    else:  # in-memory sets are resized batch by batch
-        size, channels, workers = (None if name in NAMED else encoder.view.size), 3, 0
+    name, size, channels, workers = evaluation_data(encoder, data)
     train, test = open_dataset(name, "train", size, channels), open_dataset(name, "test", size, channels)
-    autocast = cfg is not None and resolve_precision("auto", encoder.device.type).startswith("bf16")
+    _check_labelled(train, test)
+
+    pixels = encoder.view.size
 
     def score(model: Encoder | None) -> dict[str, float]:
-        return knn_eval(model, train, test, encoder.view, encoder.device, autocast, ks, temperature, workers)
+        made = [
+            features(model, name, split, ds, size=pixels, workers=workers)
+            for split, ds in (("train", train), ("test", test))
+        ]
+        return knn_scores(*made, ks, temperature)
+
+    def baseline(model: Encoder | None) -> dict[str, float]:  # the same for every run of this data, backbone, seed
+        what = {"protocol": "knn", "features": key(model, pixels), "data": name, "train": len(train), "test": len(test)}
+        return remembered(what | {"ks": list(ks), "temperature": temperature}, lambda: score(model))
 
     results: dict = {"data": name, "train_images": len(train), "test_images": len(test)}
     results["trained" if cfg else "pretrained"] = score(encoder)
     if not cfg:
         results["model"] = str(spec)
     if baselines and cfg:
-        results["random_init"] = score(load_encoder(spec, trained=False, device=encoder.device))
+        results["random_init"] = baseline(load_encoder(spec, trained=False, device=encoder.device))
     if baselines:
-        results["raw_pixels"] = score(None)
+        results["raw_pixels"] = baseline(None)
     if encoder.run_dir is not None:
         update_metrics(encoder.run_dir, "knn", results)
     return results
+
+
+def summary(results: dict) -> list[str]:
+    """k-NN top-1 of the model and of each baseline, one line each, for every k."""
+    ks = [key.removeprefix("top1_k") for key in next(v for v in results.values() if isinstance(v, dict))]
+    lines = [
+        f"k-NN top-1 on {results['data']} (test {results['test_images']}, features of train {results['train_images']})"
+    ]
+    for name in ("trained", "random_init", "raw_pixels", "pretrained"):
+        if name in results:
+            lines.append(f"  {name:12s} " + "  ".join(f"k={k}: {results[name][f'top1_k{k}']:.2f}%" for k in ks))
+    return lines

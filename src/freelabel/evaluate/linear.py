@@ -1,6 +1,7 @@
 """Linear probe on frozen features, as DINOv2's linear evaluation (Oquab et al. 2023) does it.
 
-The features of the training and test sets are extracted once and cached on disk. One linear head per
+The features of the training and test sets are extracted once and cached (:mod:`.features`: shared with
+k-NN and the report). One linear head per
 (learning rate, weight decay) of a grid trains at once (every head's logits come from one batched
 matmul) on standardised features, with SGD, momentum and a cosine schedule, on the training set less
 a seeded validation split carved from it; the head with the best validation accuracy is scored on the
@@ -16,7 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import Model, cached_features, class_names, labels_of, load_model, open_split, progress, record
+from ..encoder import Encoder
+from . import scalars
+from .common import class_names, labels_of, load_model, open_split, progress, record
+from .features import features, key, remembered
 
 LRS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3)
@@ -133,29 +137,40 @@ def evaluate_linear(
     from .classifier import Classifier, save_classifier
 
     model = load_model(spec)
-    data = data or model.data
+    data = data or model.default_data
     train, test = open_split(model, data, "train"), open_split(model, data, "test")
     for ds in (train, test):
         labels_of(ds)  # fails early, before any feature is extracted, when the data has no labels
-    size = model.image_size or model.view.size
-    device = next(model.backbone.parameters()).device  # the heads train where the model runs
+    device = model.device  # the heads train where the model runs
 
-    def score(m: Model | None) -> tuple[dict, nn.Linear]:
-        tr, tr_y = cached_features(m, data, "train", train, size)
-        te, te_y = cached_features(m, data, "test", test, size)
-        return fit_linear(*(t.to(device) for t in (tr, tr_y, te, te_y)), epochs=epochs, seed=seed)
+    def score(m: Encoder | None) -> tuple[dict, nn.Linear]:
+        tr, te = (
+            features(m, data, split, ds, size=model.view.size) for split, ds in (("train", train), ("test", test))
+        )
+        return fit_linear(*(t.to(device) for t in (tr.x, tr.labels, te.x, te.labels)), epochs=epochs, seed=seed)
+
+    def baseline(m: Encoder | None) -> dict:  # the same for every run of this data, backbone and seed
+        what = {"protocol": "linear", "features": key(m, model.view.size), "data": data, "train": len(train)}
+        return remembered(what | {"test": len(test), "epochs": epochs, "seed": seed}, lambda: score(m)[0])
 
     trained, head = score(model)
     results: dict = {"data": data, "train_images": len(train), "test_images": len(test), "trained": trained}
     out = out or (model.run_dir / "classifier-linear" if model.run_dir else None)
     if out is not None:
         classes = class_names(train, head.out_features)
-        clf = Classifier(model, head.to(next(model.backbone.parameters()).device), classes)
+        clf = Classifier(model, head.to(device), classes)
         results["classifier"] = str(
             save_classifier(clf, out, {"protocol": "linear", "data": data, "test_top1": trained["top1"]})
         )
     if baselines:
-        results["random_init"] = score(load_model(spec, trained=False))[0]
-        results["raw_pixels"] = score(None)[0]
+        results["random_init"] = baseline(load_model(spec, trained=False))
+        results["raw_pixels"] = baseline(None)
     record(model, "linear", results)
     return results
+
+
+def summary(results: dict) -> list[str]:
+    lines = [scalars("linear", results)]
+    return lines + [
+        f"  {k:12s} {results[k]['top1']:.2f}%" for k in ("trained", "random_init", "raw_pixels") if k in results
+    ]

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
-from .zeroshot import embed_images, model_and_data, record_metrics
+from .features import features
+from .zeroshot import model_and_data, record_metrics
 
 
 def recall_at_k(
@@ -54,7 +55,8 @@ def evaluate_retrieval(
     caption data ``data`` (default: a run's own data); written to a run's ``metrics.json`` under
     ``retrieval``."""
     model, name, ds = model_and_data(spec, data, "test", weights)
-    images, _, captions = embed_images(model, ds, batch_size)
+    found = features(model, name, "test", ds, kind="embedding", batch_size=batch_size)
+    images, captions = found.x, found.texts
     if not captions:
         raise DataError(
             f"retrieval needs captions, and {name} has none: give caption data (emoji-captions, CSV/JSONL, ...)"
@@ -70,3 +72,10 @@ def evaluate_retrieval(
     }
     record_metrics(model, "retrieval", name, results)
     return results
+
+
+def summary(results: dict) -> list[str]:
+    """The results as JSON."""
+    import json
+
+    return [json.dumps(results, indent=2)]

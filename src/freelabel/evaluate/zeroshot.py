@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..data.loader import sequential
 from ..data.registry import open_dataset
 from ..data.sources import ImageFiles, scan_folder
 from ..encoder import Encoder, load_encoder
 from ..errors import DataError, PretrainedError
 from ..files import write_bytes
 from ..run import update_metrics
+from .features import Features, extract, features
 
 log = logging.getLogger("freelabel")
 
@@ -83,34 +83,13 @@ def load_image_text(spec: str | Path, weights: str | Path | None = None, device:
     return encoder
 
 
-@torch.no_grad()
-def embed_images(
-    model: ImageTextModel, ds: Dataset, batch_size: int = 256
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Normalised image embeddings ``[N, D]`` of every decodable item of ``ds``, their labels, and the
-    captions where ``ds`` has them (else empty). Unreadable images are left out (a batch may lose all)."""
-    feats, labels, texts = [], [], []
-    for batch in sequential(ds, batch_size):
-        if not len(batch.images):
-            continue
-        feats.append(model.encode_image(batch.images).float().cpu())
-        labels.append(batch.labels)
-        texts += batch.texts or []
-    if not feats:
-        raise DataError(f"none of the {len(ds)} images could be read")
-    feats, labels = torch.cat(feats), torch.cat(labels)
-    if len(feats) < len(ds):
-        log.warning("skipped %d unreadable images of %d", len(ds) - len(feats), len(ds))
-    return feats, labels, texts
-
-
-def label_sets(ds: Dataset, labels: torch.Tensor) -> dict[str, tuple[list[str], torch.Tensor]]:
-    """The class lists to classify ``ds`` by: its ``label_sets`` (emoji: category, subcategory), else its
-    ``classes``."""
+def label_sets(ds: Dataset, found: Features) -> dict[str, tuple[list[str], torch.Tensor]]:
+    """The class lists to classify ``ds`` by, with the label of each row of ``found``: its ``label_sets``
+    (emoji: category, subcategory), else its ``classes``."""
     if getattr(ds, "label_sets", None):
-        return ds.label_sets
-    if getattr(ds, "classes", None) and (labels >= 0).all():
-        return {"class": (list(ds.classes), labels)}
+        return {k: (names, labels[found.index]) for k, (names, labels) in ds.label_sets.items()}
+    if getattr(ds, "classes", None) and (found.labels >= 0).all():
+        return {"class": (list(ds.classes), found.labels)}
     raise DataError("zero-shot evaluation needs class names: labelled data (class sub-folders, fashion-mnist, emoji)")
 
 
@@ -141,11 +120,11 @@ def evaluate_zeroshot(
     """Zero-shot top-1 of a model on the test split of ``data`` (default: a run's own data) for each
     of its label sets; written to a run's ``metrics.json`` under ``zeroshot``."""
     model, name, ds = model_and_data(spec, data, "test", weights)
-    images, labels, _ = embed_images(model, ds)
+    found = features(model, name, "test", ds, kind="embedding")
     results = {
         "data": name,
         **{
-            k: zeroshot_accuracy(model, images, names, y, templates) for k, (names, y) in label_sets(ds, labels).items()
+            k: zeroshot_accuracy(model, found.x, names, y, templates) for k, (names, y) in label_sets(ds, found).items()
         },
     }
     record_metrics(model, "zeroshot", name, results)
@@ -167,10 +146,9 @@ def classify_folder(
         raise DataError('zero-shot classification needs class names: --labels "cat,dog,bird"')
     model = load_image_text(spec, weights)
     paths = scan_folder(Path(folder).expanduser())[0]
-    ds = ImageFiles(paths, list(range(len(paths))), [], model.view.size)  # label = index, to map rows back
-    images, index, _ = embed_images(model, ds)
-    score, pred = (images @ class_embeddings(model, names, templates).cpu().T).max(1)
-    rows = [(str(paths[i]), names[p], s) for i, p, s in zip(index.tolist(), pred.tolist(), score.tolist())]
+    found = extract(model, ImageFiles(paths, [-1] * len(paths), [], model.view.size), kind="embedding")
+    score, pred = (found.x @ class_embeddings(model, names, templates).cpu().T).max(1)
+    rows = [(str(paths[i]), names[p], s) for i, p, s in zip(found.index.tolist(), pred.tolist(), score.tolist())]
     if out is not None:
         write_bytes(out, csv_bytes(rows))
     return rows
@@ -202,3 +180,10 @@ def record_metrics(model: Encoder, section: str, data: str, results: dict) -> No
     """Add results to a run's ``metrics.json[section][data]`` (pretrained models have no run directory)."""
     if model.run_dir is not None:
         update_metrics(model.run_dir, section, {data: results})
+
+
+def summary(results: dict) -> list[str]:
+    """The results as JSON."""
+    import json
+
+    return [json.dumps(results, indent=2)]

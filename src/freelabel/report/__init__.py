@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
-from ..data.sources import TensorImages
+from ..data.sources import sample
 from ..encoder import Encoder
 from ..errors import DataError
 from . import figures
@@ -32,26 +32,22 @@ SCALARS = {"train/loss": "loss", "train/lr": "learning rate", "train/images_per_
 
 @dataclass
 class Sample:
-    """Pooled features of seeded samples of the test and training images, and those samples."""
+    """Pooled features of seeded samples of the readable test and training images, and where those images
+    are in their splits (``*_items``: a row's item of ``*_set``)."""
 
     test: torch.Tensor
     test_labels: np.ndarray
+    test_items: np.ndarray
     test_set: Dataset
     train: torch.Tensor
     train_labels: np.ndarray
+    train_items: np.ndarray
     train_set: Dataset
     classes: list[str]
 
 
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def _subset(ds: Dataset, n: int, seed: int) -> Dataset:
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    if isinstance(ds, TensorImages):
-        return TensorImages(ds.images[idx], ds.labels[idx], ds.classes)
-    return Subset(ds, idx.tolist())
 
 
 def images(ds: Dataset, idx) -> np.ndarray:
@@ -61,22 +57,24 @@ def images(ds: Dataset, idx) -> np.ndarray:
 
 
 def sample_features(
-    encoder: Encoder,
-    train: Dataset,
-    test: Dataset,
-    train_images: int = 10_000,
-    test_images: int = 2000,
-    autocast: bool = False,
+    encoder: Encoder, data: str, train: Dataset, test: Dataset, train_images: int = 10_000, test_images: int = 2000
 ) -> Sample:
-    """Embeddings of ``test_images`` test and ``train_images`` training images (seeded samples)."""
-    from ..evaluate.knn import extract_features
+    """Pooled features of seeded samples of ``test_images`` test and ``train_images`` training images: rows
+    of the whole split's features where k-NN or the linear probe left them in the cache, else extracted."""
+    from ..evaluate.features import cached, extract
 
     out = {}
-    for name, ds, n in (("train", train, train_images), ("test", test, test_images)):
-        part = _subset(ds, n, seed=0)
-        feats, labels = extract_features(encoder, part, encoder.view, batch_size=256, autocast=autocast)
-        out[name] = (feats, labels.numpy(), part)
-    classes = list(getattr(test, "classes", None) or getattr(getattr(test, "dataset", None), "classes", []) or [])
+    for split, ds, n in (("train", train, train_images), ("test", test, test_images)):
+        part, items = sample(ds, n)
+        whole = cached(encoder, data, split, len(ds))
+        if whole is not None:
+            rows = torch.isin(whole.index, items)
+            x, labels, found = whole.x[rows], whole.labels[rows], whole.index[rows]
+        else:
+            made = extract(encoder, part, describe=f"report: features of {len(items)} {split} images")
+            x, labels, found = made.x, made.labels, items[made.index]
+        out[split] = (x, labels.numpy(), found.numpy(), ds)
+    classes = list(getattr(test, "classes", None) or [])
     return Sample(*out["test"], *out["train"], classes=classes)
 
 
@@ -104,9 +102,9 @@ def nearest(sample: Sample, queries: int = 12, k: int = 8) -> tuple[bytes, float
     idx = idx.numpy()
     found_labels = sample.train_labels[idx]
     picture = figures.neighbours(
-        images(sample.test_set, picked),
+        images(sample.test_set, sample.test_items[picked]),
         labels[picked],
-        images(sample.train_set, idx),
+        images(sample.train_set, sample.train_items[idx]),
         found_labels,
         top.numpy(),
         sample.classes,
@@ -119,11 +117,14 @@ def sample_knn(sample: Sample, pixels: bool = False) -> dict[str, float]:
     their raw pixels (at most 32 px a side) instead of their features."""
     from ..evaluate.knn import knn_accuracy
 
-    def raw(ds: Dataset) -> torch.Tensor:
-        chunks = (torch.as_tensor(images(ds, range(s, min(s + 256, len(ds))))).float() for s in range(0, len(ds), 256))
+    def raw(ds: Dataset, items: np.ndarray) -> torch.Tensor:
+        chunks = (torch.as_tensor(images(ds, items[s : s + 256])).float() for s in range(0, len(items), 256))
         return torch.cat([F.interpolate(x, size=min(32, x.shape[-1]), mode="area").flatten(1) for x in chunks])
 
-    train, test = (raw(sample.train_set), raw(sample.test_set)) if pixels else (sample.train, sample.test)
+    if pixels:
+        train, test = raw(sample.train_set, sample.train_items), raw(sample.test_set, sample.test_items)
+    else:
+        train, test = sample.train, sample.test
     return knn_accuracy(train, torch.as_tensor(sample.train_labels), test, torch.as_tensor(sample.test_labels))
 
 
@@ -275,7 +276,9 @@ def _feature_sections(sample: Sample) -> dict:
     spread = figures.spread(xy, 24)
     return {
         "map": data_uri(
-            figures.embedding_map(xy, sample.test_labels, spread, images(sample.test_set, spread), sample.classes)
+            figures.embedding_map(
+                xy, sample.test_labels, spread, images(sample.test_set, sample.test_items[spread]), sample.classes
+            )
         ),
         "map_images": len(sample.test),
         "neighbours": data_uri(grid),
@@ -347,7 +350,6 @@ def _features(spec: str, data: str, train_images: int, test_images: int, knn: bo
     on the samples, the encoder's config and its tables), or a note saying why there are none."""
     from ..data.registry import NAMED, open_dataset
     from ..encoder import load_encoder
-    from ..hardware import resolve_precision
 
     encoder = load_encoder(spec)
     cfg = encoder.config
@@ -370,8 +372,7 @@ def _features(spec: str, data: str, train_images: int, test_images: int, knn: bo
     if not _labelled(test):
         context["features_note"] = f"No feature map or neighbours: {data} has no class labels to colour them by."
         return context
-    autocast = cfg is not None and resolve_precision("auto", encoder.device.type).startswith("bf16")
-    sample = sample_features(encoder, train, test, train_images, test_images, autocast)
+    sample = sample_features(encoder, data, train, test, train_images, test_images)
     context["features"] = _feature_sections(sample)
     if knn:
         scores = {

@@ -9,29 +9,33 @@ import torch
 
 from ..config import RunConfig
 from ..data.registry import open_dataset
+from ..data.sources import sample
+from ..encoder import Encoder
 from ..evaluate.knn import knn_eval
 from .clock import Position
 
 log = logging.getLogger("freelabel")
 
 
+SAMPLE = (5_000, 1_000)  # the training and test images a point's k-NN uses: a seeded sample, so it costs seconds
+
+
 class OnlineKNN:
     """Every ``cfg.eval_every_minutes`` of training time (and once at the end), the k-NN accuracy of
-    ``backbone`` on the run's data; ``curve`` holds the results (a resumed run passes the points it
-    already has, which are extended in place). Off where ``enabled`` is false (all processes but the
-    first), without the option, or on data without labels."""
+    ``backbone`` on seeded samples of the run's data (:data:`SAMPLE`: ``freelabel eval knn`` scores the
+    whole splits); ``curve`` holds the results (a resumed run passes the points it already has, which are
+    extended in place). Off where ``enabled`` is false (all processes but the first), without the option,
+    or on data without labels."""
 
     def __init__(
         self,
         cfg: RunConfig,
         backbone: torch.nn.Module,
-        device: torch.device,
-        precision: str,
         train_seconds: float,
         enabled: bool,
         curve: list[dict] | None = None,
     ):
-        self.cfg, self.backbone, self.device, self.precision = cfg, backbone, device, precision
+        self.cfg, self.backbone = cfg, backbone
         self.curve: list[dict] = [] if curve is None else curve
         self.interval = (cfg.eval_every_minutes or 0) * 60
         self.data = self._labelled_data() if enabled and self.interval else None
@@ -43,21 +47,15 @@ class OnlineKNN:
         if not (getattr(train, "classes", None) and getattr(test, "classes", None)):  # shards cannot be indexed
             log.warning("eval_every_minutes ignored: %s has no labels", self.cfg.data.name)
             return None
-        return train, test
+        return sample(train, SAMPLE[0])[0], sample(test, SAMPLE[1])[0]
 
     def due(self, run: Position) -> bool:
         return run.train_seconds >= self.next
 
     def __call__(self, run: Position) -> dict:
         """Evaluate now; the result joins ``curve``."""
-        acc = knn_eval(
-            self.backbone,
-            *self.data,
-            self.cfg.views,
-            self.device,
-            autocast=self.precision.startswith("bf16"),
-            workers=self.cfg.data.workers,
-        )
+        encoder = Encoder("training", self.backbone, self.cfg.views, self.cfg.data.channels or 3)
+        acc = knn_eval(encoder, *self.data, workers=self.cfg.data.workers)
         log.info("k-NN at %.1f min (step %d): %s", run.train_seconds / 60, run.step, acc)
         self.curve.append({"minutes": run.train_seconds / 60, "step": run.step, **acc})
         self.next += self.interval
