@@ -1,6 +1,6 @@
 """Evaluation in seconds: what scoring a run costs next to training it.
 
-    python benchmarks/eval_speed.py [--run RUN] [--minutes 2] [--work /tmp/eval-speed]
+    python benchmarks/eval_speed.py [--run RUN] [--minutes 2] [--work /tmp/eval-speed] [--record results/eval_speed.jsonl]
 
 1. Training share: the demo's SimCLR on Fashion-MNIST for ``--minutes`` with the online k-NN every fifth
    of it, its wall time next to its training time (skipped with ``--run``, which scores that run instead).
@@ -11,7 +11,8 @@
    that rate's FLOP/s (FLOPs counted by ``torch.utils.flop_counter``) as a share of a measured matmul rate
    in the same precision.
 
-Every figure is printed with the CPU it ran on (:func:`freelabel.hardware.cpu_description`).
+Every figure is printed with the CPU it ran on (:func:`freelabel.hardware.cpu_description`) and, with
+``--record``, appended as a row to a results file (:mod:`freelabel.results`).
 """
 
 from __future__ import annotations
@@ -125,16 +126,20 @@ def main() -> None:
     ap.add_argument("--run", type=Path, help="score this run instead of training the demo run")
     ap.add_argument("--minutes", type=float, default=2.0, help="the demo run's budget")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "eval-speed")
+    ap.add_argument("--record", type=Path, help="append the figures to this results file")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     cache = args.work / "cache"
     print(cpu_description(), flush=True)
+    rows = []
     if args.run is None:
         run, share = train(args.work, args.minutes)
         print(
             f"training: {share['train_minutes']:.2f} min of training in {share['wall_minutes']:.2f} min of wall time "
             f"({100 * share['train_minutes'] / share['wall_minutes']:.0f}% training; budget {share['budget_minutes']} min)"
         )
+        measured = f"wall time of a {args.minutes:g}-minute run, online k-NN every fifth"
+        rows.append({"measured": measured, "metric": "minutes", "value": share["wall_minutes"], "unit": "min"})
     else:
         run = args.run
     times = {}
@@ -149,12 +154,26 @@ def main() -> None:
     times["start-up (import)"] = time.perf_counter() - start
     for name, seconds in times.items():
         print(f"eval {name:22s} {seconds:6.1f} s")
+        rows.append({"measured": f"`freelabel eval {name}`", "metric": "seconds", "value": seconds, "unit": "s"})
     vit = vit_extraction(args.work)
     print(
         f"ViT-Tiny extraction: {vit['images_per_s']:.0f} images/s, {vit['gflop_per_image']:.3f} GFLOP/image, "
         f"{100 * vit['share_of_matmul_rate']:.0f}% of a {vit['precision']} 2048^2 matmul's "
         f"{vit['matmul_gflop_per_s']:.0f} GFLOP/s"
     )
+    rows.append({"measured": "ViT-Tiny extraction, images/s", "metric": "rate", "value": vit["images_per_s"]})
+    rows.append(
+        {
+            "measured": "ViT-Tiny extraction, share of the matmul rate",
+            "metric": "share",
+            "value": vit["share_of_matmul_rate"],
+        }
+    )
+    if args.record:
+        from freelabel.results import record
+
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        record(args.record, [{"table": "eval_speed", "source": f"eval_speed.py {stamp}", **r} for r in rows])
 
 
 if __name__ == "__main__":

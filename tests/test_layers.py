@@ -1,4 +1,4 @@
-"""Imports go one way: core -> methods -> users -> shell (see DESIGN.md, "Layers"), with no import circle
+"""Imports go one way: core -> methods -> users -> shell (see docs/architecture.md, "Layers"), with no import circle
 anywhere, function-level imports included. A new module must be placed in a layer here."""
 
 import ast
@@ -16,7 +16,7 @@ LAYERS = {
     1: "methods",
     2: "pretrained",
     3: "encoder",
-    4: "engine train evaluate classifier export timm_models pipelines report compare",
+    4: "engine train evaluate classifier export timm_models pipelines report compare results",
     5: "cli __main__",
 }
 RANK = {name: rank for rank, names in LAYERS.items() for name in names.split()}

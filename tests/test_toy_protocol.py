@@ -8,6 +8,7 @@ import pytest
 
 from freelabel.cli import main
 from freelabel.evaluate import PROTOCOLS, Column, Option, Protocol
+from freelabel.results import read
 
 TOY = '''
 from freelabel.evaluate.common import load_model, open_split, record
@@ -61,12 +62,15 @@ def test_a_toy_protocol_runs_through_the_cli_compare_and_the_report(tmp_path, mo
         str(out),
         *tiny,
     ]
-    assert main(args) == 0
+    assert main([*args, "--record", str(tmp_path / "results" / "leaderboard.jsonl")]) == 0
     (row,) = csv.DictReader((out / "leaderboard.csv").open())
     norm = float(row["mean_norm"])
     assert norm > 0 and row["status"] == "done" and "| mean norm |" in (out / "leaderboard.md").read_text()
     run = out / "simclr-fashion-mnist"
     assert json.loads((run / "metrics.json").read_text())["norms"]["trained"]["mean_norm"] == norm
+    recorded = {r["metric"]: r for r in read(tmp_path / "results")}  # and its rows of the results table
+    assert recorded["mean_norm"]["value"] == norm and recorded["mean_norm"]["heading"] == "mean norm"
+    assert {"knn_top1_k20", "linear_top1", "steps"} <= set(recorded) and recorded["steps"]["cpu"]
     assert "<h3>norms</h3>" in (run / "report.html").read_text()  # its section of metrics.json, as a table
     capsys.readouterr()
     assert main(["eval", "norms", str(run), "--scale", "2"]) == 0

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 # OpenMP threads that sleep as soon as their work ends: about as fast on an idle machine, and when a data loader's
-# workers or another job share the cores, 1.6x faster than spinning (measured on 2 cores; README, Results).
+# workers or another job share the cores, 1.6x faster than spinning (measured on 2 cores; docs/performance.md).
 # Set before torch loads OpenMP; an OMP_WAIT_POLICY of the user's own is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -312,6 +312,21 @@ def _parser() -> argparse.ArgumentParser:
         help="also fine-tune each run on LABELS of the training labels (1%%, 10%%, 100%% or a number per class)",
     )
     cp.add_argument("--out", required=True, help="folder for the runs and the leaderboard")
+    cp.add_argument(
+        "--record",
+        metavar="FILE",
+        help="append each finished method's scores to this results file (results/leaderboard.jsonl; rows are "
+        "never added twice), for `freelabel results` to render",
+    )
+
+    rs = sub.add_parser(
+        "results",
+        help="render docs/results.md and the README's results table from the rows in results/",
+        description="Render the tables of docs/results.md and the README's headline table from results/*.jsonl "
+        "(rows that compare --record and the benchmarks append).",
+    )
+    rs.add_argument("--check", action="store_true", help="change nothing; exit 1 naming each stale file")
+    rs.add_argument("--root", default=".", help="the repository (default: here)")
 
     sub.add_parser("methods", help="list the methods")
     sub.add_parser("backbones", help="list the backbones")
@@ -658,6 +673,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.eval_every,
         dict(parse_override(s) for s in args.set),
         args.finetune,
+        args.record,
     )
     print((Path(args.out) / "leaderboard.md").read_text(), end="")
     failed = [r["name"] for r in rows if r["status"] != "done"]
@@ -667,6 +683,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from .results import stale, write
+
+    root = Path(args.root)
+    if args.check:
+        old = stale(root)
+        for path in old:
+            print(f"freelabel: {path} is stale against {root / 'results'}; run `freelabel results`", file=sys.stderr)
+        return 1 if old else 0
+    for path in write(root):
+        print(f"wrote {path}")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -720,6 +750,7 @@ def main(argv: list[str] | None = None) -> int:
         "predict": cmd_predict,
         "report": cmd_report,
         "compare": cmd_compare,
+        "results": cmd_results,
     }
     status = 0  # a sub-command may return another exit status (compare: 1 while a method is unfinished)
     try:

@@ -198,11 +198,13 @@ def compare(
     eval_every: float | None = None,
     overrides: dict[str, Any] | None = None,
     finetune: str | None = None,
+    record: str | Path | None = None,
 ) -> list[dict]:
     """Run every method of ``specs`` in turn into ``OUT/NAME``, writing the leaderboard after each; return
     its rows. With a minutes budget the online k-NN runs every fifth of it unless ``eval_every`` says
     otherwise. ``finetune`` (labels, e.g. ``10%``) also fine-tunes each run on that share of the labels.
-    Stopped (Ctrl-C), it writes the leaderboard of the methods done and says where it stopped."""
+    Stopped (Ctrl-C), it writes the leaderboard of the methods done and says where it stopped. ``record``:
+    a results file (``results/leaderboard.jsonl``) that each finished method's scores are appended to."""
     if sum(x is not None for x in (minutes, steps, epochs)) != 1:
         raise ConfigError("give exactly one budget: --minutes, --steps or --epochs")
     if eval_every is None and minutes:
@@ -245,6 +247,12 @@ def compare(
             (time.perf_counter() - started) / 60,
         )
         write_leaderboard(out, leaderboard_rows(out, entries, finetune, protocols), entries, finetune, protocols)
+    if record is not None:  # every finished method, also those of an earlier call (a row is never added twice)
+        from .results import record as append
+
+        done = [e for e in entries if finished(out / e.name, finetune, protocols)]
+        added = append(record, [row for e in done for row in result_rows(out / e.name, e, finetune, protocols)])
+        log.info("%d rows added to %s", added, record)
     rows = leaderboard_rows(out, entries, finetune, protocols)
     write_leaderboard(out, rows, entries, finetune, protocols)
     return rows
@@ -282,6 +290,45 @@ def _row(run: Path, entry: Entry, finetune: str | None, protocols: dict[str, Pro
     }
 
 
+def budget_text(cfg: RunConfig) -> str:
+    b = cfg.budget
+    return f"{b.minutes:g} minutes" if b.minutes else f"{b.steps} steps" if b.steps else f"{b.epochs:g} epochs"
+
+
+def result_rows(run: Path, entry: Entry, finetune: str | None, protocols: dict[str, Protocol]) -> list[dict]:
+    """A finished method's figures as rows of the results table ``leaderboard`` (:mod:`freelabel.results`)."""
+    from .config import to_dict
+    from .results import config_hash
+
+    m, cfg = read_metrics(run), entry.cfg
+    p, knn = m.get("pretrain", {}), m.get("knn", {})
+    base = {
+        "table": "leaderboard",
+        "data": cfg.data.name,
+        "budget": budget_text(cfg),
+        "method": cfg.method,
+        "recipe": cfg.recipe,
+        "config": config_hash(to_dict(cfg)),
+        "seed": cfg.seed,
+        "steps": p.get("steps"),
+        "images_seen": p.get("images_seen"),
+        "precision": p.get("precision"),
+        "baselines": {k: knn.get(k, {}).get("top1_k20") for k in ("random_init", "raw_pixels")},
+        "source": str(run.resolve()),
+    }
+    scores = [
+        (name, c.name, c.label, _at(m.get(name, {}), c.path)) for name, pr in protocols.items() for c in pr.columns
+    ]
+    if finetune:
+        tuned = m.get("finetune", {}).get(_finetune_key(finetune, cfg.seed), {}).get("top1")
+        scores.append(("finetune", "finetune_top1", f"fine-tuned ({finetune} labels)", tuned))
+    scores += [
+        ("pretrain", "steps", "steps", p.get("steps")),
+        ("pretrain", "images_per_s", "images/s", p.get("images_per_s")),
+    ]
+    return [base | {"protocol": pr, "metric": n, "heading": h, "value": v} for pr, n, h, v in scores if v is not None]
+
+
 def leaderboard_rows(
     out: Path, entries: list[Entry], finetune: str | None = None, protocols: dict[str, Protocol] | None = None
 ) -> list[dict]:
@@ -313,8 +360,7 @@ def write_leaderboard(
     from .report.figures import leaderboard_curves
 
     cfg = entries[0].cfg
-    b = cfg.budget
-    budget = f"{b.minutes} minutes" if b.minutes else f"{b.steps} steps" if b.steps else f"{b.epochs} epochs"
+    budget = budget_text(cfg)
     env = environment()
     setting = (
         f"{cfg.data.name}, {budget} each, seed {cfg.seed}; {env['cpu']}, GPU: {env['gpu']}; "
