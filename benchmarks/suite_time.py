@@ -20,9 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def timed(target: str, clone: Path) -> tuple[float, str]:
     """Minutes of ``make TARGET`` in ``clone``, and pytest's last line."""
     env = {**os.environ, "PYTHONPATH": str(clone / "src")}  # the clone's code, with this checkout's packages
+    venv = ROOT / ".venv"
     start = time.perf_counter()
-    done = subprocess.run(
-        ["make", target, f"VENV={ROOT / '.venv'}"], cwd=clone, env=env, capture_output=True, text=True
+    done = subprocess.run(  # -o: the environment counts as set up (the clone's files are newer than it)
+        ["make", "-o", f"{venv}/.installed", target, f"VENV={venv}"], cwd=clone, env=env, capture_output=True, text=True
     )
     minutes = (time.perf_counter() - start) / 60
     last = next((line for line in reversed(done.stdout.splitlines()) if re.search(r"passed|failed", line)), "")
