@@ -3,7 +3,7 @@
 Fabric picks devices and precision and wraps DDP. The loop in :func:`_pretrain` reads in one screen;
 its parts have names: the budget clock (:mod:`freelabel.train.clock`), the optimiser schedule
 (:mod:`freelabel.schedules`), what a run shows (:mod:`freelabel.train.monitor`), the online k-NN
-(:mod:`freelabel.train.online_knn`), Ctrl-C between steps (:mod:`freelabel.train.interrupts`) and, below
+and health checks (:mod:`freelabel.train.online_eval`), Ctrl-C between steps (:mod:`freelabel.train.interrupts`) and, below
 in this module, checkpoints, resume and what an interrupt saves. It knows
 no method by name: a method is any :class:`freelabel.methods.Method`.
 """
@@ -39,7 +39,7 @@ from .train.clock import BudgetClock
 from .train.forecast import Forecast
 from .train.interrupts import StopBetweenSteps
 from .train.monitor import Monitor
-from .train.online_knn import OnlineKNN
+from .train.online_eval import OnlineEval
 from .train.sharding import (
     STRATEGIES,
     checkpoint_blocks,
@@ -66,6 +66,7 @@ class TrainState:
     skipped: list[str] = field(default_factory=list)  # files that failed to decode, each once
     loss: float | None = None  # the last logged loss
     knn_curve: list[dict] = field(default_factory=list)  # the online k-NN points so far
+    health: list[dict] = field(default_factory=list)  # the health checks so far (train/health.py)
 
     def advance(self, images: int, cursor: int) -> None:
         """One step done, on ``images`` images of all processes together, this process's ending before
@@ -139,7 +140,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool, log_file: ExitStack) -> d
     fabric, method, model, optimizer, precision = _setup(cfg, data, out, log_file)
     schedule = OptimizerSchedule(optimizer, cfg.optim)  # before resuming: the peak learning rates
     state = _resume(out, found, model, optimizer, fabric, cfg.optim.batch_size) if resume else TrainState()
-    knn = OnlineKNN(cfg, method.backbone, state.train_seconds, fabric.is_global_zero, curve=state.knn_curve)
+    online = OnlineEval(cfg, method, data, state.train_seconds, fabric.is_global_zero, state.knn_curve, state.health)
     clock = _budget_clock(cfg, len(data), fabric)  # training time runs from here, evaluation excluded
     rank, world = fabric.global_rank, fabric.world_size
     views = [Views(v) for v in method.views]
@@ -188,13 +189,14 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool, log_file: ExitStack) -> d
                 clock.tick(state)
                 monitor.step(outputs, optimizer.param_groups[0]["lr"], clock.progress(state))
                 state.loss = monitor.metrics.get("loss", state.loss)
-                _evaluate_and_save(state, cfg.checkpoint_every, clock, knn, monitor, save)
+                _evaluate_and_save(state, cfg.checkpoint_every, clock, online, monitor, save)
                 stop.check()
             else:
                 _check_epoch(state, cfg, len(data), world)
                 state.next_epoch()
         monitor.done()
-    knn.finish(state)
+    for tag, value in online.finish(state, monitor.metrics).items():
+        monitor.scalar(tag, value, state.step)
     save()
     weights = full_weights(model)  # every process: under FSDP it gathers the shards
     return _finish(
@@ -203,13 +205,14 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool, log_file: ExitStack) -> d
 
 
 def _evaluate_and_save(
-    state: TrainState, every: int, clock: BudgetClock, knn: OnlineKNN, monitor: Monitor, save: Callable[[], None]
+    state: TrainState, every: int, clock: BudgetClock, online: OnlineEval, monitor: Monitor, save: Callable[[], None]
 ) -> None:
-    """After a step, outside the budget's time: the online k-NN when due, then the periodic checkpoint
-    (which keeps the k-NN curve)."""
+    """After a step, outside the budget's time: the online evaluation when due (health, k-NN), then the
+    periodic checkpoint (which keeps their points)."""
     with clock.paused():
-        if knn.due(state):
-            monitor.scalar("knn/top1_k20", knn(state)["top1_k20"], state.step)
+        if online.due(state, clock.progress(state)):
+            for tag, value in online(state, monitor.metrics).items():
+                monitor.scalar(tag, value, state.step)
         if state.step % every == 0:
             save()
 
@@ -373,9 +376,9 @@ def _checkpointer(
 
     def save() -> None:
         nonlocal saved_at
-        if saved_at != (state.step, len(state.knn_curve)):
+        if saved_at != (state.step, len(state.knn_curve), len(state.health)):
             _save_checkpoint(out, state, model, optimizer, fabric)
-            saved_at = (state.step, len(state.knn_curve))
+            saved_at = (state.step, len(state.knn_curve), len(state.health))
 
     return save
 
@@ -483,6 +486,8 @@ def _finish(
     }
     if state.knn_curve:
         result["knn_curve"] = state.knn_curve
+    if state.health:
+        result["health"] = state.health
     if fabric.is_global_zero:
         rundir.save_backbone(
             out, {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}

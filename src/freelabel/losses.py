@@ -8,6 +8,8 @@ gradient averaging) as one process holding the whole batch.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -87,6 +89,13 @@ def cross_view_entropy(
 
 
 @torch.no_grad()
+def normalised_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """The mean entropy of the rows of ``probs`` over its largest value, log K: 1 for uniform rows, 0 for
+    one-hot ones (a DINO teacher collapsing to uniform outputs nears 1; to one prototype, 0)."""
+    p = probs.float().clamp(min=1e-12)
+    return -(p * p.log()).sum(-1).mean() / math.log(p.shape[-1])
+
+
 def update_center(center: torch.Tensor, teacher: torch.Tensor, momentum: float = 0.9) -> torch.Tensor:
     """DINO's centre: an EMA of the mean teacher logits over the global batch (all-reduced)."""
     total = teacher.float().sum(0)

@@ -155,6 +155,20 @@ def leaderboard(rows: list[dict]) -> list[str]:
     return out
 
 
+def sweeps(rows: list[dict]) -> list[str]:
+    """A recipe's settings tried at one budget on one machine: a line per point (its ``--set`` overrides), best
+    first; mean ± sd over seeds."""
+    out = []
+    groups: dict = defaultdict(list)
+    for r in rows:
+        groups[(r["data"], r["budget"], r["method"], r["recipe"], _machine(r), r.get("precision"))].append(r)
+    for (data, budget, method, recipe, machine, precision), group in sorted(groups.items()):
+        out += [f"**{method} (`{recipe}`), {data}, {budget}, {machine}, {precision}** ({_footer(group)})", ""]
+        out += _table(group, ("set",), lambda r: f"`{r['set']}`" if r["set"] else "the recipe as it was", True)
+        out += [""]
+    return out
+
+
 def _measured(row: dict) -> str:
     return row["measured"] + (f" ({row['unit']})" if row.get("unit") else "")
 
@@ -177,6 +191,13 @@ TABLES = {  # table name: (title, what it is and the command that measures it, r
         "`freelabel compare METHOD... --data D --minutes M --out DIR --record results/leaderboard.jsonl`: each "
         "method's CPU recipe trained for the same minutes, then scored (k-NN on the whole splits, the linear probe).",
         leaderboard,
+    ),
+    "sweep": (
+        "Recipe sweeps",
+        '`python benchmarks/recipe_sweep.py METHOD --minutes M --point "KEY=VALUE ..." --record '
+        "results/sweeps.jsonl`: settings of a method's CPU recipe, each trained for the same minutes and scored "
+        "as in the leaderboard; what the recipes were derived from.",
+        sweeps,
     ),
     "eval_speed": (
         "What evaluation costs",

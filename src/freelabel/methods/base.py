@@ -25,6 +25,10 @@ class Method(nn.Module):
     backbone: nn.Module
     views: list[ViewConfig]
     masks: MaskMaker | None = None
+    health_scalars: tuple[str, ...] = ()  # outputs of training_step that tell of collapse (train/health.py)
+    collapse_advice = (
+        "the usual fixes are a lower --lr, a larger --batch-size, or a longer warm-up (--set optim.warmup=0.1)"
+    )
 
     @classmethod
     def make_backbone(cls, name: str, in_chans: int, views: ViewConfig, **args) -> nn.Module:

@@ -23,6 +23,11 @@ from .base import Method
 
 
 class BYOL(Method):
+    collapse_advice = (
+        "a BYOL target that follows the online network too closely collapses with it: "
+        "raise its momentum (--set method_args.momentum=0.996), or lower --lr"
+    )
+
     def __init__(
         self,
         backbone: nn.Module,

@@ -15,13 +15,20 @@ import dataclasses
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..data.loader import Batch
 from ..data.views import ViewConfig
 from ..ema import MomentumTeacher
 from ..heads import DINOHead
-from ..losses import dino_loss, update_center
+from ..losses import dino_loss, normalised_entropy, update_center
 from .base import Method
+
+COLLAPSE_ADVICE = (
+    "a DINO teacher collapses when it is sharpened too hard or centred too slowly: try "
+    "--set method_args.teacher_temp=0.04 --set method_args.warmup_teacher_temp=0.04 "
+    "--set method_args.center_momentum=0.9, a lower --lr, or a larger --batch-size"
+)
 
 
 def multi_crop(
@@ -49,6 +56,9 @@ def drop_last_layer_grads(head: DINOHead, progress: float, until: float) -> None
 
 
 class DINO(Method):
+    health_scalars = ("teacher_entropy", "center_drift")
+    collapse_advice = COLLAPSE_ADVICE
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -90,11 +100,17 @@ class DINO(Method):
         if len(views) > 2:
             student += self.head(self.backbone(torch.cat(views[2:]))).chunk(len(views) - 2)
         loss = dino_loss(student, list(teacher), self.center, self.temps[0], self.teacher_temp)
-        self.center.copy_(update_center(self.center, torch.cat(teacher), self.center_momentum))
+        with torch.no_grad():  # signs of collapse: the teacher's entropy, how far its centre moves
+            entropy = normalised_entropy(F.softmax((torch.cat(teacher).float() - self.center) / self.teacher_temp, -1))
+            center = update_center(self.center, torch.cat(teacher), self.center_momentum)
+            drift = (center - self.center).norm()
+        self.center.copy_(center)
         return {
             "loss": loss,
             "teacher_temp": torch.tensor(self.teacher_temp),
             "momentum": torch.tensor(self.teacher.momentum),
+            "teacher_entropy": entropy,
+            "center_drift": drift,
         }
 
     def after_backward(self, progress: float) -> None:

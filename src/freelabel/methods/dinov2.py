@@ -31,12 +31,23 @@ from ..data.masking import BlockMasks
 from ..data.views import ViewConfig
 from ..ema import MomentumTeacher, frozen_copy
 from ..heads import DINOHead
-from ..losses import cross_view_entropy, gram_loss, ibot_patch_loss, koleo, sinkhorn_knopp, update_center
+from ..losses import (
+    cross_view_entropy,
+    gram_loss,
+    ibot_patch_loss,
+    koleo,
+    normalised_entropy,
+    sinkhorn_knopp,
+    update_center,
+)
 from .base import Method
-from .dino import drop_last_layer_grads, multi_crop, teacher_temperature
+from .dino import COLLAPSE_ADVICE, drop_last_layer_grads, multi_crop, teacher_temperature
 
 
 class DINOv2(Method):
+    health_scalars = ("teacher_entropy", "center_drift")
+    collapse_advice = COLLAPSE_ADVICE
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -134,7 +145,9 @@ class DINOv2(Method):
         s_cls, s_patch = self.backbone.forward_masked(glob, masks, self.mask_token)
 
         with torch.no_grad():
+            before = self.center.clone()
             dino_targets = self.targets(teacher["head"](t_cls), self.center).chunk(2)
+            drift = (self.center - before).norm()
             t_ibot_head = teacher["ibot_head"] if "ibot_head" in teacher else teacher["head"]
             ibot_targets = self.targets(t_ibot_head(t_patch[masks]), self.patch_center)
         student = self.head(s_cls).chunk(2)
@@ -157,7 +170,14 @@ class DINOv2(Method):
             + self.koleo_weight * out["koleo"]
             + self.gram_weight * out["gram"]
         )
-        return {**out, "teacher_temp": torch.tensor(self.teacher_temp), "momentum": torch.tensor(self.teacher.momentum)}
+        signs = {"teacher_entropy": normalised_entropy(torch.cat(dino_targets))}  # of collapse (train/health.py)
+        signs |= {"center_drift": drift} if self.centering == "center" else {}
+        return {
+            **out,
+            **signs,
+            "teacher_temp": torch.tensor(self.teacher_temp),
+            "momentum": torch.tensor(self.teacher.momentum),
+        }
 
     def after_backward(self, progress: float) -> None:
         drop_last_layer_grads(self.head, progress, self.freeze_last_layer)

@@ -19,6 +19,11 @@ from .base import Method
 
 
 class SimCLR(Method):
+    collapse_advice = (
+        "SimCLR collapses when its negatives are too few or too easy: "
+        "raise --batch-size or the temperature (--set method_args.temperature=0.5), or lower --lr"
+    )
+
     def __init__(
         self,
         backbone: nn.Module,

@@ -169,13 +169,15 @@ def training_curves(run: Path, metrics: dict, data: str) -> bytes | None:
     scalars = read_scalars(run / "tb")
     pretrain = metrics.get("pretrain", {})
     curve = pretrain.get("knn_curve", [])
-    clock = {0: 0.0} | {p["step"]: p["minutes"] for p in curve}  # the run's clock, read at each evaluation
+    points = curve + pretrain.get("health", [])
+    clock = {0: 0.0} | {p["step"]: p["minutes"] for p in points}  # the run's clock, read at each evaluation
     if pretrain.get("steps"):
         clock[pretrain["steps"]] = pretrain["train_minutes"]  # and at the end
     if len(clock) < 2 or not scalars:
         return None
     panels = {SCALARS[t]: scalars[t] for t in SCALARS if t in scalars}
     panels |= {t.removeprefix("train/"): v for t, v in scalars.items() if t.startswith("train/") and t not in SCALARS}
+    panels |= {f"health: {t.removeprefix('health/')}": v for t, v in scalars.items() if t.startswith("health/")}
     knn = metrics.get("knn", {}) if metrics.get("knn", {}).get("data") == data else {}
     baselines = {}
     for k in (20, 200):
@@ -207,6 +209,12 @@ def metric_tables(metrics: dict) -> list[dict]:
             last = values.get("knn_curve", [{}])[-1]  # the last online k-NN
             rows["run"] |= {
                 f"online k-NN {k} (step {last['step']})": v for k, v in last.items() if k.startswith("top1")
+            }
+            health = values.get("health", [{}])[-1]  # the last health check
+            rows["run"] |= {
+                f"health: {k.replace('_', ' ')} (step {health['step']})": v
+                for k, v in health.items()
+                if k not in ("step", "minutes", "rank_of")
             }
         else:
             rows = {
