@@ -67,3 +67,29 @@ def test_the_method_benchmark_trains_both_libraries(monkeypatch, capsys):
     _script("methods_vs_lightly").main()
     out = capsys.readouterr().out
     assert "simclr: freelabel k-NN" in out and "simclr: lightly k-NN" in out
+
+
+def test_a_recipe_sweep_records_each_point_once_and_renders_it_beside_raw_pixels(tmp_path, monkeypatch):
+    sweep = _script("recipe_sweep")
+    trained = []
+    monkeypatch.setattr(sweep, "compare", lambda spec, data, where, **kw: trained.append((where, kw["overrides"])))
+    scores = {"knn_top1_k20": 85.0, "linear_top1": 86.0}
+    fake = [
+        {"table": "leaderboard", "data": "fashion-mnist", "budget": "0.5 minutes", "method": "simclr"}
+        | {"recipe": "simclr-fashion-mnist", "seed": 0, "baselines": {"raw_pixels": 84.59}, "precision": "32-true"}
+        | {"metric": m, "heading": m, "value": v, "protocol": m}
+        for m, v in scores.items()
+    ]
+    monkeypatch.setattr(sweep, "result_rows", lambda run, *a: [r | {"source": str(run)} for r in fake])
+    path = tmp_path / "results" / "sweeps.jsonl"
+    args = ("simclr", ["", "optim.lr=2e-3 optim.batch_size=64"], 0.5, "fashion-mnist", "simclr-fashion-mnist")
+    sweep.sweep(*args, [0], tmp_path / "runs", path)
+    assert [o for _, o in trained] == [{}, {"optim.lr": 2e-3, "optim.batch_size": 64}]
+    assert trained[1][0].name == "lr-2e-3_batch-size-64-seed0"
+    sweep.sweep(*args, [0], tmp_path / "runs", path)  # run again: every point is held, none trained
+    assert len(trained) == 2
+    from freelabel.results import read, render
+
+    page = render(read(path.parent))
+    assert "| `optim.lr=2e-3 optim.batch_size=64` | 85.00 | 86.00 |" in page and "the recipe as it was" in page
+    assert "Raw pixels, k-NN k=20: 84.59." in page

@@ -6,8 +6,10 @@ import json
 import math
 
 import torch
+import torch.nn.functional as F
 
 from freelabel.cli import main
+from freelabel.losses import distillation_signs
 from freelabel.methods import REGISTRY
 from freelabel.train import online_eval
 from freelabel.train.health import collapsed, embedding_health
@@ -51,6 +53,21 @@ def test_rank_and_spread_tell_spread_embeddings_from_collapsed_ones():
     assert 1.5 < two_directions["effective_rank"] < 2.5 and two_directions["rank_of"] == 64
 
 
+def test_a_teacher_that_sends_every_image_to_one_prototype_is_a_collapse_and_a_uniform_one_is_not():
+    k = 64
+    one_prototype = F.one_hot(torch.zeros(32, dtype=torch.long), k).float() * (1 - 1e-6) + 1e-6 / k
+    loss = -(one_prototype * one_prototype.log()).sum(-1).mean()  # a student that predicts its teacher exactly
+    signs = distillation_signs(loss, one_prototype)
+    assert abs(signs["student_kl"]) < 1e-4 and signs["prototype_spread"] < 0.01
+    assert collapsed({"effective_rank": 9.0, "spread": 0.5, **signs})
+    g = torch.Generator().manual_seed(0)
+    for teacher in (torch.full((32, k), 1 / k), F.softmax(torch.randn(32, k, generator=g) * 3, -1)):  # early; sharp
+        loss = -(teacher * F.log_softmax(torch.zeros(32, k), -1)).sum(-1).mean()  # a uniform student
+        signs = distillation_signs(loss, teacher)
+        assert signs["prototype_spread"] > 0.5 and not collapsed({"effective_rank": 9.0, "spread": 0.5, **signs})
+    assert signs["student_kl"] > 0.1
+
+
 def test_a_collapsing_run_is_warned_once_with_its_methods_advice(tmp_path, monkeypatch, fmnist_few):
     (tmp_path / "collapse").mkdir()
     (tmp_path / "collapse" / "__init__.py").write_text("")
@@ -66,13 +83,13 @@ def test_a_collapsing_run_is_warned_once_with_its_methods_advice(tmp_path, monke
     assert len(health) == 5 and [h["step"] for h in health] == [6, 12, 18, 24, 30]  # each fifth, no --eval-every
     assert collapsed(health[-1]) and health[-1]["effective_rank"] < health[0]["effective_rank"]
     log = (tmp_path / "run" / "log.txt").read_text()
-    assert log.count("the embeddings are collapsing") == 1 and "toy advice: stop pulling every embedding" in log
+    assert log.count("the run is collapsing") == 1 and "toy advice: stop pulling every embedding" in log
 
     monkeypatch.setattr(online_eval, "SHARE", 0.0)  # checks that would cost too much: the last one only
     assert main([*argv, "--out", str(tmp_path / "seconds")]) == 0
     health = json.loads((tmp_path / "seconds" / "metrics.json").read_text())["pretrain"]["health"]
     assert [h["step"] for h in health] == [30] and collapsed(health[-1])
-    assert "the embeddings are collapsing" in (tmp_path / "seconds" / "log.txt").read_text()
+    assert "the run is collapsing" in (tmp_path / "seconds" / "log.txt").read_text()
 
 
 def test_a_dino_run_records_its_teachers_entropy_and_centre_drift(tmp_path, fmnist_few):
@@ -90,4 +107,5 @@ def test_a_dino_run_records_its_teachers_entropy_and_centre_drift(tmp_path, fmni
     metrics = json.loads((run / "metrics.json").read_text())["pretrain"]
     point = metrics["health"][-1]
     assert 0 <= point["teacher_entropy"] <= 1 and point["center_drift"] >= 0 and math.isfinite(point["spread"])
+    assert point["student_kl"] >= -1e-6 and 0 <= point["prototype_spread"] <= 1
     assert len(metrics["knn_curve"]) == len(metrics["health"])  # with --eval-every: k-NN at every check

@@ -210,8 +210,8 @@ def _evaluate_and_save(
     """After a step, outside the budget's time: the online evaluation when due (health, k-NN), then the
     periodic checkpoint (which keeps their points)."""
     with clock.paused():
-        if online.due(state, clock.progress(state)):
-            for tag, value in online(state, monitor.metrics).items():
+        if online.due(state, progress := clock.progress(state)):
+            for tag, value in online(state, monitor.metrics, progress).items():
                 monitor.scalar(tag, value, state.step)
         if state.step % every == 0:
             save()

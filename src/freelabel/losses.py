@@ -96,6 +96,21 @@ def normalised_entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(p * p.log()).sum(-1).mean() / math.log(p.shape[-1])
 
 
+@torch.no_grad()
+def distillation_signs(loss: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A self-distillation run's signs (DINO, Fig. 7), from its cross-entropy ``loss`` against the teacher's
+    distributions ``targets [N, K]``, each normalised by log K: the teacher's entropy (high early in a run,
+    and in a collapse to uniform outputs), the student's KL divergence from it (``loss`` less that entropy;
+    0 when the student predicts its teacher exactly), and the entropy of the batch's mean distribution,
+    ``prototype_spread`` (0 when every image goes to one prototype: that collapse)."""
+    entropy = normalised_entropy(targets)
+    return {
+        "teacher_entropy": entropy,
+        "student_kl": loss.detach().float() / math.log(targets.shape[-1]) - entropy,
+        "prototype_spread": normalised_entropy(targets.float().mean(0, keepdim=True)),
+    }
+
+
 def update_center(center: torch.Tensor, teacher: torch.Tensor, momentum: float = 0.9) -> torch.Tensor:
     """DINO's centre: an EMA of the mean teacher logits over the global batch (all-reduced)."""
     total = teacher.float().sum(0)

@@ -147,12 +147,14 @@ def leaderboard(rows: list[dict]) -> list[str]:
     for (data, budget, machine, precision), group in sorted(groups.items()):
         out += [f"**{data}, {budget} a method, {machine}, {precision}** ({_footer(group)}; n: seeds)", ""]
         out += _table(group, ("method", "recipe"), lambda r: f"{r['method']} (`{r['recipe']}`)")
-        raw = sorted(
-            {round(r["baselines"]["raw_pixels"], 2) for r in group if (r.get("baselines") or {}).get("raw_pixels")}
-        )
-        out += ["", f"Raw pixels, k-NN k=20: {', '.join(f'{v:.2f}' for v in raw)}."] if raw else []
-        out += [""]
+        out += [*_raw_pixels(group), ""]
     return out
+
+
+def _raw_pixels(rows: list[dict]) -> list[str]:
+    """The line under a table that names the raw-pixel baseline its rows were measured beside."""
+    raw = sorted({round(r["baselines"]["raw_pixels"], 2) for r in rows if (r.get("baselines") or {}).get("raw_pixels")})
+    return ["", f"Raw pixels, k-NN k=20: {', '.join(f'{v:.2f}' for v in raw)}."] if raw else []
 
 
 def sweeps(rows: list[dict]) -> list[str]:
@@ -165,7 +167,7 @@ def sweeps(rows: list[dict]) -> list[str]:
     for (data, budget, method, recipe, machine, precision), group in sorted(groups.items()):
         out += [f"**{method} (`{recipe}`), {data}, {budget}, {machine}, {precision}** ({_footer(group)})", ""]
         out += _table(group, ("set",), lambda r: f"`{r['set']}`" if r["set"] else "the recipe as it was", True)
-        out += [""]
+        out += [*_raw_pixels(group), ""]
     return out
 
 

@@ -21,7 +21,7 @@ from ..data.loader import Batch
 from ..data.views import ViewConfig
 from ..ema import MomentumTeacher
 from ..heads import DINOHead
-from ..losses import dino_loss, normalised_entropy, update_center
+from ..losses import dino_loss, distillation_signs, update_center
 from .base import Method
 
 COLLAPSE_ADVICE = (
@@ -56,7 +56,7 @@ def drop_last_layer_grads(head: DINOHead, progress: float, until: float) -> None
 
 
 class DINO(Method):
-    health_scalars = ("teacher_entropy", "center_drift")
+    health_scalars = ("teacher_entropy", "student_kl", "prototype_spread", "center_drift")
     collapse_advice = COLLAPSE_ADVICE
 
     def __init__(
@@ -100,17 +100,18 @@ class DINO(Method):
         if len(views) > 2:
             student += self.head(self.backbone(torch.cat(views[2:]))).chunk(len(views) - 2)
         loss = dino_loss(student, list(teacher), self.center, self.temps[0], self.teacher_temp)
-        with torch.no_grad():  # signs of collapse: the teacher's entropy, how far its centre moves
-            entropy = normalised_entropy(F.softmax((torch.cat(teacher).float() - self.center) / self.teacher_temp, -1))
+        with torch.no_grad():  # signs of collapse (train/health.py), and how far the centre moves
+            signs = distillation_signs(
+                loss, F.softmax((torch.cat(teacher).float() - self.center) / self.teacher_temp, -1)
+            )
             center = update_center(self.center, torch.cat(teacher), self.center_momentum)
-            drift = (center - self.center).norm()
+            signs["center_drift"] = (center - self.center).norm()
         self.center.copy_(center)
         return {
             "loss": loss,
             "teacher_temp": torch.tensor(self.teacher_temp),
             "momentum": torch.tensor(self.teacher.momentum),
-            "teacher_entropy": entropy,
-            "center_drift": drift,
+            **signs,
         }
 
     def after_backward(self, progress: float) -> None:

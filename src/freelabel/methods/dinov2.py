@@ -33,10 +33,10 @@ from ..ema import MomentumTeacher, frozen_copy
 from ..heads import DINOHead
 from ..losses import (
     cross_view_entropy,
+    distillation_signs,
     gram_loss,
     ibot_patch_loss,
     koleo,
-    normalised_entropy,
     sinkhorn_knopp,
     update_center,
 )
@@ -45,7 +45,7 @@ from .dino import COLLAPSE_ADVICE, drop_last_layer_grads, multi_crop, teacher_te
 
 
 class DINOv2(Method):
-    health_scalars = ("teacher_entropy", "center_drift")
+    health_scalars = ("teacher_entropy", "student_kl", "prototype_spread", "center_drift")
     collapse_advice = COLLAPSE_ADVICE
 
     def __init__(
@@ -170,7 +170,7 @@ class DINOv2(Method):
             + self.koleo_weight * out["koleo"]
             + self.gram_weight * out["gram"]
         )
-        signs = {"teacher_entropy": normalised_entropy(torch.cat(dino_targets))}  # of collapse (train/health.py)
+        signs = distillation_signs(out["dino"], torch.cat(dino_targets))  # of collapse (train/health.py)
         signs |= {"center_drift": drift} if self.centering == "center" else {}
         return {
             **out,

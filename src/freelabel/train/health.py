@@ -8,8 +8,8 @@ training images, taken at the online evaluation's cadence, need no labels:
                                                                       # they all map to one point
 
 and the method's own signs (``Method.health_scalars``: a DINO teacher's entropy and its centre's drift).
-A run whose embeddings fall under :data:`COLLAPSED` gets one warning line naming the likely cause and
-the settings that usually fix it (``Method.collapse_advice``).
+A run with a sign at or under its limit in :data:`COLLAPSED` gets one warning line naming the likely cause
+and the settings that usually fix it (``Method.collapse_advice``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-COLLAPSED = {"effective_rank": 1.2, "spread": 0.01}  # at or under either: collapsed. (ReLU features, all
-# positive, read low from the start: a random convnet's on Fashion-MNIST have rank 2.4 of 16, spread 0.075)
+COLLAPSED = {  # at or under any: collapsed
+    "effective_rank": 1.2,
+    "spread": 0.01,
+    "prototype_spread": 0.05,  # a DINO teacher that sends every image to one prototype (losses.distillation_signs)
+}
 
 
 def embedding_health(x: torch.Tensor) -> dict[str, float]:
@@ -34,13 +37,19 @@ def embedding_health(x: torch.Tensor) -> dict[str, float]:
 
 
 def collapsed(health: dict[str, float]) -> bool:
-    return any(health[k] <= limit for k, limit in COLLAPSED.items())
+    return any(k in health and health[k] <= limit for k, limit in COLLAPSED.items())
 
 
 def warning(health: dict[str, float], step: int, advice: str) -> str:
     """The one line a collapsing run gets."""
+    used = health.get("prototype_spread", 1.0)
+    one = (
+        f"; its teacher sends every image to one prototype (spread {used:.3f})"
+        if used <= COLLAPSED["prototype_spread"]
+        else ""
+    )
     return (
-        f"the embeddings are collapsing at step {step}: effective rank {health['effective_rank']:.2f} of "
-        f"{health['rank_of']}, spread {health['spread']:.3f} (about 1 when images spread out, 0 when they all "
-        f"map to one point); {advice}"
+        f"the run is collapsing at step {step}: its embeddings have effective rank {health['effective_rank']:.2f} "
+        f"of {health['rank_of']} and spread {health['spread']:.3f} (about 1 when images spread out, 0 when they all "
+        f"map to one point){one}; {advice}"
     )

@@ -79,8 +79,9 @@ class OnlineEval:
             run.train_seconds >= self.next_seconds or (progress >= self.next_fraction and cheap)
         )
 
-    def __call__(self, run: Position, scalars: dict[str, float]) -> dict[str, float]:
-        """Evaluate now (``scalars``: the method's last logged outputs); what to show on TensorBoard."""
+    def __call__(self, run: Position, scalars: dict[str, float], progress: float) -> dict[str, float]:
+        """Evaluate now (``scalars``: the method's last logged outputs; ``progress``: the share of the run
+        done); what to show on TensorBoard."""
         started = time.perf_counter()
         train_sample, test_sample = self.data
         encoder = Encoder("training", self.method.backbone, self.cfg.views, self.cfg.data.channels or 3)
@@ -100,7 +101,7 @@ class OnlineEval:
             shown["knn/top1_k20"] = acc["top1_k20"]
         while self.interval and self.next_seconds <= run.train_seconds:
             self.next_seconds += self.interval
-        self.next_fraction = (len(self.health) + 1) / CHECKS if not self.interval else math.inf
+        self.next_fraction = (math.floor(progress * CHECKS) + 1) / CHECKS if not self.interval else math.inf
         self.cost = time.perf_counter() - started
         self.spent += self.cost
         return shown
@@ -110,4 +111,4 @@ class OnlineEval:
         if self.data is None or (self.health and self.health[-1]["step"] == run.step):
             return {}
         self.next_seconds = run.train_seconds  # the k-NN too, where it is on
-        return self(run, scalars)
+        return self(run, scalars, 1.0)
